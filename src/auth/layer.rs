@@ -1,0 +1,97 @@
+//! Authenticates and authorizes every gRPC call before it reaches a service.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::{self, Either, Ready};
+use tower::{Layer, Service};
+
+use super::{CallerRegistry, Denied};
+
+/// Methods anyone may call: orchestrators probe health without a token.
+const OPEN_SERVICES: &[&str] = &["grpc.health.v1.Health/"];
+/// Methods every authenticated caller may call, whatever its allow list.
+const AUTHENTICATED_SERVICES: &[&str] = &[
+    "grpc.reflection.v1.ServerReflection/",
+    "grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Builds [`CallerAuth`].
+#[derive(Debug, Clone)]
+pub struct CallerAuthLayer {
+    registry: Arc<CallerRegistry>,
+}
+
+impl CallerAuthLayer {
+    pub fn new(registry: Arc<CallerRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl<S> Layer<S> for CallerAuthLayer {
+    type Service = CallerAuth<S>;
+    fn layer(&self, inner: S) -> CallerAuth<S> {
+        CallerAuth {
+            inner,
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+/// Answers UNAUTHENTICATED or PERMISSION_DENIED itself, or passes the call on
+/// with the [`Caller`](super::Caller) in the request extensions.
+#[derive(Debug, Clone)]
+pub struct CallerAuth<S> {
+    inner: S,
+    registry: Arc<CallerRegistry>,
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for CallerAuth<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().trim_start_matches('/');
+        if OPEN_SERVICES.iter().any(|p| method.starts_with(p)) {
+            return Either::Left(self.inner.call(req));
+        }
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let check = if AUTHENTICATED_SERVICES.iter().any(|p| method.starts_with(p)) {
+            self.registry.authenticate(authorization)
+        } else {
+            self.registry.authorize(authorization, method)
+        };
+        let caller = match check {
+            Ok(c) => c,
+            Err(Denied::Unauthenticated(why)) => {
+                tracing::info!(method, why, "call refused: unauthenticated");
+                return Either::Right(future::ready(Ok(
+                    tonic::Status::unauthenticated(why).into_http()
+                )));
+            }
+            Err(Denied::NotAllowed { caller }) => {
+                tracing::info!(method, caller, "call refused: not allowed");
+                let status = tonic::Status::permission_denied(format!(
+                    "caller '{caller}' may not call {method}"
+                ));
+                return Either::Right(future::ready(Ok(status.into_http())));
+            }
+        };
+        req.extensions_mut().insert(caller);
+        Either::Left(self.inner.call(req))
+    }
+}

@@ -1,0 +1,131 @@
+//! Command-line interface: `serve`, `check-config`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{config::Config, server, telemetry};
+
+/// gRPC gateway in front of Imprint's REST API.
+#[derive(Debug, Parser)]
+#[command(name = "imprint-gateway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway against a real Imprint environment.
+    Serve {
+        /// TOML configuration file (see config/example.toml).
+        #[arg(long, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print the effective settings, secrets masked.
+    CheckConfig {
+        /// TOML configuration file (see config/example.toml).
+        #[arg(long, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(config),
+        Command::Serve { config } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if config.upstream.api_key.is_none() {
+                eprintln!(
+                    "error: no Imprint API key: set IMPRINT_API_KEY or IMPRINT_API_KEY_FILE (or upstream.api_key_file in the config file)"
+                );
+                return ExitCode::from(2);
+            }
+            run(serve(config))
+        }
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.as_deref()).map_err(|e| {
+        eprintln!("error: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = server::credential_from(&config) {
+        eprintln!("error: invalid configuration: upstream.api_key: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(path) = &config.auth.caller_tokens_file {
+        if let Err(e) = crate::auth::CallerTable::load(path) {
+            eprintln!("error: invalid configuration: GATEWAY_CALLER_TOKENS_FILE: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    print!("{}", config.render_masked());
+    if config.upstream.api_key.is_none() {
+        eprintln!("warning: no Imprint API key configured; `serve` will refuse to start");
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(config.log.format);
+    let mut running = server::bind_and_start(config).await?;
+    wait_for_signals(&mut running).await?;
+    tracing::info!("shutting down: finishing in-flight calls");
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Returns on SIGTERM/SIGINT; reloads credentials on SIGHUP.
+pub(crate) async fn wait_for_signals(running: &mut server::Running) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                if let Err(e) = running.reload() {
+                    tracing::error!("reload failed, keeping the previous credentials: {e:#}");
+                }
+            }
+            r = running.wait() => return r,
+        }
+    }
+}

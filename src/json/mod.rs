@@ -1,0 +1,63 @@
+//! The REST JSON mapping of the `imprint.v2` messages.
+//!
+//! `build.rs` puts a serde attribute on every generated field that points at
+//! the functions here, so decoding goes straight from the response bytes into
+//! the prost structs (no intermediate `serde_json::Value` tree) and follows
+//! the contract's leniency rules:
+//!
+//! * unknown fields are ignored (serde's default);
+//! * `null` means unset;
+//! * an enum value the proto does not know becomes `*_UNSPECIFIED`;
+//! * a malformed value (wrong JSON type, unparsable timestamp, out-of-range
+//!   integer) leaves that field unset and is counted in [`malformed_values`].
+//!
+//! Serialization is the reverse for request bodies: unset fields are omitted,
+//! enums are written as their REST value, timestamps as RFC 3339.
+
+pub(crate) mod de;
+pub(crate) mod ser;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static MALFORMED: AtomicU64 = AtomicU64::new(0);
+static UNKNOWN_ENUM: AtomicU64 = AtomicU64::new(0);
+
+/// A proto enum whose REST spelling is the value name without its prefix
+/// (`PAYMENT_METHOD_TYPE_CARD` ⇄ `"CARD"`). Implemented by `build.rs`.
+pub trait RestEnum: Copy + Into<i32> + TryFrom<i32> {
+    /// The enum value for a REST string, if the proto knows it.
+    fn from_rest(value: &str) -> Option<Self>;
+    /// The REST string of this value (`""` for UNSPECIFIED).
+    fn rest_name(self) -> &'static str;
+}
+
+/// The REST spelling of a raw enum number, `None` for UNSPECIFIED or unknown.
+pub fn rest_name_of<E: RestEnum>(value: i32) -> Option<&'static str> {
+    E::try_from(value)
+        .ok()
+        .map(E::rest_name)
+        .filter(|s| !s.is_empty())
+}
+
+/// How many malformed values in upstream responses were left unset.
+pub fn malformed_values() -> u64 {
+    MALFORMED.load(Ordering::Relaxed)
+}
+
+/// How many upstream enum values were unknown and mapped to UNSPECIFIED.
+pub fn unknown_enum_values() -> u64 {
+    UNKNOWN_ENUM.load(Ordering::Relaxed)
+}
+
+fn note_malformed(expected: &'static str) {
+    MALFORMED.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(expected, "malformed value in upstream JSON left unset");
+}
+
+fn note_unknown_enum(value: &str) {
+    UNKNOWN_ENUM.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(
+        value,
+        "unknown enum value in upstream JSON mapped to UNSPECIFIED"
+    );
+}

@@ -1,0 +1,20 @@
+//! imprint-gateway: a gRPC gateway in front of Imprint's REST API.
+//!
+//! The path of a call: a tonic service in [`services`] turns the proto
+//! request into a REST call with [`translate`], sends it through the
+//! [`upstream`] tower stack (trace → deadline → credentials → reqwest), and
+//! decodes the JSON answer with the mapping in [`json`]. Upstream failures
+//! become gRPC statuses in exactly one place, [`errors`].
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod errors;
+pub mod json;
+pub mod pb;
+pub mod server;
+pub mod services;
+pub mod telemetry;
+pub mod translate;
+pub mod upstream;

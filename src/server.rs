@@ -1,0 +1,272 @@
+//! Assembles and runs the gateway: the gRPC server (imprint.v2 services,
+//! health, reflection) and the HTTP server (health and readiness probes).
+//!
+//! [`start`] binds nothing itself: callers hand it listeners, so tests bind
+//! `127.0.0.1:0` first and never race a fixed port.
+
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{extract::State, http::StatusCode, routing::get, Router};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::{
+    auth::{CallerAuthLayer, CallerRegistry, CallerTable},
+    config::{read_secret_file, Config},
+    credentials::{Credential, CredentialStore},
+    pb,
+    services::{self, Gateway, MessageLimits},
+    upstream::{self, ClientConfig, HttpClient},
+};
+
+/// A running gateway.
+pub struct Running {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// State reloaded on SIGHUP.
+struct Shared {
+    config: Config,
+    credentials: Arc<CredentialStore>,
+    callers: Arc<CallerRegistry>,
+    client: HttpClient,
+}
+
+/// Builds the credential described by `config`, if it names a key.
+pub fn credential_from(config: &Config) -> anyhow::Result<Option<Credential>> {
+    let u = &config.upstream;
+    let Some(key) = u.api_key.clone() else {
+        return Ok(None);
+    };
+    Ok(Some(Credential::new(
+        key,
+        u.merchant_key.clone(),
+        u.auth_scheme,
+    )?))
+}
+
+fn callers_from(config: &Config) -> anyhow::Result<CallerTable> {
+    match &config.auth.caller_tokens_file {
+        Some(path) => {
+            CallerTable::load(path).map_err(|e| anyhow::anyhow!("caller tokens file: {e}"))
+        }
+        None => Ok(CallerTable::default()),
+    }
+}
+
+/// Starts the gateway on the given listeners.
+pub async fn start(
+    config: Config,
+    grpc: TcpListener,
+    http: TcpListener,
+) -> anyhow::Result<Running> {
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.local_addr()?;
+
+    let credentials = Arc::new(CredentialStore::new(credential_from(&config)?));
+    let table = callers_from(&config)?;
+    if config.auth.allow_unauthenticated {
+        tracing::warn!("GATEWAY_ALLOW_UNAUTHENTICATED is on: callers without a token are let in. Development only!");
+    } else if table.is_empty() {
+        tracing::warn!("no caller tokens configured: every call will be refused (set GATEWAY_CALLER_TOKENS_FILE)");
+    }
+    let callers = Arc::new(CallerRegistry::new(
+        table,
+        config.auth.allow_unauthenticated,
+    ));
+
+    let u = &config.upstream;
+    let client = HttpClient::new(&ClientConfig {
+        base_url: u.base_url.clone(),
+        connect_timeout: u.connect_timeout,
+        pool_idle_timeout: u.pool_idle_timeout,
+        pool_max_idle_per_host: u.pool_max_idle_per_host,
+        tcp_keepalive: u.tcp_keepalive,
+        max_response_bytes: u.max_response_bytes,
+    })
+    .context("building the upstream HTTP client")?;
+    let gateway = Gateway::new(
+        upstream::stack(client.clone(), credentials.clone()),
+        u.default_deadline,
+    );
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    for name in services::SERVICE_NAMES {
+        health_reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let s = &config.server;
+    let limits = MessageLimits {
+        max_decoding: s.max_message_bytes,
+        max_encoding: s.max_message_bytes,
+    };
+    let router = Server::builder()
+        // Dead client connections are found by PING, not by the OS after hours.
+        .http2_keepalive_interval(Some(s.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
+        // Bound what one client connection can have in flight.
+        .max_concurrent_streams(Some(s.max_concurrent_streams))
+        .tcp_nodelay(true)
+        // Every call is authenticated and authorized before any service sees it.
+        .layer(CallerAuthLayer::new(callers.clone()))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let router = services::add_services(router, gateway, &limits);
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        credentials,
+        callers,
+        client,
+    });
+    let http_app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared.clone());
+
+    let (stop, stop_rx) = watch::channel(false);
+    let grace = s.shutdown_grace;
+    let task = tokio::spawn(async move {
+        let signal = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        };
+        let grpc = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal(stop_rx.clone()));
+        let http = axum::serve(http, http_app)
+            .with_graceful_shutdown(signal(stop_rx.clone()))
+            .into_future();
+        let both = async {
+            let (g, h) = tokio::join!(grpc, http);
+            g.context("gRPC server")?;
+            h.context("HTTP server")?;
+            anyhow::Ok(())
+        };
+        tokio::pin!(both);
+        // Once asked to stop, in-flight calls get `grace` to finish.
+        let mut rx = stop_rx;
+        tokio::select! {
+            r = &mut both => return r,
+            _ = rx.wait_for(|stopped| *stopped) => {}
+        }
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        match tokio::time::timeout(grace, &mut both).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "shutdown grace period over; dropping remaining calls"
+                );
+                Ok(())
+            }
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, "imprint-gateway listening");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        shared,
+        stop,
+        task,
+    })
+}
+
+/// Binds the configured addresses and starts.
+pub async fn bind_and_start(config: Config) -> anyhow::Result<Running> {
+    let grpc = TcpListener::bind(config.server.grpc_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding gRPC address {} (GATEWAY_GRPC_ADDR)",
+                config.server.grpc_addr
+            )
+        })?;
+    let http = TcpListener::bind(config.server.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding HTTP address {} (GATEWAY_HTTP_ADDR)",
+                config.server.http_addr
+            )
+        })?;
+    start(config, grpc, http).await
+}
+
+impl Running {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Re-reads the API key file and caller tokens file (SIGHUP). Calls in
+    /// flight finish with what they started with; a bad file changes nothing.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = &self.shared.config;
+        if let Some(path) = &config.upstream.api_key_file {
+            let key = read_secret_file(path, "upstream.api_key_file")?;
+            let credential = Credential::new(
+                key,
+                config.upstream.merchant_key.clone(),
+                config.upstream.auth_scheme,
+            )?;
+            tracing::info!(
+                fingerprint = credential.fingerprint(),
+                "Imprint credential reloaded"
+            );
+            self.shared.credentials.replace(credential);
+        }
+        let table = callers_from(config)?;
+        tracing::info!(callers = table.len(), "caller tokens reloaded");
+        self.shared.callers.replace(table);
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight calls finish (up to the grace
+    /// period), and returns when both servers are down.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("server task")?
+    }
+
+    /// Waits until the servers stop on their own (an error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("server task")?
+    }
+}
+
+/// Ready when a credential is loaded and Imprint answers HTTP at all.
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    if shared.credentials.current().is_none() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no Imprint credential loaded\n".into(),
+        );
+    }
+    match shared.client.probe(Duration::from_secs(2)).await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Imprint unreachable: {e}\n"),
+        ),
+    }
+}

@@ -1,0 +1,256 @@
+//! The gRPC services of `imprint.v2`, one file per Imprint resource.
+//!
+//! Each file is a route table: one line per RPC saying how it maps onto
+//! REST. The pipeline that runs a call is written once, in [`Gateway::call`].
+
+mod customer_links;
+mod customer_sessions;
+mod customers;
+mod offers;
+mod order_events;
+mod orders;
+mod payment_methods;
+mod rewards;
+mod sandbox;
+mod transaction_intents;
+mod transactions;
+
+use std::{sync::Arc, time::Duration};
+
+use http::HeaderMap;
+use tokio::time::Instant;
+use tonic::{metadata::MetadataMap, Request, Response, Status};
+use tower::ServiceExt;
+
+use crate::{
+    errors,
+    translate::{self, Endpoint},
+    upstream::{UpstreamError, UpstreamRequest, UpstreamService},
+};
+
+/// Serves every `imprint.v2` service by translating calls to REST.
+#[derive(Clone)]
+pub struct Gateway {
+    upstream: UpstreamService,
+    default_deadline: Duration,
+}
+
+impl Gateway {
+    /// `default_deadline` bounds calls whose caller sent no `grpc-timeout`.
+    pub fn new(upstream: UpstreamService, default_deadline: Duration) -> Self {
+        Self {
+            upstream,
+            default_deadline,
+        }
+    }
+
+    /// Runs one RPC: validate and translate, call Imprint through the
+    /// upstream stack, decode, and return `x-request-id` either way.
+    pub async fn call<E: Endpoint>(
+        &self,
+        request: Request<E>,
+    ) -> Result<Response<E::Response>, Status> {
+        let request_id = request_id(request.metadata());
+        let deadline =
+            Instant::now() + caller_timeout(request.metadata()).unwrap_or(self.default_deadline);
+        let result = self
+            .run(request.get_ref(), deadline, request_id.clone())
+            .await;
+        let id = tonic::metadata::MetadataValue::try_from(&*request_id).ok();
+        match result {
+            Ok(message) => {
+                let mut response = Response::new(message);
+                if let Some(id) = id {
+                    response.metadata_mut().insert("x-request-id", id);
+                }
+                Ok(response)
+            }
+            Err(mut status) => {
+                if let Some(id) = id {
+                    status.metadata_mut().insert("x-request-id", id);
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn run<E: Endpoint>(
+        &self,
+        message: &E,
+        deadline: Instant,
+        request_id: Arc<str>,
+    ) -> Result<E::Response, Status> {
+        let rpc = E::ROUTE.rpc;
+        let call = translate::build(message).map_err(|v| errors::invalid_request(&v))?;
+        let request = UpstreamRequest {
+            rpc,
+            template: E::ROUTE.path,
+            call,
+            headers: HeaderMap::new(),
+            deadline: Some(deadline),
+            request_id,
+        };
+        let response = self
+            .upstream
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| errors::upstream_status(rpc, &e))?;
+        E::decode(&response.body)
+            .map_err(|e| errors::upstream_status(rpc, &UpstreamError::Decode(e)))
+    }
+}
+
+/// The caller's `x-request-id` when it is a sane token, else a fresh UUID.
+fn request_id(metadata: &MetadataMap) -> Arc<str> {
+    metadata
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(Arc::from)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into())
+}
+
+/// The caller's deadline from `grpc-timeout` (`<= 8 digits><H|M|S|m|u|n>`).
+pub(crate) fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Decodes a JSON answer into a proto message.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
+/// For RPCs returning `google.protobuf.Empty`: whatever Imprint sent (204,
+/// or a body) means success.
+pub(crate) fn no_body(_: &[u8]) -> Result<(), serde_json::Error> {
+    Ok(())
+}
+
+/// Declares RPCs: their [`Endpoint`] routes and the tonic service impl.
+///
+/// ```ignore
+/// rpcs! {
+///     service CustomerService(customer_service_server::CustomerService) {
+///         GetCustomer(get_customer): GetCustomerRequest => Customer, json,
+///             GET "/v2/customers/{customer_id}", query [], required ["customer_id"], body_only [];
+///     }
+/// }
+/// ```
+macro_rules! rpcs {
+    (
+        service $service:ident ($server_trait:path) {
+            $(
+                $rpc:ident($fn_name:ident): $req:ident => $resp:ty, $decode:ident,
+                $method:ident $path:literal,
+                query [$($q:literal),*], required [$($r:literal),*], body_only [$($b:literal),*];
+            )*
+        }
+    ) => {
+        $(
+            impl $crate::translate::Endpoint for $req {
+                type Response = $resp;
+                const ROUTE: $crate::translate::Route = $crate::translate::Route {
+                    rpc: concat!("imprint.v2.", stringify!($service), "/", stringify!($rpc)),
+                    method: http::Method::$method,
+                    path: $path,
+                    query: &[$($q),*],
+                    required: &[$($r),*],
+                    body_only: &[$($b),*],
+                };
+                fn decode(body: &[u8]) -> Result<$resp, serde_json::Error> {
+                    $crate::services::$decode(body)
+                }
+            }
+        )*
+
+        #[tonic::async_trait]
+        impl $server_trait for $crate::services::Gateway {
+            $(
+                async fn $fn_name(
+                    &self,
+                    request: tonic::Request<$req>,
+                ) -> Result<tonic::Response<$resp>, tonic::Status> {
+                    self.call(request).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use rpcs;
+
+/// Registers every `imprint.v2` service of `gateway` on a tonic router.
+pub fn add_services<L>(
+    router: tonic::transport::server::Router<L>,
+    gateway: Gateway,
+    limits: &MessageLimits,
+) -> tonic::transport::server::Router<L> {
+    use crate::pb::imprint::v2::*;
+    macro_rules! add {
+        ($router:expr, $($module:ident::$server:ident),*) => {
+            $router$(.add_service(
+                $module::$server::new(gateway.clone())
+                    .max_decoding_message_size(limits.max_decoding)
+                    .max_encoding_message_size(limits.max_encoding)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                    .send_compressed(tonic::codec::CompressionEncoding::Gzip),
+            ))*
+        };
+    }
+    add!(
+        router,
+        customer_service_server::CustomerServiceServer,
+        customer_link_service_server::CustomerLinkServiceServer,
+        customer_session_service_server::CustomerSessionServiceServer,
+        payment_method_service_server::PaymentMethodServiceServer,
+        transaction_intent_service_server::TransactionIntentServiceServer,
+        transaction_service_server::TransactionServiceServer,
+        reward_service_server::RewardServiceServer,
+        offer_service_server::OfferServiceServer,
+        order_service_server::OrderServiceServer,
+        order_event_service_server::OrderEventServiceServer,
+        sandbox_service_server::SandboxServiceServer
+    )
+}
+
+/// The fully-qualified names of the services [`add_services`] registers.
+pub const SERVICE_NAMES: &[&str] = &[
+    "imprint.v2.CustomerService",
+    "imprint.v2.CustomerLinkService",
+    "imprint.v2.CustomerSessionService",
+    "imprint.v2.PaymentMethodService",
+    "imprint.v2.TransactionIntentService",
+    "imprint.v2.TransactionService",
+    "imprint.v2.RewardService",
+    "imprint.v2.OfferService",
+    "imprint.v2.OrderService",
+    "imprint.v2.OrderEventService",
+    "imprint.v2.SandboxService",
+];
+
+/// gRPC message size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    pub max_decoding: usize,
+    pub max_encoding: usize,
+}

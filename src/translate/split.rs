@@ -1,0 +1,263 @@
+//! One serialization pass that splits a request message into path values,
+//! query parameters and a JSON body, and checks required fields.
+//!
+//! serde's derived `Serialize` calls `serialize_field` for each set field and
+//! `skip_field` for each unset one, so the pass sees exactly what a caller
+//! set, without building any intermediate JSON tree.
+
+use std::fmt;
+
+use serde::{
+    ser::{self, Impossible, SerializeStruct},
+    Serialize,
+};
+
+use super::Route;
+
+/// One reason a request was refused before reaching Imprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field, by its proto (= REST) name.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl FieldViolation {
+    fn new(field: &str, description: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            description: description.into(),
+        }
+    }
+}
+
+pub(super) struct Fields {
+    path: Vec<(&'static str, String)>,
+    pub(super) query: Vec<(&'static str, String)>,
+    /// `{...}`: every set non-path field as JSON.
+    pub(super) body: Vec<u8>,
+    pub(super) body_only_set: bool,
+}
+
+impl Fields {
+    pub(super) fn path_value(&self, name: &str) -> Option<&str> {
+        self.path
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub(super) fn split<T: Serialize>(value: &T, route: &Route) -> Result<Fields, Vec<FieldViolation>> {
+    let mut pass = Pass {
+        route,
+        fields: Fields {
+            path: Vec::new(),
+            query: Vec::new(),
+            body: Vec::with_capacity(128),
+            body_only_set: false,
+        },
+        required_seen: 0,
+        violations: Vec::new(),
+        first: true,
+    };
+    pass.fields.body.push(b'{');
+    if let Err(e) = value.serialize(&mut pass) {
+        pass.violations.push(FieldViolation::new("", e.0));
+    }
+    pass.fields.body.push(b'}');
+    for (i, name) in route.required.iter().enumerate() {
+        if pass.required_seen & (1 << i) == 0 {
+            pass.violations
+                .push(FieldViolation::new(name, format!("{name} is required")));
+        }
+    }
+    if pass.violations.is_empty() {
+        Ok(pass.fields)
+    } else {
+        Err(pass.violations)
+    }
+}
+
+struct Pass<'r> {
+    route: &'r Route,
+    fields: Fields,
+    /// Bit i set: `route.required[i]` was present.
+    required_seen: u64,
+    violations: Vec<FieldViolation>,
+    first: bool,
+}
+
+#[derive(Debug)]
+struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Error {}
+impl ser::Error for Error {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Error(msg.to_string())
+    }
+}
+
+fn is_path_param(template: &str, key: &str) -> bool {
+    template.split('/').any(|seg| {
+        seg.len() == key.len() + 2 && seg.starts_with('{') && &seg[1..seg.len() - 1] == key
+    })
+}
+
+/// The text of a scalar JSON fragment: a string unquoted, a number or bool as is.
+fn scalar_text(json: &[u8]) -> Option<String> {
+    match json.first()? {
+        b'"' => serde_json::from_slice::<String>(json).ok(),
+        b'{' | b'[' => None,
+        _ => String::from_utf8(json.to_vec()).ok(),
+    }
+}
+
+impl SerializeStruct for &mut Pass<'_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        let route = self.route;
+        if let Some(i) = route.required.iter().position(|r| *r == key) {
+            self.required_seen |= 1 << i;
+        }
+        if route.body_only.contains(&key) {
+            self.fields.body_only_set = true;
+        }
+        if is_path_param(route.path, key) {
+            let json = serde_json::to_vec(value).map_err(ser::Error::custom)?;
+            let text =
+                scalar_text(&json).ok_or_else(|| Error(format!("{key} must be a scalar")))?;
+            if text == "." || text == ".." {
+                self.violations.push(FieldViolation::new(
+                    key,
+                    format!("{key} must not be '.' or '..'"),
+                ));
+            }
+            self.fields.path.push((key, text));
+            return Ok(());
+        }
+        let start = self.fields.body.len();
+        if !self.first {
+            self.fields.body.push(b',');
+        }
+        serde_json::to_writer(&mut self.fields.body, key).map_err(ser::Error::custom)?;
+        self.fields.body.push(b':');
+        let value_start = self.fields.body.len();
+        if let Err(e) = serde_json::to_writer(&mut self.fields.body, value) {
+            self.fields.body.truncate(start);
+            self.violations
+                .push(FieldViolation::new(key, e.to_string()));
+            return Ok(());
+        }
+        self.first = false;
+        if route.query.contains(&key) {
+            let text = scalar_text(&self.fields.body[value_start..])
+                .ok_or_else(|| Error(format!("{key} must be a scalar")))?;
+            if key == "limit" && text.parse::<i64>().is_ok_and(|n| n < 1) {
+                self.violations
+                    .push(FieldViolation::new(key, "limit must be at least 1"));
+            }
+            self.fields.query.push((key, text));
+        } else if key == "limit" {
+            let n = std::str::from_utf8(&self.fields.body[value_start..])
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok());
+            if n.is_some_and(|n| n < 1) {
+                self.violations
+                    .push(FieldViolation::new(key, "limit must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    fn skip_field(&mut self, _key: &'static str) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn end(self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+macro_rules! unsupported {
+    ($($name:ident($($arg:ty),*) -> $ret:ty;)*) => {$(
+        fn $name(self, $(_: $arg),*) -> Result<$ret, Error> {
+            Err(Error(concat!("request messages are structs; got ", stringify!($name)).into()))
+        }
+    )*};
+}
+
+impl<'a, 'r> ser::Serializer for &'a mut Pass<'r> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Impossible<(), Error>;
+    type SerializeTuple = Impossible<(), Error>;
+    type SerializeTupleStruct = Impossible<(), Error>;
+    type SerializeTupleVariant = Impossible<(), Error>;
+    type SerializeMap = Impossible<(), Error>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Impossible<(), Error>;
+
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self, Error> {
+        Ok(self)
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<(), Error> {
+        Err(Error("request messages are structs".into()))
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), Error> {
+        Err(Error("request messages are structs".into()))
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), Error> {
+        Err(Error("request messages are structs".into()))
+    }
+
+    unsupported! {
+        serialize_bool(bool) -> ();
+        serialize_i8(i8) -> ();
+        serialize_i16(i16) -> ();
+        serialize_i32(i32) -> ();
+        serialize_i64(i64) -> ();
+        serialize_u8(u8) -> ();
+        serialize_u16(u16) -> ();
+        serialize_u32(u32) -> ();
+        serialize_u64(u64) -> ();
+        serialize_f32(f32) -> ();
+        serialize_f64(f64) -> ();
+        serialize_char(char) -> ();
+        serialize_str(&str) -> ();
+        serialize_bytes(&[u8]) -> ();
+        serialize_none() -> ();
+        serialize_unit() -> ();
+        serialize_unit_struct(&'static str) -> ();
+        serialize_unit_variant(&'static str, u32, &'static str) -> ();
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+    }
+}

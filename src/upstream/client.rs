@@ -1,0 +1,177 @@
+//! The innermost service: one reqwest client (rustls, pooled keep-alive
+//! connections shared by every call) that puts an [`UpstreamRequest`] on the
+//! wire and classifies the answer.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use http::{header, HeaderValue};
+use tower::Service;
+
+use super::{ApiError, TransportKind, UpstreamError, UpstreamRequest, UpstreamResponse};
+
+/// Connection settings of the upstream client.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Imprint's base URL, e.g. `https://dev.sbx.imprint.co` (no trailing slash).
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub tcp_keepalive: Duration,
+    /// Answers larger than this are refused rather than buffered.
+    pub max_response_bytes: usize,
+}
+
+/// Sends requests to Imprint. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    base_url: Arc<str>,
+    max_response_bytes: usize,
+}
+
+impl HttpClient {
+    pub fn new(config: &ClientConfig) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .tcp_keepalive(config.tcp_keepalive)
+            .tcp_nodelay(true)
+            // Imprint never redirects an API call; following one could send
+            // the credential somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("imprint-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            base_url: config.base_url.trim_end_matches('/').into(),
+            max_response_bytes: config.max_response_bytes,
+        })
+    }
+}
+
+impl HttpClient {
+    /// Whether Imprint's host answers HTTP at all (any status counts), for
+    /// readiness. Sends no credential.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let url = format!("{}/", self.base_url);
+        match tokio::time::timeout(timeout, self.client.head(url).send()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.without_url().to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+impl Service<UpstreamRequest> for HttpClient {
+    type Response = UpstreamResponse;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamError>> {
+        // reqwest queues internally; the concurrency limit layer bounds it.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        let mut url = String::with_capacity(self.base_url.len() + req.call.path_and_query.len());
+        url.push_str(&self.base_url);
+        url.push_str(&req.call.path_and_query);
+        let mut builder = self
+            .client
+            .request(req.call.method, url)
+            .headers(req.headers);
+        if let Ok(id) = HeaderValue::from_str(&req.request_id) {
+            builder = builder.header("x-request-id", id);
+        }
+        builder = builder.header(header::ACCEPT, "application/json");
+        if let Some(body) = req.call.body {
+            builder = builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let limit = self.max_response_bytes;
+        Box::pin(async move {
+            let response = builder.send().await.map_err(transport)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            if response.content_length().is_some_and(|n| n > limit as u64) {
+                return Err(UpstreamError::Decode(serde::de::Error::custom(
+                    format_args!(
+                        "answer of {} bytes exceeds the {limit}-byte limit",
+                        response.content_length().unwrap_or_default()
+                    ),
+                )));
+            }
+            let body = response.bytes().await.map_err(transport)?;
+            if status.is_success() {
+                return Ok(UpstreamResponse {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            Err(UpstreamError::Status {
+                status,
+                error: Box::new(ApiError::parse(&body)),
+                retry_after: retry_after(&headers),
+            })
+        })
+    }
+}
+
+fn transport(e: reqwest::Error) -> UpstreamError {
+    let kind = if e.is_connect() {
+        TransportKind::Connect
+    } else if e.is_timeout() {
+        TransportKind::Timeout
+    } else {
+        TransportKind::Interrupted
+    };
+    // The URL holds ids only (secrets never go in URLs), but it adds nothing
+    // a caller needs; keep messages short.
+    UpstreamError::Transport {
+        kind,
+        source: e.without_url(),
+    }
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,190 @@
+//! What can go wrong with an upstream call, recorded as facts (where it
+//! failed, whether the request may have reached Imprint) so that the retry
+//! policy and the gRPC status mapping read the same things.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde::Deserialize;
+
+use crate::pb::imprint::v2::CustomerLink;
+
+/// An upstream call that did not produce a 2xx answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Imprint answered with a non-2xx status.
+    #[error("Imprint answered HTTP {status}")]
+    Status {
+        status: StatusCode,
+        error: Box<ApiError>,
+        /// From a `Retry-After` header, if Imprint sent one.
+        retry_after: Option<Duration>,
+    },
+    /// No HTTP answer: connection refused, reset, timed out, TLS failure.
+    #[error("could not reach Imprint ({kind})")]
+    Transport {
+        kind: TransportKind,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The caller's deadline passed before the call finished.
+    #[error("deadline exceeded while calling Imprint")]
+    DeadlineExceeded,
+    /// The gateway has no usable Imprint credential loaded.
+    #[error("the gateway has no Imprint credential configured")]
+    NoCredential,
+    /// A 2xx answer whose body is not the JSON we expect at all.
+    #[error("Imprint's answer could not be decoded: {0}")]
+    Decode(#[source] serde_json::Error),
+}
+
+/// How far a failed transport attempt got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Connection could not be established: the request never left.
+    Connect,
+    /// No answer in time; the request may have been processed.
+    Timeout,
+    /// The connection broke mid-call; the request may have been processed.
+    Interrupted,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Connect => "connection failed",
+            TransportKind::Timeout => "timed out",
+            TransportKind::Interrupted => "connection interrupted",
+        })
+    }
+}
+
+impl UpstreamError {
+    /// True when the request provably never reached Imprint, so that even
+    /// a non-idempotent call may be sent again.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Transport {
+                kind: TransportKind::Connect,
+                ..
+            } | UpstreamError::NoCredential
+        )
+    }
+
+    /// The HTTP status Imprint answered with, if it answered.
+    pub fn http_status(&self) -> Option<StatusCode> {
+        match self {
+            UpstreamError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Imprint's error body, from whichever of its envelopes it used:
+/// `{"error":{"type","message","param"}}`, a flat `{"type","message","param"}`,
+/// or the validation form `{"path","details":[...],"error":"Bad Request","status"}`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ApiError {
+    pub r#type: Option<String>,
+    pub message: Option<String>,
+    pub param: Option<String>,
+    /// Validation messages such as `email: must be a well-formed email address`.
+    pub details: Vec<String>,
+    /// On a 409 from the link endpoint: the link that already exists.
+    pub existing_link: Option<CustomerLink>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    error: Option<ErrorField>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    param: Option<String>,
+    #[serde(default)]
+    details: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Object(Inner),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+struct Inner {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    param: Option<String>,
+    #[serde(default)]
+    existing_link: Option<CustomerLink>,
+}
+
+impl ApiError {
+    /// Parses any of Imprint's error envelopes; anything else yields an
+    /// empty error (the status code alone still says what happened).
+    pub fn parse(body: &[u8]) -> ApiError {
+        let Ok(env) = serde_json::from_slice::<Envelope>(body) else {
+            return ApiError::default();
+        };
+        let mut out = ApiError {
+            r#type: env.kind,
+            message: env.message,
+            param: env.param,
+            details: env.details.unwrap_or_default(),
+            existing_link: None,
+        };
+        match env.error {
+            Some(ErrorField::Object(inner)) => {
+                out.r#type = inner.kind.or(out.r#type);
+                out.message = inner.message.or(out.message);
+                out.param = inner.param.or(out.param);
+                out.existing_link = inner.existing_link;
+            }
+            // The validation envelope puts the HTTP reason phrase in `error`.
+            Some(ErrorField::Text(reason)) => {
+                if out.message.is_none() {
+                    out.message = Some(reason);
+                }
+            }
+            None => {}
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nested_envelope_with_existing_link() {
+        let e = ApiError::parse(
+            br#"{"error":{"type":"CUSTOMER_ALREADY_LINKED","message":"m","existing_link":{"customer_id":"c1","partner_customer_id":"p1","status":"ACTIVE","created_at":"2025-02-13T19:08:07.000Z"}}}"#,
+        );
+        assert_eq!(e.r#type.as_deref(), Some("CUSTOMER_ALREADY_LINKED"));
+        assert_eq!(e.existing_link.unwrap().partner_customer_id, "p1");
+    }
+
+    #[test]
+    fn parses_flat_and_validation_envelopes() {
+        let flat = ApiError::parse(
+            br#"{"type":"CUSTOMER_NOT_FOUND_ERROR","message":"nope","param":"customer_id"}"#,
+        );
+        assert_eq!(flat.param.as_deref(), Some("customer_id"));
+        let v = ApiError::parse(
+            br#"{"path":"/v2/customers","details":["email: must be a well-formed email address"],"error":"Bad Request","status":400}"#,
+        );
+        assert_eq!(v.details.len(), 1);
+        assert_eq!(v.message.as_deref(), Some("Bad Request"));
+        assert_eq!(ApiError::parse(b"<html>oops</html>"), ApiError::default());
+    }
+}
