@@ -1,0 +1,302 @@
+//! Test harness: a scripted fake Imprint on one loopback port and the real
+//! gateway on another, with a real tonic client.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::Bytes,
+    extract::{Request, State},
+    http::{HeaderMap, Method, StatusCode},
+    response::{IntoResponse, Response},
+    Router,
+};
+use imprint_gateway::{config::Config, server};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+pub const API_KEY: &str = "sk_test_gateway_key";
+pub const MERCHANT_KEY: &str = "mk_test_merchant";
+pub const TOKEN: &str = "caller-token-all";
+pub const LIMITED_TOKEN: &str = "caller-token-customers";
+
+/// What the fake upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("request body is JSON")
+    }
+
+    /// Query parameters in order.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        let Some(q) = &self.query else {
+            return Vec::new();
+        };
+        q.split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (decode(k), decode(v))
+            })
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn ok(body: impl Into<String>) -> Self {
+        Self::json(200, body)
+    }
+
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    /// (METHOD, path) → answers, used in order; the last one repeats.
+    routes: HashMap<(Method, String), Vec<Reply>>,
+    log: Vec<Recorded>,
+}
+
+/// A scripted fake Imprint on 127.0.0.1.
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> Self {
+        let script = Arc::new(Mutex::new(Script::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(script.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, script }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Scripts `method path` (path as received, percent-encoded, no query).
+    pub fn on(&self, method: Method, path: &str, reply: Reply) -> &Self {
+        self.script
+            .lock()
+            .routes
+            .entry((method, path.to_string()))
+            .or_default()
+            .push(reply);
+        self
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.script.lock().log.clone()
+    }
+
+    /// The single request received; panics unless exactly one arrived.
+    pub fn only_request(&self) -> Recorded {
+        let log = self.requests();
+        assert_eq!(
+            log.len(),
+            1,
+            "expected exactly one upstream request, got {log:#?}"
+        );
+        log.into_iter().next().unwrap()
+    }
+}
+
+async fn handle(State(script): State<Arc<Mutex<Script>>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let recorded = Recorded {
+        method: parts.method.clone(),
+        path: path.clone(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers.clone(),
+        body,
+    };
+    let reply = {
+        let mut s = script.lock();
+        s.log.push(recorded);
+        match s.routes.get_mut(&(parts.method.clone(), path.clone())) {
+            Some(replies) if replies.len() > 1 => Some(replies.remove(0)),
+            Some(replies) => replies.first().cloned(),
+            None => None,
+        }
+    };
+    let Some(reply) = reply else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            format!("fake upstream has no script for {} {path}", parts.method),
+        )
+            .into_response();
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut resp = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    for (k, v) in reply.headers {
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    resp
+}
+
+/// A running gateway in front of an upstream, with a channel to it.
+pub struct TestGateway {
+    pub running: Option<server::Running>,
+    pub channel: Channel,
+    _dir: tempdir::Dir,
+}
+
+pub mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir().join(format!("igw-test-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub const TOKENS_FILE: &str = r#"
+[[callers]]
+name = "tester"
+token = "caller-token-all"
+allow = ["*"]
+
+[[callers]]
+name = "customers-only"
+token = "caller-token-customers"
+allow = ["imprint.v2.CustomerService/*"]
+"#;
+
+impl TestGateway {
+    /// Gateway in front of `upstream_url`, with `env` applied over the
+    /// harness defaults (key, merchant key, caller tokens).
+    pub async fn start_with(upstream_url: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempdir::Dir::new();
+        let tokens = dir.0.join("callers.toml");
+        std::fs::write(&tokens, TOKENS_FILE).unwrap();
+        let mut vars: Vec<(String, String)> = vec![
+            ("IMPRINT_API_BASE_URL".into(), upstream_url.into()),
+            ("IMPRINT_API_KEY".into(), API_KEY.into()),
+            ("IMPRINT_MERCHANT_KEY".into(), MERCHANT_KEY.into()),
+            (
+                "GATEWAY_CALLER_TOKENS_FILE".into(),
+                tokens.display().to_string(),
+            ),
+        ];
+        for (k, v) in env {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.to_string(), v.to_string()));
+        }
+        let config = Config::load_with_env(None, vars).expect("test config");
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = server::start(config, grpc, http)
+            .await
+            .expect("gateway starts");
+        let channel = Channel::from_shared(format!("http://{}", running.grpc_addr()))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to gateway");
+        Self {
+            running: Some(running),
+            channel,
+            _dir: dir,
+        }
+    }
+
+    pub async fn start(upstream: &FakeUpstream) -> Self {
+        Self::start_with(&upstream.url(), &[]).await
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().http_addr()
+    }
+}
+
+/// A request carrying the all-access caller token.
+pub fn req<T>(message: T) -> tonic::Request<T> {
+    with_token(message, TOKEN)
+}
+
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    r
+}
+
+/// Asserts the credential headers the gateway must add to every call.
+pub fn assert_authenticated(r: &Recorded) {
+    use base64::Engine as _;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY}:"))
+    );
+    assert_eq!(r.header("authorization"), Some(expected.as_str()));
+    assert_eq!(r.header("x-imprint-merchant-key"), Some(MERCHANT_KEY));
+    assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
+}

@@ -1,0 +1,17 @@
+//! End-to-end tests: a real tonic client → the real gateway on a loopback
+//! port → a scripted fake Imprint on another loopback port. One module per
+//! behaviour; one binary so the suite links once.
+
+#![allow(unreachable_pub)]
+
+#[allow(dead_code)]
+mod fixtures;
+#[allow(dead_code)]
+mod harness;
+
+mod rpc_customers;
+mod rpc_links_sessions;
+mod rpc_orders;
+mod rpc_payments;
+mod rpc_rewards_offers;
+mod rpc_sandbox;
