@@ -51,8 +51,8 @@ impl Gateway {
         request: Request<E>,
     ) -> Result<Response<E::Response>, Status> {
         let request_id = request_id(request.metadata());
-        let deadline =
-            Instant::now() + caller_timeout(request.metadata()).unwrap_or(self.default_deadline);
+        let budget = upstream_budget(caller_timeout(request.metadata()), self.default_deadline);
+        let deadline = Instant::now() + budget;
         let result = self
             .run(request.get_ref(), deadline, request_id.clone())
             .await;
@@ -113,6 +113,18 @@ fn request_id(metadata: &MetadataMap) -> Arc<str> {
         })
         .map(Arc::from)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into())
+}
+
+/// How long the upstream call may take. A caller's deadline is shortened by
+/// a small margin so that our DEADLINE_EXCEEDED (with its details and
+/// request id) reaches the caller before the caller's own timer fires.
+fn upstream_budget(caller: Option<Duration>, default: Duration) -> Duration {
+    match caller {
+        Some(t) => {
+            t.saturating_sub((t / 20).clamp(Duration::from_millis(2), Duration::from_millis(50)))
+        }
+        None => default,
+    }
 }
 
 /// The caller's deadline from `grpc-timeout` (`<= 8 digits><H|M|S|m|u|n>`).

@@ -9,9 +9,14 @@ mod fixtures;
 #[allow(dead_code)]
 mod harness;
 
+mod auth;
+mod deadlines;
+mod errors;
 mod rpc_customers;
 mod rpc_links_sessions;
 mod rpc_orders;
 mod rpc_payments;
 mod rpc_rewards_offers;
 mod rpc_sandbox;
+mod server;
+mod translation;

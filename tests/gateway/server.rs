@@ -1,0 +1,189 @@
+//! Health, reflection, HTTP probes, request ids and graceful shutdown.
+
+use std::time::Duration;
+
+use axum::http::Method;
+use imprint_gateway::pb::imprint::v2::{customer_service_client::CustomerServiceClient, *};
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+use crate::{
+    fixtures::*,
+    harness::{req, FakeUpstream, Reply, TestGateway},
+};
+
+#[tokio::test]
+async fn health_is_served_per_service_without_a_token() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&up).await;
+    let mut h = HealthClient::new(gw.channel.clone());
+    for service in [
+        "",
+        "imprint.v2.CustomerService",
+        "imprint.v2.SandboxService",
+    ] {
+        let resp = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.status, ServingStatus::Serving as i32, "{service}");
+    }
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&up).await;
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(gw.channel.clone());
+    let mut stream = client
+        .server_reflection_info(req(tokio_stream::iter(vec![request])))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
+        panic!("unexpected reflection answer {resp:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in imprint_gateway::services::SERVICE_NAMES {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(names.iter().any(|n| n == "grpc.health.v1.Health"));
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "imprint.v2.CustomerService".into(),
+            ),
+        ),
+    };
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(gw.channel.clone());
+    let mut stream = client
+        .server_reflection_info(req(tokio_stream::iter(vec![request])))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    assert!(matches!(
+        resp.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+    ));
+}
+
+#[tokio::test]
+async fn http_probes() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&up).await;
+    let base = format!("http://{}", gw.http_addr());
+    let healthz = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    let readyz = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), 200, "{}", readyz.text().await.unwrap());
+
+    // Without a reachable upstream the gateway is alive but not ready.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = TestGateway::start_with(&format!("http://127.0.0.1:{port}"), &[]).await;
+    let readyz = reqwest::get(format!("http://{}/readyz", gw.http_addr()))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+}
+
+#[tokio::test]
+async fn request_id_travels_upstream_and_back() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&up).await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    let mut r = req(GetCustomerRequest {
+        customer_id: "C1".into(),
+    });
+    r.metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static("trace-abc-123"));
+    let resp = CustomerServiceClient::new(gw.channel.clone())
+        .get_customer(r)
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.metadata().get("x-request-id").unwrap(),
+        "trace-abc-123"
+    );
+    assert_eq!(
+        up.only_request().header("x-request-id"),
+        Some("trace-abc-123")
+    );
+
+    // Without one, the gateway makes one up and uses it both ways.
+    let resp = CustomerServiceClient::new(gw.channel.clone())
+        .get_customer(req(GetCustomerRequest {
+            customer_id: "C1".into(),
+        }))
+        .await
+        .unwrap();
+    let id = resp
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 36);
+    assert_eq!(up.requests()[1].header("x-request-id"), Some(id.as_str()));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_calls() {
+    let up = FakeUpstream::start().await;
+    let mut gw = TestGateway::start(&up).await;
+    up.on(
+        Method::GET,
+        "/v2/customers/C1",
+        Reply::ok(customer_json()).delay(Duration::from_millis(400)),
+    );
+    let mut client = CustomerServiceClient::new(gw.channel.clone());
+    let in_flight = tokio::spawn(async move {
+        client
+            .get_customer(req(GetCustomerRequest {
+                customer_id: "C1".into(),
+            }))
+            .await
+    });
+    // Let the call reach the upstream before asking the gateway to stop.
+    for _ in 0..100 {
+        if !up.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.requests().len(), 1);
+    let grpc_addr = gw.running.as_ref().unwrap().grpc_addr();
+    gw.running.take().unwrap().shutdown().await.unwrap();
+    let resp = in_flight.await.unwrap().expect("in-flight call completes");
+    assert_eq!(resp.into_inner(), customer());
+    // And nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
+}
