@@ -120,9 +120,9 @@ impl fmt::Debug for UpstreamConfig {
         f.debug_struct("UpstreamConfig")
             .field("base_url", &self.base_url)
             .field("auth_scheme", &self.auth_scheme)
-            .field("api_key", &self.api_key.as_ref().map(|k| mask(k)))
+            .field("api_key", &self.api_key.as_ref().map(mask))
             .field("api_key_file", &self.api_key_file)
-            .field("merchant_key", &self.merchant_key.as_ref().map(|k| mask(k)))
+            .field("merchant_key", &self.merchant_key.as_ref().map(mask))
             .finish_non_exhaustive()
     }
 }
@@ -280,8 +280,11 @@ impl Config {
             );
         }
 
-        let mut config: Config = Config::deserialize(toml::Value::Table(tree))
-            .map_err(|e| err(source.clone(), e.message().to_string()))?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let setting = e.path().to_string();
+            let problem = e.into_inner().message().to_string();
+            err(format!("{setting} (from {source} or the environment)"), problem)
+        })?;
         config.validate()?;
         if let Some(path) = &config.upstream.api_key_file {
             if config.upstream.api_key.is_none() {

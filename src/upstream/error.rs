@@ -150,12 +150,8 @@ impl ApiError {
                 out.existing_link = inner.existing_link;
             }
             // The validation envelope puts the HTTP reason phrase in `error`.
-            Some(ErrorField::Text(reason)) => {
-                if out.message.is_none() {
-                    out.message = Some(reason);
-                }
-            }
-            None => {}
+            Some(ErrorField::Text(reason)) if out.message.is_none() => out.message = Some(reason),
+            Some(ErrorField::Text(_)) | None => {}
         }
         out
     }

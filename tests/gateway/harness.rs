@@ -161,6 +161,7 @@ async fn handle(State(script): State<Arc<Mutex<Script>>>, req: Request) -> Respo
         headers: parts.headers.clone(),
         body,
     };
+    record_for_spec_check(&recorded);
     let reply = {
         let mut s = script.lock();
         s.log.push(recorded);
@@ -188,6 +189,31 @@ async fn handle(State(script): State<Arc<Mutex<Script>>>, req: Request) -> Respo
         );
     }
     resp
+}
+
+/// With `IMPRINT_GATEWAY_RECORD=<file>`, every request the gateway sends is
+/// appended there as a JSON line, for `.ci/spec_check.py` to validate
+/// against Imprint's OpenAPI description.
+fn record_for_spec_check(r: &Recorded) {
+    use std::io::Write as _;
+    let Ok(path) = std::env::var("IMPRINT_GATEWAY_RECORD") else { return };
+    let auth_scheme = r
+        .header("authorization")
+        .and_then(|v| v.split_once(' '))
+        .map(|(scheme, _)| scheme.to_string());
+    let line = serde_json::json!({
+        "method": r.method.as_str(),
+        "path": r.path,
+        "query": r.query_pairs(),
+        "auth_scheme": auth_scheme,
+        "content_type": r.header("content-type"),
+        "body": if r.body.is_empty() { serde_json::Value::Null } else {
+            serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::String("<not json>".into()))
+        },
+    });
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    // One write per line: O_APPEND keeps parallel tests' lines whole.
+    f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
 /// A running gateway in front of an upstream, with a channel to it.

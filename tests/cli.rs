@@ -1,0 +1,127 @@
+//! The binary as operators use it: `--version`, `check-config`, `serve`
+//! start-up errors, and SIGTERM.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imprint-gateway"));
+    // Start from a clean slate: none of the runner's variables leak in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IMPRINT_") || k.starts_with("GATEWAY") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[test]
+fn version_and_help() {
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("imprint-gateway "));
+    for cmd in ["serve", "check-config"] {
+        let out = bin().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help");
+    }
+}
+
+#[test]
+fn check_config_masks_secrets() {
+    let out = bin()
+        .arg("check-config")
+        .env("IMPRINT_API_KEY", "sk_live_do_not_print")
+        .env("IMPRINT_MERCHANT_KEY", "mk_do_not_print")
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:7001")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("grpc_addr = \"127.0.0.1:7001\""), "{stdout}");
+    assert!(stdout.contains("api_key = [redacted sha256:"), "{stdout}");
+    assert!(!stdout.contains("do_not_print") && !stderr.contains("do_not_print"));
+}
+
+#[test]
+fn check_config_names_the_bad_setting() {
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_HTTP_ADDR", "localhost")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("GATEWAY_HTTP_ADDR"), "{stderr}");
+
+    let dir = std::env::temp_dir().join(format!("igw-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[upstream]\ndefault_deadline = \"soon\"\n").unwrap();
+    let out = bin().args(["check-config", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("default_deadline"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_key() {
+    let out = bin().arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IMPRINT_API_KEY"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn sigterm_stops_serve_cleanly() {
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = bin()
+        .arg("serve")
+        .env("IMPRINT_API_KEY", "sk_test")
+        .env("IMPRINT_API_BASE_URL", "http://127.0.0.1:9")
+        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status:?}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let out = bin()
+        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
