@@ -31,7 +31,10 @@ fn transaction(i: usize) -> String {
 
 fn transaction_list() -> String {
     let items: Vec<String> = (0..100).map(transaction).collect();
-    format!(r#"{{"data":[{}],"has_more":true,"total":1000}}"#, items.join(","))
+    format!(
+        r#"{{"data":[{}],"has_more":true,"total":1000}}"#,
+        items.join(",")
+    )
 }
 
 // === The floor: plain structs, timestamps left as strings ===
@@ -131,7 +134,8 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(list.len() as u64));
     g.bench_function("gateway_proto", |b| {
         b.iter(|| {
-            serde_json::from_slice::<ListCustomerTransactionsResponse>(std::hint::black_box(list)).unwrap()
+            serde_json::from_slice::<ListCustomerTransactionsResponse>(std::hint::black_box(list))
+                .unwrap()
         })
     });
     g.bench_function("serde_plain_floor", |b| {

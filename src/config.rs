@@ -69,6 +69,10 @@ pub struct AuthConfig {
     pub allow_unauthenticated: bool,
     /// TOML file of caller tokens and what each may call.
     pub caller_tokens_file: Option<PathBuf>,
+    /// Set by the `sandbox` command, never by a file: callers on loopback
+    /// get in without a token unless caller tokens are configured.
+    #[serde(skip)]
+    pub allow_loopback_unauthenticated: bool,
 }
 
 /// How to reach Imprint.
@@ -280,11 +284,15 @@ impl Config {
             );
         }
 
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
-            let setting = e.path().to_string();
-            let problem = e.into_inner().message().to_string();
-            err(format!("{setting} (from {source} or the environment)"), problem)
-        })?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
+            .map_err(|e| {
+                let setting = e.path().to_string();
+                let problem = e.into_inner().message().to_string();
+                err(
+                    format!("{setting} (from {source} or the environment)"),
+                    problem,
+                )
+            })?;
         config.validate()?;
         if let Some(path) = &config.upstream.api_key_file {
             if config.upstream.api_key.is_none() {

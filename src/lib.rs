@@ -7,12 +7,14 @@
 //! become gRPC statuses in exactly one place, [`errors`].
 
 pub mod auth;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod errors;
 pub mod json;
 pub mod pb;
+pub mod sandbox;
 pub mod server;
 pub mod services;
 pub mod telemetry;

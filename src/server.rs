@@ -13,7 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::{
-    auth::{CallerAuthLayer, CallerRegistry, CallerTable},
+    auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
     pb,
@@ -73,13 +73,17 @@ pub async fn start(
     let table = callers_from(&config)?;
     if config.auth.allow_unauthenticated {
         tracing::warn!("GATEWAY_ALLOW_UNAUTHENTICATED is on: callers without a token are let in. Development only!");
-    } else if table.is_empty() {
+    } else if table.is_empty() && !config.auth.allow_loopback_unauthenticated {
         tracing::warn!("no caller tokens configured: every call will be refused (set GATEWAY_CALLER_TOKENS_FILE)");
     }
-    let callers = Arc::new(CallerRegistry::new(
-        table,
-        config.auth.allow_unauthenticated,
-    ));
+    let anonymous = if config.auth.allow_unauthenticated {
+        Anonymous::Allowed
+    } else if config.auth.allow_loopback_unauthenticated && table.is_empty() {
+        Anonymous::LoopbackOnly
+    } else {
+        Anonymous::Denied
+    };
+    let callers = Arc::new(CallerRegistry::new(table, anonymous));
 
     let u = &config.upstream;
     let client = HttpClient::new(&ClientConfig {

@@ -40,7 +40,10 @@ fn check_config_masks_secrets() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("grpc_addr = \"127.0.0.1:7001\""), "{stdout}");
+    assert!(
+        stdout.contains("grpc_addr = \"127.0.0.1:7001\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("api_key = [redacted sha256:"), "{stdout}");
     assert!(!stdout.contains("do_not_print") && !stderr.contains("do_not_print"));
 }
@@ -60,7 +63,11 @@ fn check_config_names_the_bad_setting() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.toml");
     std::fs::write(&file, "[upstream]\ndefault_deadline = \"soon\"\n").unwrap();
-    let out = bin().args(["check-config", "--config"]).arg(&file).output().unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("default_deadline"), "{stderr}");
@@ -98,7 +105,10 @@ fn sigterm_stops_serve_cleanly() {
         .unwrap();
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "serve did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = Command::new("kill")
@@ -112,7 +122,10 @@ fn sigterm_stops_serve_cleanly() {
             assert!(status.success(), "exit status {status:?}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "serve did not stop on SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -120,8 +133,16 @@ fn sigterm_stops_serve_cleanly() {
 #[test]
 fn the_example_config_is_valid() {
     let out = bin()
-        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")])
+        .args([
+            "check-config",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

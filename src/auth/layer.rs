@@ -70,10 +70,15 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|c| c.remote_addr())
+            .map(|a| a.ip());
         let check = if AUTHENTICATED_SERVICES.iter().any(|p| method.starts_with(p)) {
-            self.registry.authenticate(authorization)
+            self.registry.authenticate(authorization, peer)
         } else {
-            self.registry.authorize(authorization, method)
+            self.registry.authorize(authorization, peer, method)
         };
         let caller = match check {
             Ok(c) => c,

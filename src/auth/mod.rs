@@ -15,7 +15,7 @@
 
 mod layer;
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 use secrecy::{ExposeSecret, SecretString};
@@ -168,11 +168,22 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Who may call without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anonymous {
+    /// Nobody: a token is required (the default).
+    Denied,
+    /// Anyone (`GATEWAY_ALLOW_UNAUTHENTICATED=true`, development only).
+    Allowed,
+    /// Callers on a loopback address only (the `sandbox` command).
+    LoopbackOnly,
+}
+
 /// The policy the auth layer applies; swappable on reload.
 #[derive(Debug)]
 pub struct CallerRegistry {
     table: ArcSwap<CallerTable>,
-    allow_unauthenticated: bool,
+    anonymous: Anonymous,
 }
 
 /// Why a call was refused.
@@ -185,10 +196,10 @@ pub enum Denied {
 }
 
 impl CallerRegistry {
-    pub fn new(table: CallerTable, allow_unauthenticated: bool) -> Self {
+    pub fn new(table: CallerTable, anonymous: Anonymous) -> Self {
         Self {
             table: ArcSwap::from_pointee(table),
-            allow_unauthenticated,
+            anonymous,
         }
     }
 
@@ -197,10 +208,20 @@ impl CallerRegistry {
         self.table.store(Arc::new(table));
     }
 
-    /// Who is calling, from the `authorization` value (if any).
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Caller>, Denied> {
+    /// Who is calling, from the `authorization` value (if any) and the
+    /// peer address (if known).
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<Arc<Caller>, Denied> {
         let Some(value) = authorization else {
-            if self.allow_unauthenticated {
+            let let_in = match self.anonymous {
+                Anonymous::Denied => false,
+                Anonymous::Allowed => true,
+                Anonymous::LoopbackOnly => peer.is_some_and(|ip| ip.is_loopback()),
+            };
+            if let_in {
                 return Ok(Arc::new(Caller::anonymous()));
             }
             return Err(Denied::Unauthenticated(
@@ -227,9 +248,10 @@ impl CallerRegistry {
     pub fn authorize(
         &self,
         authorization: Option<&str>,
+        peer: Option<IpAddr>,
         method: &str,
     ) -> Result<Arc<Caller>, Denied> {
-        let caller = self.authenticate(authorization)?;
+        let caller = self.authenticate(authorization, peer)?;
         if caller.may_call(method) {
             Ok(caller)
         } else {
@@ -258,14 +280,15 @@ mod tests {
 
     #[test]
     fn denied_by_default_and_scoped() {
-        let reg = CallerRegistry::new(CallerTable::parse(FILE).unwrap(), false);
+        let reg = CallerRegistry::new(CallerTable::parse(FILE).unwrap(), Anonymous::Denied);
         assert!(matches!(
-            reg.authorize(None, "imprint.v2.CustomerService/GetCustomer"),
+            reg.authorize(None, None, "imprint.v2.CustomerService/GetCustomer"),
             Err(Denied::Unauthenticated(_))
         ));
         assert!(matches!(
             reg.authorize(
                 Some("Bearer nope"),
+                None,
                 "imprint.v2.CustomerService/GetCustomer"
             ),
             Err(Denied::Unauthenticated(_))
@@ -273,6 +296,7 @@ mod tests {
         let c = reg
             .authorize(
                 Some("Bearer tok-checkout"),
+                None,
                 "imprint.v2.CustomerService/GetCustomer",
             )
             .unwrap();
@@ -280,12 +304,14 @@ mod tests {
         assert!(reg
             .authorize(
                 Some("Bearer tok-checkout"),
+                None,
                 "imprint.v2.OrderService/CreateOrder"
             )
             .is_ok());
         assert_eq!(
             reg.authorize(
                 Some("Bearer tok-checkout"),
+                None,
                 "imprint.v2.OrderService/DeleteOrder"
             ),
             Err(Denied::NotAllowed {
@@ -296,11 +322,37 @@ mod tests {
         assert!(reg
             .authorize(
                 Some("Bearer tok-checkout"),
+                None,
                 "imprint.v2.CustomerServiceX/Get"
             )
             .is_err());
         // sha256("test")
-        assert!(reg.authorize(Some("Bearer test"), "anything/At").is_ok());
+        assert!(reg
+            .authorize(Some("Bearer test"), None, "anything/At")
+            .is_ok());
+    }
+
+    #[test]
+    fn loopback_only_anonymous_access() {
+        let reg = CallerRegistry::new(CallerTable::default(), Anonymous::LoopbackOnly);
+        let local = Some(IpAddr::from([127, 0, 0, 1]));
+        let remote = Some(IpAddr::from([192, 0, 2, 7]));
+        assert!(reg
+            .authorize(None, local, "imprint.v2.CustomerService/GetCustomer")
+            .is_ok());
+        assert!(reg
+            .authorize(
+                None,
+                Some(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+                "a/b"
+            )
+            .is_ok());
+        assert!(reg
+            .authorize(None, remote, "imprint.v2.CustomerService/GetCustomer")
+            .is_err());
+        assert!(reg
+            .authorize(None, None, "imprint.v2.CustomerService/GetCustomer")
+            .is_err());
     }
 
     #[test]

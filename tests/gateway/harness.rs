@@ -196,7 +196,9 @@ async fn handle(State(script): State<Arc<Mutex<Script>>>, req: Request) -> Respo
 /// against Imprint's OpenAPI description.
 fn record_for_spec_check(r: &Recorded) {
     use std::io::Write as _;
-    let Ok(path) = std::env::var("IMPRINT_GATEWAY_RECORD") else { return };
+    let Ok(path) = std::env::var("IMPRINT_GATEWAY_RECORD") else {
+        return;
+    };
     let auth_scheme = r
         .header("authorization")
         .and_then(|v| v.split_once(' '))
@@ -211,7 +213,11 @@ fn record_for_spec_check(r: &Recorded) {
             serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::String("<not json>".into()))
         },
     });
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     // One write per line: O_APPEND keeps parallel tests' lines whole.
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }

@@ -1,8 +1,10 @@
-//! Command-line interface: `serve`, `check-config`.
+//! Command-line interface: `serve`, `check-config`, `sandbox`, `emulator`, `call`.
 
-use std::{path::PathBuf, process::ExitCode};
+mod sandbox;
 
-use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
 
 use crate::{config::Config, server, telemetry};
 
@@ -28,6 +30,36 @@ enum Command {
         #[arg(long, env = "GATEWAY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run the built-in Imprint emulator and the gateway in front of it:
+    /// no credentials, no network needed.
+    Sandbox(sandbox::SandboxArgs),
+    /// Run the built-in Imprint emulator alone (for other teams' tests).
+    Emulator(sandbox::EmulatorArgs),
+    /// Call the gateway (or any gRPC server with reflection): JSON in, JSON out.
+    Call(CallArgs),
+}
+
+#[derive(Debug, Args)]
+struct CallArgs {
+    /// `package.Service/Method`, e.g. imprint.v2.CustomerService/GetCustomer.
+    method: Option<String>,
+    /// The request as JSON with REST field names; `{}` when omitted.
+    json: Option<String>,
+    /// List the services and methods instead of calling.
+    #[arg(long)]
+    list: bool,
+    /// gRPC address of the gateway.
+    #[arg(long, env = "GATEWAY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    addr: String,
+    /// Caller token, sent as `authorization: Bearer <token>`.
+    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Extra metadata, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Deadline of the call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 /// Entry point of the binary.
@@ -48,6 +80,15 @@ pub fn main() -> ExitCode {
             }
             run(serve(config))
         }
+        Command::Sandbox(args) => {
+            let config = match load(args.config.clone()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run(sandbox::run_sandbox(args, config))
+        }
+        Command::Emulator(args) => run(sandbox::run_emulator(args)),
+        Command::Call(args) => call(args),
     }
 }
 
@@ -80,11 +121,14 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -95,6 +139,56 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn call(args: CallArgs) -> ExitCode {
+    let opts = crate::call::CallOptions {
+        addr: args.addr,
+        token: args.token,
+        headers: args.headers,
+        timeout: args.timeout,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.list {
+        return match rt.block_on(crate::call::list(&opts)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(method) = args.method else {
+        eprintln!("error: name a method (package.Service/Method), or use --list");
+        return ExitCode::from(2);
+    };
+    let json = args.json.unwrap_or_default();
+    if let Err(e) = crate::call::check_json_argument(&json) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match rt.block_on(crate::call::call(&opts, &method, &json)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{}", e.report());
+            if matches!(e, crate::call::CallError::Other(_)) {
+                eprintln!();
+            }
             ExitCode::FAILURE
         }
     }

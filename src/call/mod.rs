@@ -1,0 +1,245 @@
+//! `imprint-gateway call`: a small grpcurl-like client that needs nothing but
+//! this repository. It learns the API from the server's reflection service,
+//! takes a JSON request (REST field names), prints the JSON response, and on
+//! error prints the gRPC status with its `google.rpc` details.
+
+mod codec;
+mod reflection;
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::{anyhow, bail, Context as _};
+use prost_reflect::{DynamicMessage, MethodDescriptor, SerializeOptions};
+use tonic::{
+    metadata::{MetadataKey, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+
+/// What to call and how.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// `http://127.0.0.1:50051` or `127.0.0.1:50051`.
+    pub addr: String,
+    /// Sent as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Extra metadata, `name: value`.
+    pub headers: Vec<String>,
+    pub timeout: Duration,
+}
+
+async fn connect(opts: &CallOptions) -> anyhow::Result<Channel> {
+    let uri = if opts.addr.contains("://") {
+        opts.addr.clone()
+    } else {
+        format!("http://{}", opts.addr)
+    };
+    Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("invalid address {uri}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {uri}"))
+}
+
+fn request<T>(message: T, opts: &CallOptions) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(message);
+    req.set_timeout(opts.timeout);
+    let md = req.metadata_mut();
+    if let Some(token) = &opts.token {
+        md.insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {token}"))?,
+        );
+    }
+    for h in &opts.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("header {h:?} is not 'name: value'"))?;
+        md.insert(
+            MetadataKey::from_str(&k.trim().to_ascii_lowercase())
+                .with_context(|| format!("bad header name {k:?}"))?,
+            MetadataValue::try_from(v.trim())
+                .with_context(|| format!("bad header value for {k}"))?,
+        );
+    }
+    Ok(req)
+}
+
+/// Lists services and their methods, one `service/Method` per line.
+pub async fn list(opts: &CallOptions) -> anyhow::Result<String> {
+    let channel = connect(opts).await?;
+    let mut out = String::new();
+    for service in reflection::list_services(channel.clone(), opts).await? {
+        let pool = reflection::pool_for(channel.clone(), opts, &service).await?;
+        let Some(desc) = pool.get_service_by_name(&service) else {
+            continue;
+        };
+        for m in desc.methods() {
+            let kind = if m.is_server_streaming() {
+                " (stream)"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "{service}/{}{kind}  {} -> {}\n",
+                m.name(),
+                m.input().name(),
+                m.output().name()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Calls `service/Method` with a JSON request; returns the JSON response.
+pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String, CallError> {
+    let channel = connect(opts).await.map_err(CallError::Other)?;
+    let (service, name) = method.rsplit_once('/').ok_or_else(|| {
+        CallError::Other(anyhow!(
+            "method must be 'package.Service/Method', got {method:?}"
+        ))
+    })?;
+    let pool = reflection::pool_for(channel.clone(), opts, service)
+        .await
+        .map_err(CallError::Other)?;
+    let desc: MethodDescriptor = pool
+        .get_service_by_name(service)
+        .ok_or_else(|| CallError::Other(anyhow!("the server has no service {service}")))?
+        .methods()
+        .find(|m| m.name() == name)
+        .ok_or_else(|| CallError::Other(anyhow!("{service} has no method {name}")))?;
+    if desc.is_client_streaming() || desc.is_server_streaming() {
+        return Err(CallError::Other(anyhow!(
+            "{method} is a streaming method; call supports unary methods"
+        )));
+    }
+    let json = if json.trim().is_empty() { "{}" } else { json };
+    let mut de = serde_json::Deserializer::from_str(json);
+    let message = DynamicMessage::deserialize(desc.input(), &mut de).map_err(|e| {
+        CallError::Other(anyhow!(
+            "request JSON does not fit {}: {e}",
+            desc.input().full_name()
+        ))
+    })?;
+    de.end()
+        .map_err(|e| CallError::Other(anyhow!("trailing input after the request JSON: {e}")))?;
+
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| CallError::Other(anyhow!("connection not ready: {e}")))?;
+    let path = http::uri::PathAndQuery::try_from(format!("/{service}/{name}"))
+        .map_err(|e| CallError::Other(anyhow!("bad method path: {e}")))?;
+    let codec = codec::DynamicCodec::new(desc.output());
+    let response = grpc
+        .unary(
+            request(message, opts).map_err(CallError::Other)?,
+            path,
+            codec,
+        )
+        .await
+        .map_err(CallError::Status)?;
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .stringify_64_bit_integers(false)
+        .skip_default_fields(true);
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::pretty(&mut out);
+    response
+        .into_inner()
+        .serialize_with_options(&mut ser, &options)
+        .map_err(|e| CallError::Other(anyhow!("cannot print the response: {e}")))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A failed call: a gRPC status from the server, or a local problem.
+#[derive(Debug)]
+pub enum CallError {
+    Status(tonic::Status),
+    Other(anyhow::Error),
+}
+
+impl CallError {
+    /// A readable report: code, message and each `google.rpc` detail.
+    pub fn report(&self) -> String {
+        match self {
+            CallError::Other(e) => format!("error: {e:#}"),
+            CallError::Status(s) => status_report(s),
+        }
+    }
+}
+
+fn status_report(s: &tonic::Status) -> String {
+    use prost::Message as _;
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "ERROR:\n  Code: {:?}\n  Message: {}\n",
+        s.code(),
+        s.message()
+    );
+    if let Some(id) = s
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        let _ = writeln!(out, "  Request id: {id}");
+    }
+    let Ok(details) = tonic_types::pb::Status::decode(s.details()) else {
+        return out;
+    };
+    for any in details.details {
+        let name = any
+            .type_url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let text = match name.as_str() {
+            "google.rpc.ErrorInfo" => {
+                tonic_types::pb::ErrorInfo::decode(any.value.as_slice()).map(|e| {
+                    format!(
+                        "reason={} domain={} metadata={:?}",
+                        e.reason, e.domain, e.metadata
+                    )
+                })
+            }
+            "google.rpc.BadRequest" => tonic_types::pb::BadRequest::decode(any.value.as_slice())
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            "google.rpc.RetryInfo" => {
+                tonic_types::pb::RetryInfo::decode(any.value.as_slice()).map(|r| {
+                    let d = r.retry_delay.unwrap_or_default();
+                    format!("retry after {}.{:03}s", d.seconds, d.nanos / 1_000_000)
+                })
+            }
+            "imprint.v2.CustomerLink" => {
+                crate::pb::imprint::v2::CustomerLink::decode(any.value.as_slice())
+                    .map(|l| serde_json::to_string(&l).unwrap_or_default())
+            }
+            _ => Ok(format!("{} bytes", any.value.len())),
+        };
+        let _ = writeln!(
+            out,
+            "  {name}: {}",
+            text.unwrap_or_else(|e| format!("undecodable: {e}"))
+        );
+    }
+    out
+}
+
+/// Fails when `json` is not a JSON object (`call`'s argument check).
+pub fn check_json_argument(json: &str) -> anyhow::Result<()> {
+    if json.trim().is_empty() {
+        return Ok(());
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => bail!("the request must be a JSON object"),
+        Err(e) => bail!("the request is not valid JSON: {e}"),
+    }
+}
