@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Checks every request the gateway sent during the test suite against
-Imprint's OpenAPI description: the path and method exist, query parameters
-are declared (with valid types and enums), JSON bodies validate against the
-request schema (required fields, types, enums), and a credential is sent.
+"""Checks recorded traffic against Imprint's OpenAPI description.
 
-Usage: spec_check.py OPENAPI_YML REQUESTS_JSONL
-The requests file is written by the test harness when IMPRINT_GATEWAY_RECORD
-is set. Reads ../shared only through its arguments; nothing is copied.
+  spec_check.py OPENAPI_YML requests REQUESTS_JSONL
+      every request the gateway sent during the tests: the path and method
+      exist, query parameters are declared (types, enums), JSON bodies
+      validate against the request schema, and a credential is sent.
+      Written by tests/gateway when IMPRINT_GATEWAY_RECORD is set.
+
+  spec_check.py OPENAPI_YML responses RESPONSES_JSONL
+      every answer the emulator gave during its tests: each path of the spec
+      was served, 2xx statuses are the declared ones, and bodies validate
+      against the declared response schema.
+      Written by tests/emulator when IMPRINT_EMULATOR_RECORD is set.
+
+Reads ../shared only through its arguments; nothing is copied.
 """
 import json
 import re
@@ -16,9 +23,30 @@ import yaml
 from jsonschema import Draft202012Validator
 
 
-def main(spec_path, requests_path):
+# Known errors in the published spec, patched in memory (and reported).
+ERRATA = [
+    ("OrdersResponse requires 'orders' but defines only 'data'",
+     lambda c: c["schemas"]["OrdersResponse"].update(required=["data"])),
+    ("PaymentMethod.card requires 'brand' but does not define it",
+     lambda c: c["schemas"]["PaymentMethod"]["properties"]["card"].update(
+         required=[r for r in c["schemas"]["PaymentMethod"]["properties"]["card"]["required"] if r != "brand"])),
+]
+
+
+def load(spec_path):
     spec = yaml.safe_load(open(spec_path))
     components = spec.get("components", {})
+    for note, fix in ERRATA:
+        try:
+            fix(components)
+            print(f"spec erratum patched: {note}")
+        except (KeyError, TypeError):
+            pass
+    return spec, components
+
+
+def main(spec_path, requests_path):
+    spec, components = load(spec_path)
     routes = []
     for template, item in spec["paths"].items():
         pattern = "^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$"
@@ -111,5 +139,68 @@ def main(spec_path, requests_path):
     return 0
 
 
+def responses(spec_path, responses_path):
+    spec, components = load(spec_path)
+    routes = []
+    for template, item in spec["paths"].items():
+        pattern = "^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$"
+        routes.append((re.compile(pattern), template, item))
+
+    def validator(schema):
+        return Draft202012Validator({**schema, "components": components})
+
+    failures, checked, undeclared, served = [], 0, {}, set()
+    for n, line in enumerate(open(responses_path), 1):
+        r = json.loads(line)
+        checked += 1
+        where = f"answer {n}: {r['method']} {r['path']} -> {r['status']}"
+        matches = sorted(
+            [(t, item) for rx, t, item in routes if rx.match(r["path"])], key=lambda m: m[0].count("{"))
+        op = None
+        for template, item in matches:
+            op = item.get(r["method"].lower())
+            if op:
+                break
+        if not op:
+            failures.append(f"{where}: no such operation in the spec")
+            continue
+        served.add((r["method"], template))
+        declared = op.get("responses", {})
+        spec_resp = declared.get(str(r["status"]))
+        if spec_resp is None:
+            if 200 <= r["status"] < 300:
+                failures.append(f"{where}: the spec declares {sorted(declared)} for success")
+            else:
+                undeclared.setdefault((r["method"], template, r["status"]), 0)
+                undeclared[(r["method"], template, r["status"])] += 1
+            continue
+        content = spec_resp.get("content", {}).get("application/json")
+        if content is None:
+            if r["body"] not in (None, ""):
+                failures.append(f"{where}: the spec declares no body")
+            continue
+        for err in validator(content["schema"]).iter_errors(r["body"]):
+            failures.append(f"{where}: body {'/'.join(map(str, err.absolute_path))}: {err.message}")
+    all_ops = {(m.upper(), t) for _, t, item in routes for m in item if m in ("get", "post", "put", "patch", "delete")}
+    missing = sorted(all_ops - served)
+    print(f"spec check: {checked} emulator answers, {len(served)} of {len(all_ops)} operations served")
+    if undeclared:
+        print("  error statuses the spec does not declare for the operation (not checked):")
+        for (m, t, st), count in sorted(undeclared.items()):
+            print(f"    {m} {t} -> {st} ({count}x)")
+    for m, t in missing:
+        failures.append(f"operation never exercised: {m} {t}")
+    if failures:
+        print(f"spec check: {len(failures)} problem(s):")
+        for f in failures:
+            print("  " + f)
+        return 1
+    print("spec check: every emulator answer is valid against the spec")
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    if len(sys.argv) != 4 or sys.argv[2] not in ("requests", "responses"):
+        sys.exit(__doc__)
+    check = main if sys.argv[2] == "requests" else responses
+    sys.exit(check(sys.argv[1], sys.argv[3]))

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod errors;
+pub mod events;
 pub mod json;
 pub mod pb;
 pub mod sandbox;

@@ -146,3 +146,86 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The README's main command, used the way a new user would: start
+/// `sandbox`, copy the first call it prints, run it.
+#[test]
+fn sandbox_prints_a_first_call_that_works() {
+    use std::io::{BufRead as _, BufReader};
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = bin()
+        .arg("sandbox")
+        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut first_call = None;
+    let mut list = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_call.is_none() || list.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("sandbox printed its banner");
+        let trimmed = line.trim().to_string();
+        if trimmed.starts_with("cargo run --release -- call") {
+            first_call = Some(trimmed);
+        } else if let Some(cmd) = trimmed.strip_prefix("Every method: ") {
+            list = Some(cmd.to_string());
+        }
+    }
+    // The printed commands, with `cargo run --release --` meaning this binary.
+    let run = |cmd: &str| {
+        let cmd = cmd.replace("cargo run --release --", env!("CARGO_BIN_EXE_imprint-gateway"));
+        Command::new("sh").arg("-c").arg(cmd).output().unwrap()
+    };
+    let first_call = first_call.unwrap();
+    let out = run(&first_call);
+    let listed = run(&list.unwrap());
+    let missing = run(&first_call.replace(imprint_gateway::sandbox::seed::JOHN, "no-such-customer"));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let customer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(customer["first_name"], "John");
+    let missing_err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing_err.contains("Code: NotFound"), "{missing_err}");
+    assert!(missing_err.contains("google.rpc.ErrorInfo: reason=CUSTOMER_NOT_FOUND_ERROR"), "{missing_err}");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for method in ["imprint.v2.CustomerService/GetCustomer", "imprint.v2.SandboxService/SimulateReward"] {
+        assert!(listed.contains(method), "{method} missing from --list:\n{listed}");
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sandbox exits 0 on SIGTERM: {status:?}");
+}
+
+#[test]
+fn call_reports_errors_clearly() {
+    // Nothing listens: a clear local error, exit 1.
+    let port = free_port();
+    let out = bin()
+        .args(["call", "--addr", &format!("127.0.0.1:{port}"), "imprint.v2.CustomerService/GetCustomer", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    // Not JSON: refused before connecting.
+    let out = bin()
+        .args(["call", "imprint.v2.CustomerService/GetCustomer", "{nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+}

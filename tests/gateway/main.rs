@@ -18,5 +18,6 @@ mod rpc_orders;
 mod rpc_payments;
 mod rpc_rewards_offers;
 mod rpc_sandbox;
+mod sandbox_flow;
 mod server;
 mod translation;
