@@ -187,25 +187,44 @@ fn sandbox_prints_a_first_call_that_works() {
     }
     // The printed commands, with `cargo run --release --` meaning this binary.
     let run = |cmd: &str| {
-        let cmd = cmd.replace("cargo run --release --", env!("CARGO_BIN_EXE_imprint-gateway"));
+        let cmd = cmd.replace(
+            "cargo run --release --",
+            env!("CARGO_BIN_EXE_imprint-gateway"),
+        );
         Command::new("sh").arg("-c").arg(cmd).output().unwrap()
     };
     let first_call = first_call.unwrap();
     let out = run(&first_call);
     let listed = run(&list.unwrap());
-    let missing = run(&first_call.replace(imprint_gateway::sandbox::seed::JOHN, "no-such-customer"));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let missing =
+        run(&first_call.replace(imprint_gateway::sandbox::seed::JOHN, "no-such-customer"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let customer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(customer["first_name"], "John");
     let missing_err = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(1));
     assert!(missing_err.contains("Code: NotFound"), "{missing_err}");
-    assert!(missing_err.contains("google.rpc.ErrorInfo: reason=CUSTOMER_NOT_FOUND_ERROR"), "{missing_err}");
+    assert!(
+        missing_err.contains("google.rpc.ErrorInfo: reason=CUSTOMER_NOT_FOUND_ERROR"),
+        "{missing_err}"
+    );
     let listed = String::from_utf8_lossy(&listed.stdout);
-    for method in ["imprint.v2.CustomerService/GetCustomer", "imprint.v2.SandboxService/SimulateReward"] {
-        assert!(listed.contains(method), "{method} missing from --list:\n{listed}");
+    for method in [
+        "imprint.v2.CustomerService/GetCustomer",
+        "imprint.v2.SandboxService/SimulateReward",
+    ] {
+        assert!(
+            listed.contains(method),
+            "{method} missing from --list:\n{listed}"
+        );
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "sandbox exits 0 on SIGTERM: {status:?}");
@@ -216,7 +235,13 @@ fn call_reports_errors_clearly() {
     // Nothing listens: a clear local error, exit 1.
     let port = free_port();
     let out = bin()
-        .args(["call", "--addr", &format!("127.0.0.1:{port}"), "imprint.v2.CustomerService/GetCustomer", "{}"])
+        .args([
+            "call",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "imprint.v2.CustomerService/GetCustomer",
+            "{}",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -45,7 +45,9 @@ pub fn verify(
     if sigs.is_empty() {
         return Err(SignatureError::Malformed("no s= signature"));
     }
-    let n: u64 = t.parse().map_err(|_| SignatureError::Malformed("t is not a number"))?;
+    let n: u64 = t
+        .parse()
+        .map_err(|_| SignatureError::Malformed("t is not a number"))?;
     // Seconds are 10 digits until the year 2286; milliseconds are 13.
     let at = if n >= 100_000_000_000 {
         UNIX_EPOCH + Duration::from_millis(n)
@@ -56,16 +58,14 @@ pub fn verify(
     if skew > tolerance {
         return Err(SignatureError::Stale(tolerance));
     }
-    let expected: Vec<Vec<u8>> = sigs
-        .iter()
-        .filter_map(|s| hex::decode(s).ok())
-        .collect();
+    let expected: Vec<Vec<u8>> = sigs.iter().filter_map(|s| hex::decode(s).ok()).collect();
     if expected.is_empty() {
         return Err(SignatureError::Malformed("s is not hex"));
     }
     let matches = |message_body: &[u8]| {
         expected.iter().any(|sig| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
             mac.update(t.as_bytes());
             mac.update(b".");
             mac.update(message_body);
@@ -118,7 +118,10 @@ mod tests {
         let t = "1760000000";
         let canonical = br#"{"data":{"a":2,"b":1},"object":"TRANSACTION"}"#;
         let h = format!("t={t},s={}", sign(SECRET, t, canonical));
-        assert_eq!(verify(SECRET, Some(&h), BODY, now(), Duration::from_secs(300)), Ok(()));
+        assert_eq!(
+            verify(SECRET, Some(&h), BODY, now(), Duration::from_secs(300)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -126,17 +129,35 @@ mod tests {
         let tol = Duration::from_secs(300);
         let t = "1760000000";
         let good = format!("t={t},s={}", sign(SECRET, t, BODY));
-        assert_eq!(verify(SECRET, None, BODY, now(), tol), Err(SignatureError::Missing));
-        assert_eq!(verify(b"other", Some(&good), BODY, now(), tol), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(SECRET, None, BODY, now(), tol),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify(b"other", Some(&good), BODY, now(), tol),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(
             verify(SECRET, Some(&good), b"{\"tampered\":1}", now(), tol),
             Err(SignatureError::Mismatch)
         );
         let old = format!("t=1759999000,s={}", sign(SECRET, "1759999000", BODY));
-        assert_eq!(verify(SECRET, Some(&old), BODY, now(), tol), Err(SignatureError::Stale(tol)));
+        assert_eq!(
+            verify(SECRET, Some(&old), BODY, now(), tol),
+            Err(SignatureError::Stale(tol))
+        );
         let future = format!("t=1760001000,s={}", sign(SECRET, "1760001000", BODY));
-        assert!(matches!(verify(SECRET, Some(&future), BODY, now(), tol), Err(SignatureError::Stale(_))));
-        assert!(matches!(verify(SECRET, Some("s=abc"), BODY, now(), tol), Err(SignatureError::Malformed(_))));
-        assert!(matches!(verify(SECRET, Some("t=1760000000,s=zz"), BODY, now(), tol), Err(SignatureError::Malformed(_))));
+        assert!(matches!(
+            verify(SECRET, Some(&future), BODY, now(), tol),
+            Err(SignatureError::Stale(_))
+        ));
+        assert!(matches!(
+            verify(SECRET, Some("s=abc"), BODY, now(), tol),
+            Err(SignatureError::Malformed(_))
+        ));
+        assert!(matches!(
+            verify(SECRET, Some("t=1760000000,s=zz"), BODY, now(), tol),
+            Err(SignatureError::Malformed(_))
+        ));
     }
 }

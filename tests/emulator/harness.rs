@@ -25,7 +25,12 @@ pub struct Answer {
 impl Answer {
     #[track_caller]
     pub fn ok(self) -> Value {
-        assert!((200..300).contains(&self.status), "expected 2xx, got {} {}", self.status, self.body);
+        assert!(
+            (200..300).contains(&self.status),
+            "expected 2xx, got {} {}",
+            self.status,
+            self.body
+        );
         self.body
     }
 
@@ -46,7 +51,10 @@ impl Api {
         let running = Emulator::new(config).serve(listener).await.unwrap();
         Self {
             running,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
             key: DEFAULT_API_KEY.to_string(),
             merchant_key: None,
         }
@@ -60,18 +68,27 @@ impl Api {
     pub async fn send(&self, method: Method, path_and_query: &str, body: Option<Value>) -> Answer {
         let mut req = self
             .client
-            .request(method.clone(), format!("{}{path_and_query}", self.running.url()))
+            .request(
+                method.clone(),
+                format!("{}{path_and_query}", self.running.url()),
+            )
             .basic_auth(&self.key, Some(""));
         if let Some(m) = &self.merchant_key {
             req = req.header("x-imprint-merchant-key", m);
         }
         if let Some(b) = &body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         record(&method, path_and_query, status, &body);
         Answer { status, body }
     }
@@ -97,9 +114,15 @@ impl Api {
 /// `.ci/spec_check.py` to validate against the spec's response schemas.
 fn record(method: &Method, path_and_query: &str, status: u16, body: &Value) {
     use std::io::Write as _;
-    let Ok(file) = std::env::var("IMPRINT_EMULATOR_RECORD") else { return };
+    let Ok(file) = std::env::var("IMPRINT_EMULATOR_RECORD") else {
+        return;
+    };
     let path = path_and_query.split('?').next().unwrap_or_default();
     let line = serde_json::json!({"method": method.as_str(), "path": path, "status": status, "body": body});
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(file).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }

@@ -7,14 +7,26 @@ use crate::harness::*;
 #[tokio::test]
 async fn customers_search_get_update_and_balance() {
     let api = Api::start().await;
-    let page = api.get("/v2/customers?partner_customer_id=PARTNER_USER_456").await.ok();
+    let page = api
+        .get("/v2/customers?partner_customer_id=PARTNER_USER_456")
+        .await
+        .ok();
     assert_eq!(page["total"], 1);
     assert_eq!(page["data"][0]["id"], JOHN);
-    assert!(page["data"][0].get("ssn").is_none(), "the full SSN is never returned");
+    assert!(
+        page["data"][0].get("ssn").is_none(),
+        "the full SSN is never returned"
+    );
 
-    let by_ssn = api.post("/v2/customers", json!({"ssn": "987654321"})).await.ok();
+    let by_ssn = api
+        .post("/v2/customers", json!({"ssn": "987654321"}))
+        .await
+        .ok();
     assert_eq!(by_ssn["data"][0]["id"], JANE);
-    let by_dob = api.post("/v2/customers", json!({"date_of_birth": {"year": 1978}})).await.ok();
+    let by_dob = api
+        .post("/v2/customers", json!({"date_of_birth": {"year": 1978}}))
+        .await
+        .ok();
     assert_eq!(by_dob["data"][0]["id"], SAM);
 
     let john = api.get(&format!("/v2/customers/{JOHN}")).await.ok();
@@ -31,28 +43,52 @@ async fn customers_search_get_update_and_balance() {
     assert_eq!(updated["email"], "j@new.example");
     assert_eq!(updated["address"]["city"], "Oakland");
     assert_eq!(updated["metadata"]["tier"], "gold");
-    assert_eq!(api.get(&format!("/v2/customers/{JOHN}")).await.ok()["email"], "j@new.example");
+    assert_eq!(
+        api.get(&format!("/v2/customers/{JOHN}")).await.ok()["email"],
+        "j@new.example"
+    );
 
-    let balance = api.get(&format!("/v2/customers/{JOHN}/rewards_balance")).await.ok();
+    let balance = api
+        .get(&format!("/v2/customers/{JOHN}/rewards_balance"))
+        .await
+        .ok();
     assert_eq!(balance["customer_id"], JOHN);
-    assert_eq!(balance["reward_balance"], 250, "the captured seed transaction's reward");
+    assert_eq!(
+        balance["reward_balance"], 250,
+        "the captured seed transaction's reward"
+    );
     assert_eq!(balance["reward_symbol"], "points");
 }
 
 #[tokio::test]
 async fn customer_sub_resources() {
     let api = Api::start().await;
-    let pms = api.get(&format!("/v2/customers/{JOHN}/payment_methods")).await.ok();
+    let pms = api
+        .get(&format!("/v2/customers/{JOHN}/payment_methods"))
+        .await
+        .ok();
     assert_eq!(pms["data"].as_array().unwrap().len(), 2);
-    let intents = api.get(&format!("/v2/customers/{JOHN}/transaction_intents")).await.ok();
+    let intents = api
+        .get(&format!("/v2/customers/{JOHN}/transaction_intents"))
+        .await
+        .ok();
     assert_eq!(intents["data"][0]["status"], "CONFIRMED");
-    let txns = api.get(&format!("/v2/customers/{JOHN}/transactions")).await.ok();
+    let txns = api
+        .get(&format!("/v2/customers/{JOHN}/transactions"))
+        .await
+        .ok();
     assert_eq!(txns["total"], 2);
     let rewards = api.get(&format!("/v2/customers/{JOHN}/rewards")).await.ok();
     assert_eq!(rewards["total"], 2);
     // Most recently updated first.
     assert_eq!(rewards["data"][0]["status"], "PENDING");
-    for sub in ["payment_methods", "transaction_intents", "transactions", "rewards", "rewards_balance"] {
+    for sub in [
+        "payment_methods",
+        "transaction_intents",
+        "transactions",
+        "rewards",
+        "rewards_balance",
+    ] {
         let a = api.get(&format!("/v2/customers/nobody/{sub}")).await;
         assert_eq!(a.status, 404, "{sub}");
         assert_eq!(a.body["type"], "CUSTOMER_NOT_FOUND_ERROR");
@@ -63,17 +99,26 @@ async fn customer_sub_resources() {
 async fn links_and_sessions() {
     let api = Api::start().await;
     let link = api
-        .post(&format!("/v2/customers/{JANE}/link"), json!({"partner_customer_id": "P-JANE", "metadata": {"store_id": "s1"}}))
+        .post(
+            &format!("/v2/customers/{JANE}/link"),
+            json!({"partner_customer_id": "P-JANE", "metadata": {"store_id": "s1"}}),
+        )
         .await
         .ok();
     assert_eq!(link["status"], "ACTIVE");
     assert_eq!(link["metadata"]["store_id"], "s1");
     let again = api
-        .post(&format!("/v2/customers/{JANE}/link"), json!({"partner_customer_id": "P-OTHER"}))
+        .post(
+            &format!("/v2/customers/{JANE}/link"),
+            json!({"partner_customer_id": "P-OTHER"}),
+        )
         .await
         .expect(409);
     assert_eq!(again["error"]["type"], "CUSTOMER_ALREADY_LINKED");
-    assert_eq!(again["error"]["existing_link"]["partner_customer_id"], "P-JANE");
+    assert_eq!(
+        again["error"]["existing_link"]["partner_customer_id"],
+        "P-JANE"
+    );
 
     let session = api
         .send(
@@ -90,23 +135,38 @@ async fn links_and_sessions() {
     let fetched = api.get(&format!("/v2/customer_sessions/{id}")).await.ok();
     assert_eq!(fetched["id"], id);
     assert_eq!(fetched["expires_at"], session["expires_at"]);
-    let created = api.get("/v2/customers?partner_customer_id=NEW-1").await.ok();
+    let created = api
+        .get("/v2/customers?partner_customer_id=NEW-1")
+        .await
+        .ok();
     assert_eq!(created["data"][0]["first_name"], "Nia");
-    assert_eq!(api.get("/v2/customer_sessions/nope").await.expect(404)["type"], "SESSION_NOT_FOUND_ERROR");
+    assert_eq!(
+        api.get("/v2/customer_sessions/nope").await.expect(404)["type"],
+        "SESSION_NOT_FOUND_ERROR"
+    );
 }
 
 #[tokio::test]
 async fn payment_methods_intents_transactions() {
     let api = Api::start().await;
-    let cards = api.get(&format!("/v2/payment_methods?customer_id={JOHN}&type=CARD")).await.ok();
+    let cards = api
+        .get(&format!("/v2/payment_methods?customer_id={JOHN}&type=CARD"))
+        .await
+        .ok();
     assert_eq!(cards["total"], 1);
     assert_eq!(cards["data"][0]["id"], JOHN_CARD);
     let by_pan = api
-        .post("/v2/payment_methods", json!({"customer_id": JANE, "pan": "5105105105105100"}))
+        .post(
+            "/v2/payment_methods",
+            json!({"customer_id": JANE, "pan": "5105105105105100"}),
+        )
         .await
         .ok();
     assert_eq!(by_pan["data"][0]["id"], JANE_CARD);
-    let bank = api.get(&format!("/v2/payment_methods/{JOHN_BANK}")).await.ok();
+    let bank = api
+        .get(&format!("/v2/payment_methods/{JOHN_BANK}"))
+        .await
+        .ok();
     assert_eq!(bank["bank_account"]["bank_name"], "Wells Fargo");
 
     let intent = api
@@ -119,8 +179,14 @@ async fn payment_methods_intents_transactions() {
         .ok();
     assert_eq!(intent["status"], "CONFIRMED");
     let id = intent["id"].as_str().unwrap();
-    assert_eq!(api.get(&format!("/v2/transaction_intents/{id}")).await.ok()["amount"], 1234);
-    let listed = api.get("/v2/transaction_intents?type=CONFIRMED&limit=1").await.ok();
+    assert_eq!(
+        api.get(&format!("/v2/transaction_intents/{id}")).await.ok()["amount"],
+        1234
+    );
+    let listed = api
+        .get("/v2/transaction_intents?type=CONFIRMED&limit=1")
+        .await
+        .ok();
     assert_eq!(listed["data"][0]["id"], id, "newest first");
     assert_eq!(listed["has_more"], true);
     let updated = api
@@ -131,12 +197,24 @@ async fn payment_methods_intents_transactions() {
         )
         .await
         .ok();
-    assert_eq!((updated["status"].clone(), updated["amount"].clone()), (json!("CANCELED"), json!(999)));
-    assert_eq!(api.get("/v2/transaction_intents?type=CANCELED").await.ok()["total"], 1);
+    assert_eq!(
+        (updated["status"].clone(), updated["amount"].clone()),
+        (json!("CANCELED"), json!(999))
+    );
+    assert_eq!(
+        api.get("/v2/transaction_intents?type=CANCELED").await.ok()["total"],
+        1
+    );
 
-    let txn = api.get("/v2/transactions/E777214A-2D11-4CAD-9E8F-E1BD71D9FE67").await.ok();
+    let txn = api
+        .get("/v2/transactions/E777214A-2D11-4CAD-9E8F-E1BD71D9FE67")
+        .await
+        .ok();
     assert_eq!(txn["status"], "CAPTURED");
-    assert_eq!(api.get("/v2/transactions/nope").await.expect(404)["type"], "TRANSACTION_NOT_FOUND_ERROR");
+    assert_eq!(
+        api.get("/v2/transactions/nope").await.expect(404)["type"],
+        "TRANSACTION_NOT_FOUND_ERROR"
+    );
 }
 
 #[tokio::test]
@@ -144,24 +222,54 @@ async fn rewards_and_offers() {
     let api = Api::start().await;
     let all = api.get("/v2/rewards").await.ok();
     assert_eq!(all["total"], 2);
-    let event = all["data"][0]["transaction_event_id"].as_str().unwrap().to_string();
-    let one = api.get(&format!("/v2/rewards?transaction_event_id={event}")).await.ok();
+    let event = all["data"][0]["transaction_event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let one = api
+        .get(&format!("/v2/rewards?transaction_event_id={event}"))
+        .await
+        .ok();
     assert_eq!(one["total"], 1);
     let reward_id = one["data"][0]["id"].as_str().unwrap().to_string();
-    assert_eq!(api.get(&format!("/v2/rewards/{reward_id}")).await.ok()["id"], reward_id.as_str());
+    assert_eq!(
+        api.get(&format!("/v2/rewards/{reward_id}")).await.ok()["id"],
+        reward_id.as_str()
+    );
 
-    let pending = all["data"].as_array().unwrap().iter().find(|r| r["status"] == "PENDING").unwrap();
+    let pending = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "PENDING")
+        .unwrap();
     let pid = pending["id"].as_str().unwrap();
-    let patched = api.patch(&format!("/v2/rewards/{pid}"), json!({"amount": 120, "status": "AVAILABLE"})).await.ok();
-    assert_eq!((patched["amount"].clone(), patched["status"].clone()), (json!(120), json!("AVAILABLE")));
+    let patched = api
+        .patch(
+            &format!("/v2/rewards/{pid}"),
+            json!({"amount": 120, "status": "AVAILABLE"}),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        (patched["amount"].clone(), patched["status"].clone()),
+        (json!(120), json!("AVAILABLE"))
+    );
     // No longer pending: further changes are refused.
-    api.patch(&format!("/v2/rewards/{pid}"), json!({"amount": 1})).await.expect(400);
+    api.patch(&format!("/v2/rewards/{pid}"), json!({"amount": 1}))
+        .await
+        .expect(400);
 
-    let offer = api.get("/v2/offers?partner_customer_id=PARTNER_USER_456").await.ok();
+    let offer = api
+        .get("/v2/offers?partner_customer_id=PARTNER_USER_456")
+        .await
+        .ok();
     assert_eq!(offer["is_prescreened"], true);
     assert!(offer["title"].is_string() && offer["description"].is_string());
     assert_eq!(
-        api.get("/v2/offers?partner_customer_id=unknown").await.expect(404)["type"],
+        api.get("/v2/offers?partner_customer_id=unknown")
+            .await
+            .expect(404)["type"],
         "PARTNER_CUSTOMER_NOT_FOUND_ERROR"
     );
 }
@@ -201,13 +309,28 @@ async fn orders_and_order_events() {
         .await
         .ok();
     let eid = event["order_event_id"].as_str().unwrap().to_string();
-    let events = api.get(&format!("/v2/order_events?order_id={oid}")).await.ok();
+    let events = api
+        .get(&format!("/v2/order_events?order_id={oid}"))
+        .await
+        .ok();
     assert_eq!(events["data"][0]["order_event_id"], eid.as_str());
-    assert_eq!(api.get("/v2/order_events?partner_event_id=pe-1").await.ok()["total"], 1);
-    assert_eq!(api.delete(&format!("/v2/order_events/{eid}")).await.status, 204);
-    assert_eq!(api.delete(&format!("/v2/order_events/{eid}")).await.status, 404);
+    assert_eq!(
+        api.get("/v2/order_events?partner_event_id=pe-1").await.ok()["total"],
+        1
+    );
+    assert_eq!(
+        api.delete(&format!("/v2/order_events/{eid}")).await.status,
+        204
+    );
+    assert_eq!(
+        api.delete(&format!("/v2/order_events/{eid}")).await.status,
+        404
+    );
     assert_eq!(api.delete(&format!("/v2/orders/{oid}")).await.status, 204);
-    assert_eq!(api.get("/v2/orders?partner_order_id=o-77").await.ok()["data"], json!([]));
+    assert_eq!(
+        api.get("/v2/orders?partner_order_id=o-77").await.ok()["data"],
+        json!([])
+    );
 }
 
 #[tokio::test]

@@ -7,28 +7,56 @@ use crate::harness::*;
 #[tokio::test]
 async fn missing_required_fields_and_wrong_types() {
     let api = Api::start().await;
-    let e = api.post("/v2/transaction_intents", json!({"customer_id": JOHN, "amount": "12"})).await.expect(400);
+    let e = api
+        .post(
+            "/v2/transaction_intents",
+            json!({"customer_id": JOHN, "amount": "12"}),
+        )
+        .await
+        .expect(400);
     assert_eq!(e["error"], "Bad Request");
     assert_eq!(e["status"], 400);
     assert_eq!(e["path"], "/v2/transaction_intents");
     let details: Vec<String> = serde_json::from_value(e["details"].clone()).unwrap();
-    assert!(details.contains(&"amount: must be an integer".to_string()), "{details:?}");
-    assert!(details.contains(&"currency: must not be null".to_string()), "{details:?}");
+    assert!(
+        details.contains(&"amount: must be an integer".to_string()),
+        "{details:?}"
+    );
+    assert!(
+        details.contains(&"currency: must not be null".to_string()),
+        "{details:?}"
+    );
 
     let e = api
-        .post("/v2/simulate_transaction_event", json!({"payment_method_id": JOHN_CARD, "status": "SETTLED"}))
+        .post(
+            "/v2/simulate_transaction_event",
+            json!({"payment_method_id": JOHN_CARD, "status": "SETTLED"}),
+        )
         .await
         .expect(400);
-    assert!(e["details"][0].as_str().unwrap().starts_with("status: must be one of"));
+    assert!(e["details"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("status: must be one of"));
 
     let e = api.get("/v2/payment_methods?type=CARD").await.expect(400);
     assert_eq!(e["details"][0], "customer_id: must not be null");
-    api.post("/v2/customers", json!({"ssn": "12-34"})).await.expect(400);
-    api.post("/v2/customers", json!({"date_of_birth": {"year": 1800}})).await.expect(400);
-    api.post("/v2/transaction_intents", json!({"customer_id": JOHN, "amount": 1, "currency": "USD", "expected_date": "soon"}))
+    api.post("/v2/customers", json!({"ssn": "12-34"}))
         .await
         .expect(400);
-    let e = api.send(reqwest::Method::POST, "/v2/orders", None).await.expect(400);
+    api.post("/v2/customers", json!({"date_of_birth": {"year": 1800}}))
+        .await
+        .expect(400);
+    api.post(
+        "/v2/transaction_intents",
+        json!({"customer_id": JOHN, "amount": 1, "currency": "USD", "expected_date": "soon"}),
+    )
+    .await
+    .expect(400);
+    let e = api
+        .send(reqwest::Method::POST, "/v2/orders", None)
+        .await
+        .expect(400);
     assert!(e["details"].as_array().unwrap().len() >= 3);
 }
 
@@ -38,7 +66,9 @@ async fn limit_must_be_at_least_one() {
     for q in ["limit=0", "limit=-3", "limit=abc"] {
         api.get(&format!("/v2/rewards?{q}")).await.expect(400);
     }
-    api.get("/v2/rewards?starting_after=not-an-id").await.expect(400);
+    api.get("/v2/rewards?starting_after=not-an-id")
+        .await
+        .expect(400);
 }
 
 #[tokio::test]
@@ -52,7 +82,10 @@ async fn order_lines_must_add_up() {
         )
         .await
         .expect(400);
-    assert!(e["details"][0].as_str().unwrap().starts_with("total_order_amount"));
+    assert!(e["details"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("total_order_amount"));
 }
 
 #[tokio::test]

@@ -25,20 +25,33 @@ struct Receiver {
     got: Vec<(Option<String>, String)>,
 }
 
-async fn receive(State(r): State<Arc<Mutex<Receiver>>>, headers: HeaderMap, body: String) -> StatusCode {
+async fn receive(
+    State(r): State<Arc<Mutex<Receiver>>>,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
     let sig = headers
         .get("x-imprint-hmac-signature")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut r = r.lock();
     r.got.push((sig, body));
-    let status = if r.script.is_empty() { 200 } else { r.script.remove(0) };
+    let status = if r.script.is_empty() {
+        200
+    } else {
+        r.script.remove(0)
+    };
     StatusCode::from_u16(status).unwrap()
 }
 
 async fn receiver(script: Vec<u16>) -> (String, Arc<Mutex<Receiver>>) {
-    let state = Arc::new(Mutex::new(Receiver { script, got: Vec::new() }));
-    let app = Router::new().route("/hook", post(receive)).with_state(state.clone());
+    let state = Arc::new(Mutex::new(Receiver {
+        script,
+        got: Vec::new(),
+    }));
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -62,7 +75,10 @@ async fn wait_for(state: &Arc<Mutex<Receiver>>, n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("expected {n} webhook requests, got {}", state.lock().got.len());
+    panic!(
+        "expected {n} webhook requests, got {}",
+        state.lock().got.len()
+    );
 }
 
 #[tokio::test]
@@ -70,7 +86,10 @@ async fn transaction_events_are_signed_and_verifiable() {
     let (url, state) = receiver(vec![]).await;
     let api = with_hooks(&url).await;
     let ev = api
-        .post("/v2/simulate_transaction_event", json!({"payment_method_id": JOHN_CARD, "status": "APPROVED", "amount": 2000}))
+        .post(
+            "/v2/simulate_transaction_event",
+            json!({"payment_method_id": JOHN_CARD, "status": "APPROVED", "amount": 2000}),
+        )
         .await
         .ok();
     // A TRANSACTION event and a REWARD event.
@@ -78,9 +97,22 @@ async fn transaction_events_are_signed_and_verifiable() {
     let got = state.lock().got.clone();
     let mut objects = Vec::new();
     for (sig, body) in &got {
-        verify(SECRET.as_bytes(), sig.as_deref(), body.as_bytes(), SystemTime::now(), Duration::from_secs(300))
-            .unwrap_or_else(|e| panic!("{e}: {sig:?}"));
-        assert!(verify(b"wrong", sig.as_deref(), body.as_bytes(), SystemTime::now(), Duration::from_secs(300)).is_err());
+        verify(
+            SECRET.as_bytes(),
+            sig.as_deref(),
+            body.as_bytes(),
+            SystemTime::now(),
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("{e}: {sig:?}"));
+        assert!(verify(
+            b"wrong",
+            sig.as_deref(),
+            body.as_bytes(),
+            SystemTime::now(),
+            Duration::from_secs(300)
+        )
+        .is_err());
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         objects.push(v["object"].as_str().unwrap().to_string());
         if v["object"] == "TRANSACTION" {
@@ -98,11 +130,19 @@ async fn transaction_events_are_signed_and_verifiable() {
 async fn deliveries_are_retried_until_a_2xx() {
     let (url, state) = receiver(vec![500, 503, 404]).await;
     let api = with_hooks(&url).await;
-    api.post(&format!("/v2/customers/{JANE}/link"), json!({"partner_customer_id": "P-J"})).await.ok();
+    api.post(
+        &format!("/v2/customers/{JANE}/link"),
+        json!({"partner_customer_id": "P-J"}),
+    )
+    .await
+    .ok();
     wait_for(&state, 4).await;
     let got = state.lock().got.clone();
     assert_eq!(got.len(), 4);
-    assert!(got.iter().all(|(_, b)| b == &got[0].1), "the same event each time");
+    assert!(
+        got.iter().all(|(_, b)| b == &got[0].1),
+        "the same event each time"
+    );
     let deliveries = api.emulator().deliveries();
     for _ in 0..100 {
         if api.emulator().deliveries()[0].delivered {
@@ -121,15 +161,31 @@ async fn deliveries_are_retried_until_a_2xx() {
 async fn application_outcome_follows_the_last_name() {
     let (url, state) = receiver(vec![]).await;
     let api = with_hooks(&url).await;
-    let new_session = |partner: &str, last: &str| {
-        json!({"partner_customer_id": partner, "customer_history": {"first_name": "A", "last_name": last}})
-    };
-    api.send(reqwest::Method::POST, "/v2/customer_sessions", Some(new_session("P-A", "approve"))).await.expect(201);
+    let new_session = |partner: &str, last: &str| json!({"partner_customer_id": partner, "customer_history": {"first_name": "A", "last_name": last}});
+    api.send(
+        reqwest::Method::POST,
+        "/v2/customer_sessions",
+        Some(new_session("P-A", "approve")),
+    )
+    .await
+    .expect(201);
     // APPLICATION (OFFER_ACCEPTED) and PAYMENT_METHOD for the new card.
     wait_for(&state, 2).await;
-    api.send(reqwest::Method::POST, "/v2/customer_sessions", Some(new_session("P-R", "Smith"))).await.expect(201);
+    api.send(
+        reqwest::Method::POST,
+        "/v2/customer_sessions",
+        Some(new_session("P-R", "Smith")),
+    )
+    .await
+    .expect(201);
     wait_for(&state, 3).await;
-    api.send(reqwest::Method::POST, "/v2/customer_sessions", Some(new_session("P-V", "review"))).await.expect(201);
+    api.send(
+        reqwest::Method::POST,
+        "/v2/customer_sessions",
+        Some(new_session("P-V", "review")),
+    )
+    .await
+    .expect(201);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bodies: Vec<serde_json::Value> = state
         .lock()
@@ -138,10 +194,24 @@ async fn application_outcome_follows_the_last_name() {
         .map(|(_, b)| serde_json::from_str(b).unwrap())
         .collect();
     assert_eq!(bodies.len(), 3, "review gets no decision yet");
-    let apps: Vec<_> = bodies.iter().filter(|b| b["object"] == "APPLICATION").map(|b| b["data"]["status"].clone()).collect();
+    let apps: Vec<_> = bodies
+        .iter()
+        .filter(|b| b["object"] == "APPLICATION")
+        .map(|b| b["data"]["status"].clone())
+        .collect();
     assert_eq!(apps, [json!("OFFER_ACCEPTED"), json!("REJECTED")]);
-    assert!(bodies.iter().any(|b| b["object"] == "PAYMENT_METHOD" && b["data"]["new_status"] == "ACTIVE"));
+    assert!(bodies
+        .iter()
+        .any(|b| b["object"] == "PAYMENT_METHOD" && b["data"]["new_status"] == "ACTIVE"));
     let customer = api.get("/v2/customers?partner_customer_id=P-A").await.ok();
     let cid = customer["data"][0]["id"].as_str().unwrap();
-    assert_eq!(api.get(&format!("/v2/customers/{cid}/payment_methods")).await.ok()["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        api.get(&format!("/v2/customers/{cid}/payment_methods"))
+            .await
+            .ok()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

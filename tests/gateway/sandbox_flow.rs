@@ -3,8 +3,10 @@
 
 use imprint_gateway::{
     pb::imprint::v2::{
-        customer_service_client::CustomerServiceClient, customer_session_service_client::CustomerSessionServiceClient,
-        sandbox_service_client::SandboxServiceClient, transaction_intent_service_client::TransactionIntentServiceClient,
+        customer_service_client::CustomerServiceClient,
+        customer_session_service_client::CustomerSessionServiceClient,
+        sandbox_service_client::SandboxServiceClient,
+        transaction_intent_service_client::TransactionIntentServiceClient,
         transaction_service_client::TransactionServiceClient, *,
     },
     sandbox::{Emulator, EmulatorConfig, Product},
@@ -19,7 +21,11 @@ async fn session_to_refund_with_rewards() {
         api_keys: vec![API_KEY.to_string()],
         ..EmulatorConfig::default()
     };
-    config.products[0] = Product::new("default", Some(MERCHANT_KEY), config.products[0].reward_program);
+    config.products[0] = Product::new(
+        "default",
+        Some(MERCHANT_KEY),
+        config.products[0].reward_program,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let emulator = Emulator::new(config).serve(listener).await.unwrap();
     let gw = TestGateway::start_with(&emulator.url(), &[]).await;
@@ -109,10 +115,19 @@ async fn session_to_refund_with_rewards() {
             ..Default::default()
         })
     };
-    let captured = sandbox.simulate_transaction_event(step(TransactionStatus::Captured)).await.unwrap();
-    assert_eq!(captured.into_inner().status, TransactionStatus::Captured as i32);
+    let captured = sandbox
+        .simulate_transaction_event(step(TransactionStatus::Captured))
+        .await
+        .unwrap();
+    assert_eq!(
+        captured.into_inner().status,
+        TransactionStatus::Captured as i32
+    );
     // An illegal transition surfaces as ABORTED.
-    let err = sandbox.simulate_transaction_event(step(TransactionStatus::Voided)).await.unwrap_err();
+    let err = sandbox
+        .simulate_transaction_event(step(TransactionStatus::Voided))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
 
     sandbox
@@ -129,9 +144,15 @@ async fn session_to_refund_with_rewards() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(balance.reward_balance, 400, "5% of 8000, available after processing");
+    assert_eq!(
+        balance.reward_balance, 400,
+        "5% of 8000, available after processing"
+    );
 
-    sandbox.simulate_transaction_event(step(TransactionStatus::Refunded)).await.unwrap();
+    sandbox
+        .simulate_transaction_event(step(TransactionStatus::Refunded))
+        .await
+        .unwrap();
     let txn = TransactionServiceClient::new(ch.clone())
         .get_transaction(req(GetTransactionRequest {
             transaction_id: transaction_id.clone(),
@@ -152,6 +173,9 @@ async fn session_to_refund_with_rewards() {
         .unwrap()
         .into_inner();
     assert_eq!(rewards.data.len(), 1);
-    assert_eq!(rewards.data[0].status, RewardStatus::PendingDeduction as i32);
+    assert_eq!(
+        rewards.data[0].status,
+        RewardStatus::PendingDeduction as i32
+    );
     assert_eq!(rewards.data[0].r#type, RewardType::Transaction as i32);
 }
