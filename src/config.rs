@@ -24,7 +24,128 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
+    pub retry: RetrySettings,
+    pub breaker: BreakerSettings,
+    pub limits: LimitSettings,
+    pub idempotency: IdempotencySettings,
+    pub state: StateSettings,
     pub log: LogConfig,
+}
+
+/// `[retry]`: which failed attempts are tried again, and how often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub retry_500: bool,
+    pub budget_percent: f32,
+    pub budget_min_per_sec: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let d = crate::upstream::RetryConfig::default();
+        Self {
+            max_attempts: d.max_attempts,
+            base_backoff: d.base_backoff,
+            max_backoff: d.max_backoff,
+            retry_500: d.retry_500,
+            budget_percent: d.budget_percent,
+            budget_min_per_sec: d.budget_min_per_sec,
+        }
+    }
+}
+
+/// `[breaker]`: when to stop calling a failing Imprint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub min_requests: usize,
+    pub failure_rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    pub half_open_probes: usize,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        let d = crate::upstream::BreakerConfig::default();
+        Self {
+            window: d.window,
+            min_requests: d.min_requests,
+            failure_rate: d.failure_rate,
+            open_for: d.open_for,
+            half_open_probes: d.half_open_probes,
+        }
+    }
+}
+
+/// `[limits]`: protecting Imprint and the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub max_in_flight: usize,
+    pub max_queue: usize,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Per-caller sustained calls per second (0 = unlimited).
+    pub caller_rate_per_sec: f64,
+    pub caller_burst: f64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let d = crate::upstream::LoadShedConfig::default();
+        Self {
+            max_in_flight: d.max_in_flight,
+            max_queue: d.max_queue,
+            queue_timeout: d.queue_timeout,
+            caller_rate_per_sec: 100.0,
+            caller_burst: 200.0,
+        }
+    }
+}
+
+/// `[idempotency]`: how long keyed results answer duplicates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencySettings {
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub in_flight_timeout: Duration,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        let d = crate::idempotency::IdempotencyConfig::default();
+        Self {
+            retention: d.retention,
+            in_flight_timeout: d.in_flight_timeout,
+        }
+    }
+}
+
+/// `[state]`: where state shared by replicas lives.
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// `redis://host:port/db`; unset keeps state in this process.
+    pub redis_url: Option<SecretString>,
+}
+
+impl fmt::Debug for StateSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateSettings")
+            .field("redis_url", &self.redis_url.as_ref().map(mask))
+            .finish()
+    }
 }
 
 /// Listening sockets and gRPC server limits.
@@ -99,6 +220,9 @@ pub struct UpstreamConfig {
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
     pub max_response_bytes: usize,
+    /// Bounds one attempt; the caller's deadline bounds all of them.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -115,6 +239,7 @@ impl Default for UpstreamConfig {
             pool_max_idle_per_host: 64,
             tcp_keepalive: Duration::from_secs(60),
             max_response_bytes: 16 * 1024 * 1024,
+            attempt_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -313,6 +438,28 @@ impl Config {
         if self.server.max_message_bytes < 1024 {
             return Err(err("server.max_message_bytes", "must be at least 1024"));
         }
+        if self.retry.max_attempts == 0 {
+            return Err(err("retry.max_attempts", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
+            return Err(err("breaker.failure_rate", "must be between 0 and 1"));
+        }
+        if self.limits.max_in_flight == 0 {
+            return Err(err("limits.max_in_flight", "must be at least 1"));
+        }
+        if self.upstream.attempt_timeout.is_zero() {
+            return Err(err("upstream.attempt_timeout", "must be greater than zero"));
+        }
+        if let Some(url) = &self.state.redis_url {
+            let u = reqwest::Url::parse(url.expose_secret())
+                .map_err(|e| err("GATEWAY_REDIS_URL", format!("not a URL: {e}")))?;
+            if !matches!(u.scheme(), "redis" | "rediss" | "redis+unix") {
+                return Err(err(
+                    "GATEWAY_REDIS_URL",
+                    "must be a redis:// or rediss:// URL",
+                ));
+            }
+        }
         if self.server.max_concurrent_streams == 0 {
             return Err(err("server.max_concurrent_streams", "must be at least 1"));
         }
@@ -338,7 +485,7 @@ impl Config {
         format!(
             "[server]\ngrpc_addr = \"{}\"\nhttp_addr = \"{}\"\nshutdown_grace = \"{}\"\nmax_concurrent_streams = {}\nmax_message_bytes = {}\nhttp2_keepalive_interval = \"{}\"\nhttp2_keepalive_timeout = \"{}\"\n\n\
              [auth]\nallow_unauthenticated = {}\ncaller_tokens_file = {}\n\n\
-             [upstream]\nbase_url = \"{}\"\nauth_scheme = \"{}\"\napi_key = {}\napi_key_file = {}\nmerchant_key = {}\nconnect_timeout = \"{}\"\ndefault_deadline = \"{}\"\npool_idle_timeout = \"{}\"\npool_max_idle_per_host = {}\ntcp_keepalive = \"{}\"\nmax_response_bytes = {}\n\n\
+             [upstream]\nbase_url = \"{}\"\nauth_scheme = \"{}\"\napi_key = {}\napi_key_file = {}\nmerchant_key = {}\nconnect_timeout = \"{}\"\ndefault_deadline = \"{}\"\npool_idle_timeout = \"{}\"\npool_max_idle_per_host = {}\ntcp_keepalive = \"{}\"\nmax_response_bytes = {}\nattempt_timeout = \"{}\"\n\n\
              [log]\nformat = \"{}\"\n",
             s.grpc_addr,
             s.http_addr,
@@ -363,10 +510,42 @@ impl Config {
             u.pool_max_idle_per_host,
             humantime::format_duration(u.tcp_keepalive),
             u.max_response_bytes,
+            humantime::format_duration(u.attempt_timeout),
             match self.log.format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
             },
+        ) + &self.render_resilience()
+    }
+
+    fn render_resilience(&self) -> String {
+        let (r, b, l, i) = (&self.retry, &self.breaker, &self.limits, &self.idempotency);
+        let d = humantime::format_duration;
+        format!(
+            "\n[retry]\nmax_attempts = {}\nbase_backoff = \"{}\"\nmax_backoff = \"{}\"\nretry_500 = {}\nbudget_percent = {}\nbudget_min_per_sec = {}\n\
+             \n[breaker]\nwindow = \"{}\"\nmin_requests = {}\nfailure_rate = {}\nopen_for = \"{}\"\nhalf_open_probes = {}\n\
+             \n[limits]\nmax_in_flight = {}\nmax_queue = {}\nqueue_timeout = \"{}\"\ncaller_rate_per_sec = {}\ncaller_burst = {}\n\
+             \n[idempotency]\nretention = \"{}\"\nin_flight_timeout = \"{}\"\n\
+             \n[state]\nredis_url = {}\n",
+            r.max_attempts,
+            d(r.base_backoff),
+            d(r.max_backoff),
+            r.retry_500,
+            r.budget_percent,
+            r.budget_min_per_sec,
+            d(b.window),
+            b.min_requests,
+            b.failure_rate,
+            d(b.open_for),
+            b.half_open_probes,
+            l.max_in_flight,
+            l.max_queue,
+            d(l.queue_timeout),
+            l.caller_rate_per_sec,
+            l.caller_burst,
+            d(i.retention),
+            d(i.in_flight_timeout),
+            self.state.redis_url.as_ref().map_or("(unset: state in this process)".to_string(), mask),
         )
     }
 }

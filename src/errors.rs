@@ -13,6 +13,7 @@ use tonic::Code;
 use tonic_types::pb;
 
 use crate::{
+    idempotency::IdempotencyError,
     translate::FieldViolation,
     upstream::{ApiError, UpstreamError},
 };
@@ -122,6 +123,17 @@ pub fn invalid_request(violations: &[FieldViolation]) -> tonic::Status {
         .into_status()
 }
 
+/// A caller over its rate limit.
+pub fn rate_limited(caller: &str, retry_after: Duration) -> tonic::Status {
+    RichStatus::new(
+        Code::ResourceExhausted,
+        format!("caller '{caller}' is over its rate limit"),
+    )
+    .error_info("RATE_LIMITED", GATEWAY_DOMAIN, [])
+    .retry_info(Some(retry_after))
+    .into_status()
+}
+
 /// Maps an upstream failure of `rpc` to the status the caller receives.
 pub fn upstream_status(rpc: &str, err: &UpstreamError) -> tonic::Status {
     match err {
@@ -147,6 +159,38 @@ pub fn upstream_status(rpc: &str, err: &UpstreamError) -> tonic::Status {
         )
         .error_info("NO_CREDENTIAL", GATEWAY_DOMAIN, [])
         .into_status(),
+        UpstreamError::AttemptTimeout => RichStatus::new(
+            Code::Unavailable,
+            "Imprint did not answer in time (per-attempt timeout)",
+        )
+        .error_info("UPSTREAM_TIMEOUT", GATEWAY_DOMAIN, [])
+        .into_status(),
+        UpstreamError::CircuitOpen { retry_after } => RichStatus::new(
+            Code::Unavailable,
+            "Imprint is failing; the gateway is not calling it for a moment (circuit open)",
+        )
+        .error_info("CIRCUIT_OPEN", GATEWAY_DOMAIN, [])
+        .retry_info(Some(*retry_after))
+        .into_status(),
+        UpstreamError::Overloaded => RichStatus::new(
+            Code::ResourceExhausted,
+            "the gateway is at its limit of requests in flight to Imprint",
+        )
+        .error_info("OVERLOADED", GATEWAY_DOMAIN, [])
+        .retry_info(Some(Duration::from_millis(100)))
+        .into_status(),
+        UpstreamError::Idempotency(e) => {
+            let (code, reason) = match e {
+                IdempotencyError::Mismatch(_) => {
+                    (Code::FailedPrecondition, "IDEMPOTENCY_KEY_MISMATCH")
+                }
+                IdempotencyError::OutcomeUnknown(_) => (Code::Aborted, "OUTCOME_UNKNOWN"),
+                IdempotencyError::Store(_) => (Code::Unavailable, "STATE_STORE_UNAVAILABLE"),
+            };
+            RichStatus::new(code, e.to_string())
+                .error_info(reason, GATEWAY_DOMAIN, [])
+                .into_status()
+        }
         UpstreamError::Decode(e) => RichStatus::new(
             Code::Internal,
             format!("Imprint's answer could not be decoded: {e}"),

@@ -16,10 +16,15 @@ use crate::{
     auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
+    idempotency::{IdempotencyConfig, IdempotencyStore, MemoryStore, RedisStore},
     pb,
+    ratelimit::{RateLimitConfig, RateLimitLayer},
     services::{self, Gateway, MessageLimits},
-    upstream::{self, ClientConfig, HttpClient},
+    upstream::{
+        self, BreakerConfig, ClientConfig, HttpClient, LoadShedConfig, RetryConfig, StackConfig,
+    },
 };
+use secrecy::ExposeSecret as _;
 
 /// A running gateway.
 pub struct Running {
@@ -36,6 +41,7 @@ struct Shared {
     credentials: Arc<CredentialStore>,
     callers: Arc<CallerRegistry>,
     client: HttpClient,
+    idempotency: Arc<dyn IdempotencyStore>,
 }
 
 /// Builds the credential described by `config`, if it names a key.
@@ -95,8 +101,22 @@ pub async fn start(
         max_response_bytes: u.max_response_bytes,
     })
     .context("building the upstream HTTP client")?;
+    let idempotency: Arc<dyn IdempotencyStore> = match &config.state.redis_url {
+        Some(url) => Arc::new(
+            RedisStore::connect(url.expose_secret())
+                .await
+                .context("connecting to GATEWAY_REDIS_URL")?,
+        ),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let stack_config = stack_config(&config);
     let gateway = Gateway::new(
-        upstream::stack(client.clone(), credentials.clone()),
+        upstream::stack(
+            client.clone(),
+            credentials.clone(),
+            idempotency.clone(),
+            &stack_config,
+        ),
         u.default_deadline,
     );
 
@@ -128,6 +148,11 @@ pub async fn start(
         .tcp_nodelay(true)
         // Every call is authenticated and authorized before any service sees it.
         .layer(CallerAuthLayer::new(callers.clone()))
+        // Then held to its caller's rate, so one noisy caller cannot starve others.
+        .layer(RateLimitLayer::new(RateLimitConfig {
+            per_second: config.limits.caller_rate_per_sec,
+            burst: config.limits.caller_burst,
+        }))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -138,6 +163,7 @@ pub async fn start(
         credentials,
         callers,
         client,
+        idempotency,
     });
     let http_app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -190,6 +216,44 @@ pub async fn start(
         stop,
         task,
     })
+}
+
+/// The resilience layers' settings from the configuration.
+pub fn stack_config(config: &Config) -> StackConfig {
+    let (r, b, l, i) = (
+        &config.retry,
+        &config.breaker,
+        &config.limits,
+        &config.idempotency,
+    );
+    StackConfig {
+        retry: RetryConfig {
+            max_attempts: r.max_attempts,
+            base_backoff: r.base_backoff,
+            max_backoff: r.max_backoff,
+            retry_500: r.retry_500,
+            budget_percent: r.budget_percent,
+            budget_min_per_sec: r.budget_min_per_sec,
+            ..RetryConfig::default()
+        },
+        breaker: BreakerConfig {
+            window: b.window,
+            min_requests: b.min_requests,
+            failure_rate: b.failure_rate,
+            open_for: b.open_for,
+            half_open_probes: b.half_open_probes,
+        },
+        load_shed: LoadShedConfig {
+            max_in_flight: l.max_in_flight,
+            max_queue: l.max_queue,
+            queue_timeout: l.queue_timeout,
+        },
+        idempotency: IdempotencyConfig {
+            retention: i.retention,
+            in_flight_timeout: i.in_flight_timeout,
+        },
+        attempt_timeout: config.upstream.attempt_timeout,
+    }
 }
 
 /// Binds the configured addresses and starts.
@@ -258,12 +322,19 @@ impl Running {
     }
 }
 
-/// Ready when a credential is loaded and Imprint answers HTTP at all.
+/// Ready when a credential is loaded, the state store answers, and
+/// Imprint answers HTTP at all.
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     if shared.credentials.current().is_none() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "no Imprint credential loaded\n".into(),
+        );
+    }
+    if let Err(e) = shared.idempotency.ping().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("state store unreachable: {e}\n"),
         );
     }
     match shared.client.probe(Duration::from_secs(2)).await {

@@ -6,9 +6,9 @@ super::rpcs! {
     service CustomerSessionService(CustomerSessionService) {
         CreateCustomerSession(create_customer_session): CreateCustomerSessionRequest => CustomerSession, json_body,
             POST "/v2/customer_sessions",
-            query [], required [], body_only [];
+            query [], required [], body_only [], secrets ["client_secret"];
         GetCustomerSession(get_customer_session): GetCustomerSessionRequest => CustomerSession, json_body,
             GET "/v2/customer_sessions/{session_id}",
-            query [], required ["session_id"], body_only [];
+            query [], required ["session_id"], body_only [], secrets ["client_secret"];
     }
 }

@@ -19,13 +19,17 @@ use std::{sync::Arc, time::Duration};
 
 use http::HeaderMap;
 use tokio::time::Instant;
-use tonic::{metadata::MetadataMap, Request, Response, Status};
+use tonic::{
+    metadata::{MetadataMap, MetadataValue},
+    Request, Response, Status,
+};
 use tower::ServiceExt;
 
 use crate::{
+    auth::Caller,
     errors,
     translate::{self, Endpoint},
-    upstream::{UpstreamError, UpstreamRequest, UpstreamService},
+    upstream::{CallStats, UpstreamError, UpstreamRequest, UpstreamService},
 };
 
 /// Serves every `imprint.v2` service by translating calls to REST.
@@ -45,7 +49,9 @@ impl Gateway {
     }
 
     /// Runs one RPC: validate and translate, call Imprint through the
-    /// upstream stack, decode, and return `x-request-id` either way.
+    /// upstream stack, decode. Either way the caller gets `x-request-id`,
+    /// and `x-upstream-attempts` (with `x-upstream-retry-cause` after a
+    /// retry, `idempotent-replayed` for a recorded answer).
     pub async fn call<E: Endpoint>(
         &self,
         request: Request<E>,
@@ -53,33 +59,58 @@ impl Gateway {
         let request_id = request_id(request.metadata());
         let budget = upstream_budget(caller_timeout(request.metadata()), self.default_deadline);
         let deadline = Instant::now() + budget;
-        let result = self
-            .run(request.get_ref(), deadline, request_id.clone())
-            .await;
-        let id = tonic::metadata::MetadataValue::try_from(&*request_id).ok();
+        let caller: Arc<str> = request
+            .extensions()
+            .get::<Arc<Caller>>()
+            .map_or_else(|| Arc::from("anonymous"), |c| Arc::from(c.name.as_str()));
+        let stats = Arc::new(CallStats::default());
+        let result = match idempotency_key(request.metadata()) {
+            Ok(key) => {
+                let ctx = CallContext {
+                    deadline,
+                    request_id: request_id.clone(),
+                    caller,
+                    idempotency_key: key,
+                    stats: stats.clone(),
+                };
+                self.run(request.get_ref(), ctx).await
+            }
+            Err(status) => Err(status),
+        };
+        let mut metadata = MetadataMap::new();
+        if let Ok(id) = MetadataValue::try_from(&*request_id) {
+            metadata.insert("x-request-id", id);
+        }
+        if stats.attempts() > 0 {
+            metadata.insert("x-upstream-attempts", MetadataValue::from(stats.attempts()));
+        }
+        if let Some(cause) = stats
+            .last_cause()
+            .and_then(|c| MetadataValue::try_from(c).ok())
+        {
+            metadata.insert("x-upstream-retry-cause", cause);
+        }
+        if stats.replayed() {
+            metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
+        }
         match result {
             Ok(message) => {
                 let mut response = Response::new(message);
-                if let Some(id) = id {
-                    response.metadata_mut().insert("x-request-id", id);
-                }
+                *response.metadata_mut() = metadata;
                 Ok(response)
             }
             Err(mut status) => {
-                if let Some(id) = id {
-                    status.metadata_mut().insert("x-request-id", id);
+                for kv in metadata.iter() {
+                    if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                        status.metadata_mut().insert(k.clone(), v.clone());
+                    }
                 }
                 Err(status)
             }
         }
     }
 
-    async fn run<E: Endpoint>(
-        &self,
-        message: &E,
-        deadline: Instant,
-        request_id: Arc<str>,
-    ) -> Result<E::Response, Status> {
+    async fn run<E: Endpoint>(&self, message: &E, ctx: CallContext) -> Result<E::Response, Status> {
         let rpc = E::ROUTE.rpc;
         let call = translate::build(message).map_err(|v| errors::invalid_request(&v))?;
         let request = UpstreamRequest {
@@ -87,8 +118,12 @@ impl Gateway {
             template: E::ROUTE.path,
             call,
             headers: HeaderMap::new(),
-            deadline: Some(deadline),
-            request_id,
+            deadline: Some(ctx.deadline),
+            request_id: ctx.request_id,
+            caller: ctx.caller,
+            idempotency_key: ctx.idempotency_key,
+            secret_fields: E::ROUTE.secret_response_fields,
+            stats: ctx.stats,
         };
         let response = self
             .upstream
@@ -98,6 +133,33 @@ impl Gateway {
             .map_err(|e| errors::upstream_status(rpc, &e))?;
         E::decode(&response.body)
             .map_err(|e| errors::upstream_status(rpc, &UpstreamError::Decode(e)))
+    }
+}
+
+/// What the edge learned about a call before it goes upstream.
+struct CallContext {
+    deadline: Instant,
+    request_id: Arc<str>,
+    caller: Arc<str>,
+    idempotency_key: Option<Arc<str>>,
+    stats: Arc<CallStats>,
+}
+
+/// The caller's `idempotency-key`: 1 to 255 visible ASCII characters.
+fn idempotency_key(metadata: &MetadataMap) -> Result<Option<Arc<str>>, Status> {
+    let Some(value) = metadata.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    match key {
+        Some(k) => Ok(Some(Arc::from(k))),
+        None => Err(errors::invalid_request(&[translate::FieldViolation {
+            field: "idempotency-key".into(),
+            description: "idempotency-key must be 1 to 255 visible ASCII characters".into(),
+        }])),
     }
 }
 
@@ -175,7 +237,8 @@ macro_rules! rpcs {
             $(
                 $rpc:ident($fn_name:ident): $req:ident => $resp:ty, $decode:ident,
                 $method:ident $path:literal,
-                query [$($q:literal),*], required [$($r:literal),*], body_only [$($b:literal),*];
+                query [$($q:literal),*], required [$($r:literal),*], body_only [$($b:literal),*]
+                $(, secrets [$($sf:literal),*])?;
             )*
         }
     ) => {
@@ -189,6 +252,7 @@ macro_rules! rpcs {
                     query: &[$($q),*],
                     required: &[$($r),*],
                     body_only: &[$($b),*],
+                    secret_response_fields: &[$($($sf),*)?],
                 };
                 fn decode(body: &[u8]) -> Result<$resp, serde_json::Error> {
                     $crate::services::$decode(body)

@@ -33,6 +33,8 @@ pub struct Route {
     /// Sensitive fields: when any is set the call is sent as `POST` to the
     /// same path with every non-path field in the JSON body.
     pub body_only: &'static [&'static str],
+    /// Secret fields of the response, never stored (idempotency records).
+    pub secret_response_fields: &'static [&'static str],
 }
 
 /// A gRPC request message that maps onto one REST call.

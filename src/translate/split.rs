@@ -24,7 +24,7 @@ pub struct FieldViolation {
 }
 
 impl FieldViolation {
-    fn new(field: &str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, description: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
             description: description.into(),

@@ -64,6 +64,64 @@ where
     }
 }
 
+/// Builds [`AttemptTimeout`].
+#[derive(Debug, Clone)]
+pub struct AttemptTimeoutLayer {
+    timeout: std::time::Duration,
+}
+
+impl AttemptTimeoutLayer {
+    pub fn new(timeout: std::time::Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for AttemptTimeoutLayer {
+    type Service = AttemptTimeout<S>;
+    fn layer(&self, inner: S) -> AttemptTimeout<S> {
+        AttemptTimeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Fails one attempt with [`UpstreamError::AttemptTimeout`] after a fixed
+/// time, so the retry layer can try again within the caller's deadline.
+#[derive(Debug, Clone)]
+pub struct AttemptTimeout<S> {
+    inner: S,
+    timeout: std::time::Duration,
+}
+
+impl<S> Service<UpstreamRequest> for AttemptTimeout<S>
+where
+    S: Service<UpstreamRequest, Error = UpstreamError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<S::Response, UpstreamError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        let fut = self.inner.call(req);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, fut)
+                .await
+                .unwrap_or(Err(UpstreamError::AttemptTimeout))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -87,6 +145,22 @@ mod tests {
         let err = svc.oneshot(req).await.unwrap_err();
         assert!(matches!(err, UpstreamError::DeadlineExceeded));
         assert_eq!(start.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempt_timeout_cuts_one_attempt() {
+        let slow = service_fn(|_: UpstreamRequest| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, UpstreamError>(())
+        });
+        let start = Instant::now();
+        let err = AttemptTimeoutLayer::new(Duration::from_secs(2))
+            .layer(slow)
+            .oneshot(request())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::AttemptTimeout));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

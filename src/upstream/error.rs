@@ -36,6 +36,19 @@ pub enum UpstreamError {
     /// A 2xx answer whose body is not the JSON we expect at all.
     #[error("Imprint's answer could not be decoded: {0}")]
     Decode(#[source] serde_json::Error),
+    /// One attempt took longer than the per-attempt timeout; the request
+    /// may have been processed.
+    #[error("Imprint did not answer within the attempt timeout")]
+    AttemptTimeout,
+    /// The circuit breaker is open: nothing was sent.
+    #[error("Imprint is failing; calls are paused for {retry_after:?}")]
+    CircuitOpen { retry_after: Duration },
+    /// Too many requests in flight to Imprint: nothing was sent.
+    #[error("the gateway is at its limit of requests in flight to Imprint")]
+    Overloaded,
+    /// Refused or answered by the idempotency layer.
+    #[error(transparent)]
+    Idempotency(#[from] crate::idempotency::IdempotencyError),
 }
 
 /// How far a failed transport attempt got.
@@ -69,7 +82,49 @@ impl UpstreamError {
                 kind: TransportKind::Connect,
                 ..
             } | UpstreamError::NoCredential
+                | UpstreamError::CircuitOpen { .. }
+                | UpstreamError::Overloaded
         )
+    }
+
+    /// True when Imprint answered that it did not process the request:
+    /// 429 (slow down) and 503 (unavailable).
+    pub fn refused_unprocessed(&self) -> bool {
+        matches!(self.http_status().map(|s| s.as_u16()), Some(429 | 503))
+    }
+
+    /// The wait Imprint asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            UpstreamError::Status { retry_after, .. } => *retry_after,
+            UpstreamError::CircuitOpen { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Whether this failure says Imprint is unhealthy (for the breaker):
+    /// transport failures, timeouts and 5xx; not the caller's 4xx.
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            UpstreamError::Transport { .. } | UpstreamError::AttemptTimeout => true,
+            UpstreamError::Status { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+
+    /// A short label of the cause, for metadata and logs.
+    pub fn cause(&self) -> String {
+        match self {
+            UpstreamError::Status { status, .. } => format!("HTTP {}", status.as_u16()),
+            UpstreamError::Transport { kind, .. } => kind.to_string(),
+            UpstreamError::DeadlineExceeded => "deadline exceeded".into(),
+            UpstreamError::NoCredential => "no credential".into(),
+            UpstreamError::Decode(_) => "undecodable answer".into(),
+            UpstreamError::AttemptTimeout => "attempt timed out".into(),
+            UpstreamError::CircuitOpen { .. } => "circuit open".into(),
+            UpstreamError::Overloaded => "overloaded".into(),
+            UpstreamError::Idempotency(_) => "idempotency".into(),
+        }
     }
 
     /// The HTTP status Imprint answered with, if it answered.
@@ -84,7 +139,7 @@ impl UpstreamError {
 /// Imprint's error body, from whichever of its envelopes it used:
 /// `{"error":{"type","message","param"}}`, a flat `{"type","message","param"}`,
 /// or the validation form `{"path","details":[...],"error":"Bad Request","status"}`.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct ApiError {
     pub r#type: Option<String>,
     pub message: Option<String>,

@@ -3,24 +3,41 @@
 //! Everything that happens to every upstream call is a layer here, assembled
 //! in one place, [`stack`]; handlers only build an [`UpstreamRequest`].
 
+mod breaker;
 mod client;
 mod deadline;
 mod error;
+mod limit;
+mod retry;
 mod trace;
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use tower::{util::BoxCloneSyncService, ServiceBuilder};
 
+pub use breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 pub use client::{ClientConfig, HttpClient};
-pub use deadline::{Deadline, DeadlineLayer};
+pub use deadline::{AttemptTimeout, AttemptTimeoutLayer, Deadline, DeadlineLayer};
 pub use error::{ApiError, TransportKind, UpstreamError};
+pub use limit::{LoadShed, LoadShedConfig, LoadShedLayer};
+pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use trace::{Trace, TraceLayer};
 
-use crate::{credentials::CredentialStore, credentials::CredentialsLayer, translate::RestCall};
+use crate::{
+    credentials::{CredentialStore, CredentialsLayer},
+    idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore},
+    translate::RestCall,
+};
 
 /// One call to Imprint, as it travels down the stack.
 #[derive(Debug, Clone)]
@@ -38,6 +55,57 @@ pub struct UpstreamRequest {
     pub deadline: Option<Instant>,
     /// Sent as `x-request-id` and returned to the caller.
     pub request_id: Arc<str>,
+    /// Who is calling (scopes idempotency keys).
+    pub caller: Arc<str>,
+    /// The caller's `idempotency-key`, on mutating calls.
+    pub idempotency_key: Option<Arc<str>>,
+    /// Top-level response fields that are secrets: never stored.
+    pub secret_fields: &'static [&'static str],
+    /// What the layers did, for the caller's metadata.
+    pub stats: Arc<CallStats>,
+}
+
+impl UpstreamRequest {
+    /// Whether the HTTP method is idempotent by definition (GET, PUT, DELETE...).
+    pub fn idempotent_method(&self) -> bool {
+        self.call.method.is_idempotent()
+    }
+}
+
+/// What happened to one call inside the stack: attempts made, why the last
+/// retry happened, whether an idempotent replay answered it.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    attempts: AtomicU32,
+    last_cause: Mutex<Option<String>>,
+    replayed: std::sync::atomic::AtomicBool,
+}
+
+impl CallStats {
+    pub fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_attempt(&self) -> u32 {
+        self.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Why the previous attempt was retried (e.g. `HTTP 503`).
+    pub fn last_cause(&self) -> Option<String> {
+        self.last_cause.lock().clone()
+    }
+
+    pub(crate) fn set_cause(&self, cause: String) {
+        *self.last_cause.lock() = Some(cause);
+    }
+
+    pub fn replayed(&self) -> bool {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_replayed(&self) {
+        self.replayed.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A successful (2xx) answer from Imprint. Non-2xx answers are
@@ -52,13 +120,43 @@ pub struct UpstreamResponse {
 /// The assembled stack, boxed at the boundary to keep types readable.
 pub type UpstreamService = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, UpstreamError>;
 
+/// Settings of the resilience layers.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub load_shed: LoadShedConfig,
+    pub idempotency: IdempotencyConfig,
+    /// Bounds one attempt; the caller's deadline bounds them all.
+    pub attempt_timeout: Duration,
+}
+
 /// Assembles the upstream stack, outermost layer first.
-pub fn stack(client: HttpClient, credentials: Arc<CredentialStore>) -> UpstreamService {
+pub fn stack(
+    client: HttpClient,
+    credentials: Arc<CredentialStore>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    config: &StackConfig,
+) -> UpstreamService {
     let svc = ServiceBuilder::new()
         // One span per call, outermost so its timing covers every layer.
         .layer(TraceLayer::new())
-        // The caller's deadline bounds the whole call, whatever runs below.
+        // A keyed mutation runs once per (caller, key); duplicates get its result.
+        // Outside the deadline so it sees a timed-out call and records it.
+        .layer(IdempotencyLayer::new(
+            idempotency,
+            config.idempotency.clone(),
+        ))
+        // The caller's deadline bounds the whole call: attempts and back-off.
         .layer(DeadlineLayer::new())
+        // Fail fast while Imprint is failing, instead of piling on.
+        .layer(CircuitBreakerLayer::new(config.breaker.clone()))
+        // Safe retries only, within a budget and the deadline.
+        .layer(RetryLayer::new(config.retry.clone()))
+        // Bound in-flight requests to Imprint; shed beyond a short queue.
+        .layer(LoadShedLayer::new(config.load_shed.clone()))
+        // One slow attempt must not eat the whole deadline.
+        .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
         // The Imprint key is added last, right before the wire, and nowhere else.
         .layer(CredentialsLayer::new(credentials))
         .service(client);
@@ -82,6 +180,10 @@ pub(crate) mod test_support {
             headers: HeaderMap::new(),
             deadline: None,
             request_id: "req-1".into(),
+            caller: "tester".into(),
+            idempotency_key: None,
+            secret_fields: &[],
+            stats: Arc::default(),
         }
     }
 }

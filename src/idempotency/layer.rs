@@ -1,0 +1,461 @@
+//! The idempotency tower layer.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::{IdempotencyConfig, IdempotencyError, IdempotencyStore, Record, RecordState};
+use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+
+/// Builds [`Idempotency`].
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    store: Arc<dyn IdempotencyStore>,
+    config: IdempotencyConfig,
+}
+
+impl IdempotencyLayer {
+    pub fn new(store: Arc<dyn IdempotencyStore>, config: IdempotencyConfig) -> Self {
+        Self { store, config }
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+    fn layer(&self, inner: S) -> Idempotency<S> {
+        Idempotency {
+            inner,
+            store: self.store.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Runs a keyed mutation once; answers duplicates from the record.
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    store: Arc<dyn IdempotencyStore>,
+    config: IdempotencyConfig,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// SHA-256 over what makes two calls "the same request".
+fn fingerprint(req: &UpstreamRequest) -> String {
+    let mut h = Sha256::new();
+    h.update(req.rpc.as_bytes());
+    h.update([0]);
+    h.update(req.call.method.as_str().as_bytes());
+    h.update([0]);
+    h.update(req.call.path_and_query.as_bytes());
+    h.update([0]);
+    if let Some(body) = &req.call.body {
+        h.update(body);
+    }
+    hex::encode(h.finalize())
+}
+
+/// What to do with the claim once the call ended.
+enum Outcome {
+    /// Imprint provably did not process it: let a retry run again.
+    Release,
+    Record(RecordState),
+}
+
+fn strip_secrets(body: &Bytes, fields: &[&str]) -> String {
+    if fields.is_empty() {
+        return String::from_utf8_lossy(body).into_owned();
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            for f in fields {
+                map.remove(*f);
+            }
+            serde_json::Value::Object(map).to_string()
+        }
+        // Not an object: store nothing rather than risk a secret.
+        _ => "{}".into(),
+    }
+}
+
+fn outcome(req: &UpstreamRequest, result: &Result<UpstreamResponse, UpstreamError>) -> Outcome {
+    match result {
+        Ok(resp) => Outcome::Record(RecordState::Succeeded {
+            status: resp.status.as_u16(),
+            body: strip_secrets(&resp.body, req.secret_fields),
+        }),
+        Err(e) if e.never_sent() || e.refused_unprocessed() => Outcome::Release,
+        Err(UpstreamError::DeadlineExceeded) if req.stats.attempts() == 0 => Outcome::Release,
+        Err(UpstreamError::Status {
+            status,
+            error,
+            retry_after,
+        }) if status.is_client_error() => Outcome::Record(RecordState::Failed {
+            status: status.as_u16(),
+            error: error.clone(),
+            retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+        }),
+        Err(e) => Outcome::Record(RecordState::Unknown { reason: e.cause() }),
+    }
+}
+
+/// Turns a recorded outcome into what the caller gets.
+fn replay(
+    record: &Record,
+    req: &UpstreamRequest,
+) -> Option<Result<UpstreamResponse, UpstreamError>> {
+    match &record.state {
+        RecordState::InFlight => None,
+        RecordState::Succeeded { status, body } => {
+            req.stats.set_replayed();
+            Some(Ok(UpstreamResponse {
+                status: StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                headers: HeaderMap::new(),
+                body: Bytes::from(body.clone()),
+            }))
+        }
+        RecordState::Failed {
+            status,
+            error,
+            retry_after_ms,
+        } => {
+            req.stats.set_replayed();
+            Some(Err(UpstreamError::Status {
+                status: StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+                error: error.clone(),
+                retry_after: retry_after_ms.map(Duration::from_millis),
+            }))
+        }
+        RecordState::Unknown { reason } => {
+            Some(Err(IdempotencyError::OutcomeUnknown(reason.clone()).into()))
+        }
+    }
+}
+
+fn mismatch(existing: &Record, req: &UpstreamRequest) -> IdempotencyError {
+    if existing.rpc != req.rpc {
+        IdempotencyError::Mismatch(format!("it was used for {}", existing.rpc))
+    } else {
+        IdempotencyError::Mismatch(format!(
+            "it was used for {} with different parameters",
+            existing.rpc
+        ))
+    }
+}
+
+impl<S> Service<UpstreamRequest> for Idempotency<S>
+where
+    S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = UpstreamResponse;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let Some(idem_key) = req
+            .idempotency_key
+            .clone()
+            .filter(|_| req.call.method != http::Method::GET)
+        else {
+            let mut inner = inner;
+            return Box::pin(inner.call(req));
+        };
+        let store = self.store.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let key = format!("{}:{}", req.caller, idem_key);
+            let fp = fingerprint(&req);
+            let token = uuid::Uuid::new_v4().to_string();
+            let claim = Record {
+                fingerprint: fp.clone(),
+                rpc: req.rpc.to_string(),
+                token: token.clone(),
+                claimed_at_ms: now_ms(),
+                state: RecordState::InFlight,
+            };
+            let mut poll = Duration::from_millis(5);
+            loop {
+                let existing = match store
+                    .claim(&key, &claim, config.retention)
+                    .await
+                    .map_err(IdempotencyError::from)?
+                {
+                    None => break,
+                    Some(existing) => existing,
+                };
+                let mut current = Some(existing);
+                // Wait for the first call of this key (maybe on another replica).
+                while let Some(record) = current {
+                    if record.fingerprint != fp {
+                        return Err(mismatch(&record, &req).into());
+                    }
+                    if let Some(answer) = replay(&record, &req) {
+                        return answer;
+                    }
+                    let age = Duration::from_millis(now_ms().saturating_sub(record.claimed_at_ms));
+                    if age > config.in_flight_timeout {
+                        return Err(IdempotencyError::OutcomeUnknown(
+                            "the first call with this key never finished".into(),
+                        )
+                        .into());
+                    }
+                    if req.deadline.is_some_and(|d| Instant::now() + poll >= d) {
+                        return Err(UpstreamError::DeadlineExceeded);
+                    }
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(Duration::from_millis(50));
+                    current = store.get(&key).await.map_err(IdempotencyError::from)?;
+                }
+                // Released (nothing was processed): try to claim it ourselves.
+            }
+
+            // We own the key. Run to the end in a task of its own, so the
+            // outcome is recorded even if this caller goes away.
+            let task = tokio::spawn(async move {
+                let result = inner.oneshot(req.clone()).await;
+                let record_result = match outcome(&req, &result) {
+                    Outcome::Release => store.release(&key, &token).await,
+                    Outcome::Record(state) => {
+                        let done = Record {
+                            state: state.clone(),
+                            ..claim
+                        };
+                        let stored = store.complete(&key, &token, &done, config.retention).await;
+                        if let RecordState::Unknown { reason } = state {
+                            if stored.is_ok() {
+                                return Err(IdempotencyError::OutcomeUnknown(reason).into());
+                            }
+                        }
+                        stored
+                    }
+                };
+                if let Err(e) = record_result {
+                    tracing::error!(rpc = req.rpc, "could not record an idempotent outcome: {e}");
+                }
+                result
+            });
+            task.await.unwrap_or_else(|e| {
+                Err(
+                    IdempotencyError::OutcomeUnknown(format!("the call was interrupted: {e}"))
+                        .into(),
+                )
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use http::Method;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::{
+        idempotency::MemoryStore,
+        upstream::{test_support::request, ApiError},
+    };
+
+    fn keyed(body: &'static str) -> UpstreamRequest {
+        let mut r = request();
+        r.call.method = Method::POST;
+        r.call.body = Some(Bytes::from_static(body.as_bytes()));
+        r.idempotency_key = Some("key-1".into());
+        r.stats = Arc::default();
+        r
+    }
+
+    fn layer() -> IdempotencyLayer {
+        IdempotencyLayer::new(Arc::new(MemoryStore::new()), IdempotencyConfig::default())
+    }
+
+    fn counting(
+        answer: fn(u32) -> Result<UpstreamResponse, UpstreamError>,
+    ) -> (
+        impl Service<
+                UpstreamRequest,
+                Response = UpstreamResponse,
+                Error = UpstreamError,
+                Future: Send,
+            > + Clone
+            + Send
+            + 'static,
+        Arc<AtomicU32>,
+    ) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = service_fn(move |r: UpstreamRequest| {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                r.stats.add_attempt();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                answer(n)
+            }
+        });
+        (svc, calls)
+    }
+
+    fn ok(n: u32) -> Result<UpstreamResponse, UpstreamError> {
+        Ok(UpstreamResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(format!("{{\"n\":{n},\"client_secret\":\"s3cr3t\"}}")),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_duplicates_share_one_call() {
+        let (svc, calls) = counting(ok);
+        let svc = layer().layer(svc);
+        let answers =
+            futures::future::join_all((0..20).map(|_| svc.clone().oneshot(keyed("{\"a\":1}"))))
+                .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let first = answers[0].as_ref().unwrap().body.clone();
+        for a in &answers {
+            assert_eq!(a.as_ref().unwrap().body, first);
+        }
+        // Later: replayed without a call.
+        let r = keyed("{\"a\":1}");
+        let stats = r.stats.clone();
+        svc.clone().oneshot(r).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(stats.replayed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn secrets_are_not_stored() {
+        let (svc, _) = counting(ok);
+        let svc = layer().layer(svc);
+        let mut r = keyed("{}");
+        r.secret_fields = &["client_secret"];
+        let first = svc.clone().oneshot(r.clone()).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&first.body).contains("s3cr3t"),
+            "the first caller gets it"
+        );
+        let replay = svc.oneshot(r).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&replay.body), "{\"n\":1}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_different_request_with_the_same_key_is_refused() {
+        let (svc, calls) = counting(ok);
+        let svc = layer().layer(svc);
+        svc.clone().oneshot(keyed("{\"a\":1}")).await.unwrap();
+        let err = svc.clone().oneshot(keyed("{\"a\":2}")).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UpstreamError::Idempotency(IdempotencyError::Mismatch(_))
+            ),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_outcomes_are_never_resent() {
+        let (svc, calls) = counting(|_| {
+            Err(UpstreamError::Status {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                error: Box::new(ApiError::default()),
+                retry_after: None,
+            })
+        });
+        let svc = layer().layer(svc);
+        for _ in 0..3 {
+            let err = svc.clone().oneshot(keyed("{}")).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    UpstreamError::Idempotency(IdempotencyError::OutcomeUnknown(_))
+                ),
+                "{err:?}"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unprocessed_calls_release_the_key() {
+        let (svc, calls) = counting(|n| {
+            if n == 1 {
+                Err(UpstreamError::Status {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error: Box::new(ApiError::default()),
+                    retry_after: None,
+                })
+            } else {
+                ok(n)
+            }
+        });
+        let svc = layer().layer(svc);
+        svc.clone().oneshot(keyed("{}")).await.unwrap_err();
+        svc.clone().oneshot(keyed("{}")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn definitive_errors_are_replayed() {
+        let (svc, calls) = counting(|_| {
+            Err(UpstreamError::Status {
+                status: StatusCode::BAD_REQUEST,
+                error: Box::new(ApiError {
+                    message: Some("bad".into()),
+                    ..ApiError::default()
+                }),
+                retry_after: None,
+            })
+        });
+        let svc = layer().layer(svc);
+        for _ in 0..2 {
+            let err = svc.clone().oneshot(keyed("{}")).await.unwrap_err();
+            assert_eq!(err.http_status(), Some(StatusCode::BAD_REQUEST));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_and_unkeyed_calls_pass_through() {
+        let (svc, calls) = counting(ok);
+        let svc = layer().layer(svc);
+        let mut get = keyed("");
+        get.call.method = Method::GET;
+        svc.clone().oneshot(get.clone()).await.unwrap();
+        svc.clone().oneshot(get).await.unwrap();
+        let mut unkeyed = keyed("{}");
+        unkeyed.idempotency_key = None;
+        svc.clone().oneshot(unkeyed.clone()).await.unwrap();
+        svc.oneshot(unkeyed).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+}

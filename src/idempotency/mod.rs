@@ -1,0 +1,134 @@
+//! Idempotency keys: a mutating call carrying `idempotency-key` metadata
+//! runs once per (caller, key). Imprint itself offers no such thing.
+//!
+//! - The first call claims the key atomically and runs; its outcome is
+//!   recorded for the retention window (24 h by default).
+//! - A concurrent duplicate waits for the first and gets its result; a later
+//!   duplicate gets the recorded result without calling Imprint.
+//! - The same key with a different request is refused (FAILED_PRECONDITION).
+//! - When the outcome is unknown (the request may or may not have reached
+//!   Imprint: a timeout, a reset, a 502/504) it is recorded as such and
+//!   reported (ABORTED) instead of being silently sent again.
+//! - When Imprint provably did not process the call (connection refused,
+//!   429, 503, shed or breaker-refused) the claim is released, so a retry
+//!   with the same key runs again.
+//!
+//! Records live behind [`IdempotencyStore`]: in-process by default, Redis
+//! (`GATEWAY_REDIS_URL`) so that replicas share them. Secret response
+//! fields (a session's `client_secret`) are stripped before a result is
+//! stored: a replay returns the rest.
+
+mod layer;
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use self::redis::RedisStore;
+pub use layer::{Idempotency, IdempotencyLayer};
+pub use memory::MemoryStore;
+
+use crate::upstream::ApiError;
+
+/// Settings of the idempotency layer.
+#[derive(Debug, Clone)]
+pub struct IdempotencyConfig {
+    /// How long a recorded outcome answers duplicates.
+    pub retention: Duration,
+    /// A claim older than this without an outcome is reported as unknown
+    /// (the replica running it died).
+    pub in_flight_timeout: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 3600),
+            in_flight_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One key's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// SHA-256 of the RPC, method, path and body.
+    pub fingerprint: String,
+    /// The RPC the key was first used for (named in mismatch errors).
+    pub rpc: String,
+    /// Identifies the claimant, so only it completes or releases the claim.
+    pub token: String,
+    /// Unix milliseconds of the claim.
+    pub claimed_at_ms: u64,
+    pub state: RecordState,
+}
+
+/// Where the keyed call stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RecordState {
+    InFlight,
+    /// Imprint answered 2xx; the body (secret fields removed).
+    Succeeded {
+        status: u16,
+        body: String,
+    },
+    /// Imprint answered a definitive error (4xx but 429).
+    Failed {
+        status: u16,
+        error: Box<ApiError>,
+        retry_after_ms: Option<u64>,
+    },
+    /// It may or may not have reached Imprint.
+    Unknown {
+        reason: String,
+    },
+}
+
+/// A state store failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("idempotency store: {0}")]
+pub struct StoreError(pub String);
+
+/// Where records live; shared by replicas when backed by Redis.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Creates `record` under `key` unless one exists: `None` when claimed,
+    /// else the existing record.
+    async fn claim(
+        &self,
+        key: &str,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<Option<Record>, StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError>;
+    /// Replaces the claim made with `token` by `record`.
+    async fn complete(
+        &self,
+        key: &str,
+        token: &str,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Deletes the claim made with `token`.
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError>;
+    /// Whether the store is reachable (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Why the idempotency layer answered instead of Imprint.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdempotencyError {
+    #[error("idempotency-key was already used with a different request: {0}")]
+    Mismatch(String),
+    #[error(
+        "the call with this idempotency-key may or may not have reached Imprint ({0}); the gateway will not send it \
+         again: check the resource, then retry with a new key"
+    )]
+    OutcomeUnknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,152 @@
+//! Records in Redis, shared by every replica.
+//!
+//! A claim is `SET key record NX PX ttl`: atomic across replicas. Completing
+//! and releasing run a Lua script that first checks the claim's token, so a
+//! replica never overwrites a claim it does not own.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{aio::ConnectionManager, AsyncCommands as _, Script};
+
+use super::{IdempotencyStore, Record, StoreError};
+
+const COMPLETE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v).token == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0";
+
+const RELEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v).token == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Records under `<prefix><key>` in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`); reconnects on its own later.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(err)?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
+            .await
+            .map_err(|_| StoreError("timed out connecting to Redis".into()))?
+            .map_err(err)?;
+        Ok(Self {
+            conn,
+            prefix: "imprint-gateway:idempotency:".into(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisStore {
+    async fn claim(
+        &self,
+        key: &str,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<Option<Record>, StoreError> {
+        let value = serde_json::to_string(record).map_err(err)?;
+        let mut conn = self.conn.clone();
+        // A record may expire between SET NX and GET: try twice.
+        for _ in 0..2 {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(self.key(key))
+                .arg(&value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms(ttl))
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            if set.is_some() {
+                return Ok(None);
+            }
+            let existing: Option<String> = conn.get(self.key(key)).await.map_err(err)?;
+            if let Some(v) = existing {
+                return serde_json::from_str(&v).map(Some).map_err(err);
+            }
+        }
+        Err(StoreError("could not claim the key".into()))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
+        let mut conn = self.conn.clone();
+        let v: Option<String> = conn.get(self.key(key)).await.map_err(err)?;
+        v.map(|v| serde_json::from_str(&v).map_err(err)).transpose()
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        token: &str,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_string(record).map_err(err)?;
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(COMPLETE)
+            .key(self.key(key))
+            .arg(token)
+            .arg(value)
+            .arg(ms(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(RELEASE)
+            .key(self.key(key))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError(format!("unexpected PING answer {pong:?}")))
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! A circuit breaker on the upstream: when too many recent attempts failed,
+//! stop calling Imprint for a while and fail fast (UNAVAILABLE + RetryInfo);
+//! then let a few probes through and close again on success.
+//!
+//! States: **closed** (calls flow, outcomes are counted in a rolling
+//! window), **open** (calls fail at once for `open_for`), **half-open**
+//! (up to `half_open_probes` calls at once; one success closes, one failure
+//! reopens). Only signs of an unhealthy upstream count as failures:
+//! transport errors, timeouts and 5xx; a 404 is not Imprint's fault.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::{UpstreamError, UpstreamRequest};
+
+/// Breaker settings.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    /// Rolling window over which the failure rate is computed.
+    pub window: Duration,
+    /// Attempts the window must hold before the breaker may open.
+    pub min_requests: usize,
+    /// Failure share (0.0 to 1.0) that opens the breaker.
+    pub failure_rate: f64,
+    /// How long it stays open before probing.
+    pub open_for: Duration,
+    /// Concurrent probes while half-open.
+    pub half_open_probes: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probes: usize },
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    /// (when, failed) of recent attempts while closed.
+    outcomes: VecDeque<(Instant, bool)>,
+}
+
+/// The shared breaker state.
+#[derive(Debug)]
+struct Breaker {
+    config: BreakerConfig,
+    inner: Mutex<Inner>,
+}
+
+/// What a call may do.
+enum Admission {
+    Closed,
+    Probe,
+}
+
+impl Breaker {
+    fn admit(&self) -> Result<Admission, UpstreamError> {
+        let mut inner = self.inner.lock();
+        let now = Instant::now();
+        match inner.state {
+            State::Closed => Ok(Admission::Closed),
+            State::Open { until } if now < until => Err(UpstreamError::CircuitOpen {
+                retry_after: until - now,
+            }),
+            State::Open { .. } => {
+                tracing::info!("circuit half-open: probing Imprint");
+                inner.state = State::HalfOpen { probes: 1 };
+                Ok(Admission::Probe)
+            }
+            State::HalfOpen { probes } if probes < self.config.half_open_probes => {
+                inner.state = State::HalfOpen { probes: probes + 1 };
+                Ok(Admission::Probe)
+            }
+            State::HalfOpen { .. } => Err(UpstreamError::CircuitOpen {
+                retry_after: self.config.open_for.min(Duration::from_millis(100)),
+            }),
+        }
+    }
+
+    fn record(&self, admission: Admission, failed: bool) {
+        let mut inner = self.inner.lock();
+        let now = Instant::now();
+        match admission {
+            Admission::Probe => {
+                if failed {
+                    tracing::warn!(open_for = ?self.config.open_for, "probe failed: circuit open again");
+                    inner.state = State::Open {
+                        until: now + self.config.open_for,
+                    };
+                } else {
+                    tracing::info!("probe succeeded: circuit closed");
+                    inner.state = State::Closed;
+                    inner.outcomes.clear();
+                }
+            }
+            Admission::Closed => {
+                if !matches!(inner.state, State::Closed) {
+                    return;
+                }
+                inner.outcomes.push_back((now, failed));
+                while inner
+                    .outcomes
+                    .front()
+                    .is_some_and(|(t, _)| now.duration_since(*t) > self.config.window)
+                {
+                    inner.outcomes.pop_front();
+                }
+                let total = inner.outcomes.len();
+                let failures = inner.outcomes.iter().filter(|(_, f)| *f).count();
+                if total >= self.config.min_requests
+                    && failures as f64 >= self.config.failure_rate * total as f64
+                {
+                    tracing::warn!(failures, total, open_for = ?self.config.open_for, "circuit open: Imprint is failing");
+                    inner.state = State::Open {
+                        until: now + self.config.open_for,
+                    };
+                    inner.outcomes.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Builds [`CircuitBreaker`]; every clone shares one breaker.
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerLayer {
+    breaker: Arc<Breaker>,
+}
+
+impl CircuitBreakerLayer {
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            breaker: Arc::new(Breaker {
+                config,
+                inner: Mutex::new(Inner {
+                    state: State::Closed,
+                    outcomes: VecDeque::new(),
+                }),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for CircuitBreakerLayer {
+    type Service = CircuitBreaker<S>;
+    fn layer(&self, inner: S) -> CircuitBreaker<S> {
+        CircuitBreaker {
+            inner,
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+/// Fails fast while open; counts outcomes while closed.
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker<S> {
+    inner: S,
+    breaker: Arc<Breaker>,
+}
+
+impl<S> Service<UpstreamRequest> for CircuitBreaker<S>
+where
+    S: Service<UpstreamRequest, Error = UpstreamError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<S::Response, UpstreamError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        let admission = match self.breaker.admit() {
+            Ok(a) => a,
+            Err(e) => return Box::pin(futures::future::ready(Err(e))),
+        };
+        let breaker = self.breaker.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            let failed = matches!(&result, Err(e) if e.is_upstream_failure());
+            breaker.record(admission, failed);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use tower::{service_fn, ServiceExt};
+
+    use super::*;
+    use crate::upstream::{test_support::request, ApiError};
+
+    fn unavailable() -> UpstreamError {
+        UpstreamError::Status {
+            status: http::StatusCode::SERVICE_UNAVAILABLE,
+            error: Box::new(ApiError::default()),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_fails_fast_probes_and_closes() {
+        let healthy = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU32::new(0));
+        let (h, c) = (healthy.clone(), calls.clone());
+        let upstream = service_fn(move |_: UpstreamRequest| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let ok = h.load(Ordering::SeqCst);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(unavailable())
+                }
+            }
+        });
+        let svc = CircuitBreakerLayer::new(BreakerConfig {
+            window: Duration::from_secs(10),
+            min_requests: 4,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+        })
+        .layer(upstream);
+
+        for _ in 0..4 {
+            svc.clone().oneshot(request()).await.unwrap_err();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // Open: fails fast without calling Imprint, saying when to come back.
+        let err = svc.clone().oneshot(request()).await.unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::CircuitOpen { retry_after } if retry_after == Duration::from_secs(5))
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+        // After open_for, one probe; it fails: open again.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        svc.clone().oneshot(request()).await.unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        assert!(matches!(
+            svc.clone().oneshot(request()).await,
+            Err(UpstreamError::CircuitOpen { .. })
+        ));
+
+        // Imprint recovers; the next probe closes the breaker.
+        healthy.store(true, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        svc.clone().oneshot(request()).await.unwrap();
+        svc.clone().oneshot(request()).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_do_not_open_it() {
+        let upstream = service_fn(|_: UpstreamRequest| async {
+            Err::<(), _>(UpstreamError::Status {
+                status: http::StatusCode::NOT_FOUND,
+                error: Box::new(ApiError::default()),
+                retry_after: None,
+            })
+        });
+        let svc = CircuitBreakerLayer::new(BreakerConfig {
+            min_requests: 2,
+            ..BreakerConfig::default()
+        })
+        .layer(upstream);
+        for _ in 0..10 {
+            let err = svc.clone().oneshot(request()).await.unwrap_err();
+            assert!(matches!(err, UpstreamError::Status { .. }));
+        }
+    }
+}
