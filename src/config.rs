@@ -322,6 +322,7 @@ const NAMED_ENV: &[(&str, &str, &str, Kind)] = &[
         "caller_tokens_file",
         Kind::Text,
     ),
+    ("GATEWAY_REDIS_URL", "state", "redis_url", Kind::Text),
 ];
 
 #[derive(Clone, Copy)]

@@ -109,8 +109,13 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    /// On a given loopback port (0: any free one).
+    pub async fn start_on(port: u16) -> Self {
         let script = Arc::new(Mutex::new(Script::default()));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().fallback(handle).with_state(script.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -331,4 +336,106 @@ pub fn assert_authenticated(r: &Recorded) {
     assert_eq!(r.header("authorization"), Some(expected.as_str()));
     assert_eq!(r.header("x-imprint-merchant-key"), Some(MERCHANT_KEY));
     assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A real redis-server of the test's own, on a free loopback port.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempdir::Dir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempdir::Dir::new();
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is required by this test (.ci/run installs it: apt-get install redis-server)");
+        wait_for_port(port, "redis-server");
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The gateway binary running `serve`, as a separate process.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub channel: Channel,
+    _dir: tempdir::Dir,
+}
+
+impl GatewayProcess {
+    pub async fn spawn(upstream_url: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempdir::Dir::new();
+        let tokens = dir.0.join("callers.toml");
+        std::fs::write(&tokens, TOKENS_FILE).unwrap();
+        let (grpc, http) = (free_port(), free_port());
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"));
+        cmd.arg("serve")
+            .env("IMPRINT_API_BASE_URL", upstream_url)
+            .env("IMPRINT_API_KEY", API_KEY)
+            .env("IMPRINT_MERCHANT_KEY", MERCHANT_KEY)
+            .env("GATEWAY_CALLER_TOKENS_FILE", &tokens)
+            .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+            .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn the gateway binary");
+        wait_for_port(grpc, "the gateway");
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            child,
+            channel,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

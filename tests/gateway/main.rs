@@ -12,6 +12,8 @@ mod harness;
 mod auth;
 mod deadlines;
 mod errors;
+mod idempotency;
+mod resilience;
 mod rpc_customers;
 mod rpc_links_sessions;
 mod rpc_orders;
