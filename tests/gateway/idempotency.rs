@@ -50,7 +50,7 @@ async fn fifty_concurrent_duplicates_make_one_post_and_get_one_answer() {
     let gw =
         TestGateway::start_with(&up.url(), &[("GATEWAY__LIMITS__CALLER_RATE_PER_SEC", "0")]).await;
     up.on(Method::POST, "/v2/transaction_intents", slow_intent());
-    let answers = fifty_concurrent(&[gw.channel.clone()], "order-123").await;
+    let answers = fifty_concurrent(std::slice::from_ref(&gw.channel), "order-123").await;
     assert_eq!(up.requests().len(), 1, "exactly one upstream POST");
     for a in &answers {
         assert_eq!(a.as_ref().unwrap().get_ref(), &intent());
