@@ -8,7 +8,7 @@
 //! reopens). Only signs of an unhealthy upstream count as failures:
 //! transport errors, timeouts and 5xx; a 404 is not Imprint's fault.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -51,11 +51,52 @@ enum State {
     HalfOpen { probes: usize },
 }
 
+/// Slots of the rolling window; outcomes are counted per slot, so recording
+/// is O(1) whatever the request rate.
+const SLOTS: usize = 10;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// Which `window / SLOTS`-wide interval since `start` this slot counts.
+    epoch: u64,
+    total: u32,
+    failures: u32,
+}
+
 #[derive(Debug)]
 struct Inner {
     state: State,
-    /// (when, failed) of recent attempts while closed.
-    outcomes: VecDeque<(Instant, bool)>,
+    start: Instant,
+    slots: [Slot; SLOTS],
+}
+
+impl Inner {
+    fn epoch(&self, now: Instant, window: Duration) -> u64 {
+        let width = (window / SLOTS as u32).max(Duration::from_millis(1));
+        (now.duration_since(self.start).as_nanos() / width.as_nanos()) as u64 + 1
+    }
+
+    fn clear(&mut self) {
+        self.slots = [Slot::default(); SLOTS];
+    }
+
+    /// Counts one outcome; returns (total, failures) over the window.
+    fn count(&mut self, now: Instant, window: Duration, failed: bool) -> (u32, u32) {
+        let epoch = self.epoch(now, window);
+        let slot = &mut self.slots[(epoch % SLOTS as u64) as usize];
+        if slot.epoch != epoch {
+            *slot = Slot {
+                epoch,
+                ..Slot::default()
+            };
+        }
+        slot.total += 1;
+        slot.failures += u32::from(failed);
+        self.slots
+            .iter()
+            .filter(|s| s.epoch + SLOTS as u64 > epoch)
+            .fold((0, 0), |(t, f), s| (t + s.total, f + s.failures))
+    }
 }
 
 /// The shared breaker state.
@@ -108,31 +149,23 @@ impl Breaker {
                 } else {
                     tracing::info!("probe succeeded: circuit closed");
                     inner.state = State::Closed;
-                    inner.outcomes.clear();
+                    inner.clear();
                 }
             }
             Admission::Closed => {
                 if !matches!(inner.state, State::Closed) {
                     return;
                 }
-                inner.outcomes.push_back((now, failed));
-                while inner
-                    .outcomes
-                    .front()
-                    .is_some_and(|(t, _)| now.duration_since(*t) > self.config.window)
-                {
-                    inner.outcomes.pop_front();
-                }
-                let total = inner.outcomes.len();
-                let failures = inner.outcomes.iter().filter(|(_, f)| *f).count();
-                if total >= self.config.min_requests
-                    && failures as f64 >= self.config.failure_rate * total as f64
+                let (total, failures) = inner.count(now, self.config.window, failed);
+                if total as usize >= self.config.min_requests
+                    && failures > 0
+                    && f64::from(failures) >= self.config.failure_rate * f64::from(total)
                 {
                     tracing::warn!(failures, total, open_for = ?self.config.open_for, "circuit open: Imprint is failing");
                     inner.state = State::Open {
                         until: now + self.config.open_for,
                     };
-                    inner.outcomes.clear();
+                    inner.clear();
                 }
             }
         }
@@ -152,7 +185,8 @@ impl CircuitBreakerLayer {
                 config,
                 inner: Mutex::new(Inner {
                     state: State::Closed,
-                    outcomes: VecDeque::new(),
+                    start: Instant::now(),
+                    slots: [Slot::default(); SLOTS],
                 }),
             }),
         }
@@ -277,6 +311,45 @@ mod tests {
         svc.clone().oneshot(request()).await.unwrap();
         svc.clone().oneshot(request()).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_failures_leave_the_window() {
+        let fail = Arc::new(AtomicBool::new(true));
+        let f = fail.clone();
+        let upstream = service_fn(move |_: UpstreamRequest| {
+            let failing = f.load(Ordering::SeqCst);
+            async move {
+                if failing {
+                    Err(unavailable())
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let svc = CircuitBreakerLayer::new(BreakerConfig {
+            window: Duration::from_secs(10),
+            min_requests: 4,
+            failure_rate: 0.5,
+            ..BreakerConfig::default()
+        })
+        .layer(upstream);
+        for _ in 0..3 {
+            svc.clone().oneshot(request()).await.unwrap_err();
+        }
+        // Those failures age out of the window before the next ones come.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        fail.store(false, Ordering::SeqCst);
+        for _ in 0..3 {
+            svc.clone().oneshot(request()).await.unwrap();
+        }
+        fail.store(true, Ordering::SeqCst);
+        // 1 failure in 4 recent attempts: stays closed.
+        svc.clone().oneshot(request()).await.unwrap_err();
+        assert!(matches!(
+            svc.clone().oneshot(request()).await,
+            Err(UpstreamError::Status { .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -131,13 +131,32 @@ pub struct StackConfig {
     pub attempt_timeout: Duration,
 }
 
-/// Assembles the upstream stack, outermost layer first.
+/// Assembles the upstream stack over the HTTP client.
 pub fn stack(
     client: HttpClient,
     credentials: Arc<CredentialStore>,
     idempotency: Arc<dyn IdempotencyStore>,
     config: &StackConfig,
 ) -> UpstreamService {
+    stack_over(client, credentials, idempotency, config)
+}
+
+/// Assembles the upstream stack over any innermost service (the HTTP client
+/// in production; an in-memory one in benchmarks), outermost layer first.
+pub fn stack_over<S>(
+    inner: S,
+    credentials: Arc<CredentialStore>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    config: &StackConfig,
+) -> UpstreamService
+where
+    S: tower::Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let svc = ServiceBuilder::new()
         // One span per call, outermost so its timing covers every layer.
         .layer(TraceLayer::new())
@@ -159,8 +178,20 @@ pub fn stack(
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
         // The Imprint key is added last, right before the wire, and nowhere else.
         .layer(CredentialsLayer::new(credentials))
-        .service(client);
+        .service(inner);
     BoxCloneSyncService::new(svc)
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            load_shed: LoadShedConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            attempt_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[cfg(test)]

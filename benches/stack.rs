@@ -1,0 +1,130 @@
+//! What the upstream layers cost on the success path: the whole stack
+//! (trace, idempotency check, deadline, breaker, retry, load shedding,
+//! attempt timeout, credentials) against the bare inner service, in the same
+//! run, with an in-memory "Imprint" so only the gateway's own work counts.
+//!
+//! Run: `cargo bench --bench stack`. Results: docs/BENCHMARKS.md.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, Method, StatusCode};
+use imprint_gateway::{
+    credentials::{AuthScheme, Credential, CredentialStore},
+    idempotency::MemoryStore,
+    translate::RestCall,
+    upstream::{self, StackConfig, UpstreamError, UpstreamRequest, UpstreamResponse},
+};
+use secrecy::SecretString;
+use tower::{service_fn, util::BoxCloneSyncService, Layer as _, ServiceExt};
+
+fn request() -> UpstreamRequest {
+    UpstreamRequest {
+        rpc: "imprint.v2.CustomerService/GetCustomer",
+        template: "/v2/customers/{customer_id}",
+        call: RestCall {
+            method: Method::GET,
+            path_and_query: "/v2/customers/9B5E1EE0".into(),
+            body: None,
+        },
+        headers: HeaderMap::new(),
+        deadline: Some(tokio::time::Instant::now() + Duration::from_secs(10)),
+        request_id: "bench".into(),
+        caller: "bench".into(),
+        idempotency_key: None,
+        secret_fields: &[],
+        stats: Arc::default(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = Bytes::from_static(br#"{"id":"9B5E1EE0"}"#);
+    let imprint = service_fn(move |_: UpstreamRequest| {
+        let body = body.clone();
+        async move {
+            Ok::<_, UpstreamError>(UpstreamResponse {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body,
+            })
+        }
+    });
+    let credentials = Arc::new(CredentialStore::new(Some(
+        Credential::new(
+            SecretString::from("sk_bench"),
+            Some(SecretString::from("mk")),
+            AuthScheme::Basic,
+        )
+        .unwrap(),
+    )));
+    let config = StackConfig::default();
+    let full = rt.block_on(async {
+        upstream::stack_over(
+            imprint.clone(),
+            credentials,
+            Arc::new(MemoryStore::new()),
+            &config,
+        )
+    });
+    let bare = BoxCloneSyncService::new(imprint.clone());
+    // Each layer alone over the same inner service, to see where time goes.
+    let alone = [
+        (
+            "trace",
+            BoxCloneSyncService::new(upstream::TraceLayer::new().layer(imprint.clone())),
+        ),
+        (
+            "deadline",
+            BoxCloneSyncService::new(upstream::DeadlineLayer::new().layer(imprint.clone())),
+        ),
+        (
+            "breaker",
+            BoxCloneSyncService::new(
+                upstream::CircuitBreakerLayer::new(Default::default()).layer(imprint.clone()),
+            ),
+        ),
+        (
+            "retry",
+            BoxCloneSyncService::new(
+                upstream::RetryLayer::new(Default::default()).layer(imprint.clone()),
+            ),
+        ),
+        (
+            "load_shed",
+            BoxCloneSyncService::new(
+                upstream::LoadShedLayer::new(Default::default()).layer(imprint.clone()),
+            ),
+        ),
+        (
+            "attempt_timeout",
+            BoxCloneSyncService::new(
+                upstream::AttemptTimeoutLayer::new(Duration::from_secs(5)).layer(imprint.clone()),
+            ),
+        ),
+    ];
+
+    let mut g = c.benchmark_group("upstream_call");
+    g.bench_function("bare_inner_service", |b| {
+        b.iter(|| rt.block_on(bare.clone().oneshot(request())).unwrap())
+    });
+    g.bench_function("full_stack", |b| {
+        b.iter(|| rt.block_on(full.clone().oneshot(request())).unwrap())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("layer_alone");
+    for (name, svc) in alone {
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(svc.clone().oneshot(request())).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
