@@ -365,7 +365,8 @@ impl Config {
         let env: Vec<(String, String)> = env.into_iter().collect();
 
         for (var, section, key, kind) in NAMED_ENV {
-            let Some((_, raw)) = env.iter().find(|(k, _)| k == var) else {
+            // An empty variable is unset (`FOO=` in a deploy file).
+            let Some((_, raw)) = env.iter().find(|(k, v)| k == var && !v.is_empty()) else {
                 continue;
             };
             let value = match kind {

@@ -177,8 +177,7 @@ where
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = crate::upstream::take_ready(&mut self.inner);
         let Some(idem_key) = req
             .idempotency_key
             .clone()

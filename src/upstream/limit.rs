@@ -106,8 +106,7 @@ where
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         let shared = self.shared.clone();
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         Box::pin(async move {
             let permit = match shared.slots.clone().try_acquire_owned() {
                 Ok(p) => p,

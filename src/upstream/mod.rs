@@ -39,6 +39,14 @@ use crate::{
     translate::RestCall,
 };
 
+/// Takes the service that `poll_ready` just readied, leaving a clone in its
+/// place: the readied one serves this call (a clone may not be ready), as
+/// tower's guidance for `Clone` services in `call` says.
+pub(crate) fn take_ready<S: Clone>(slot: &mut S) -> S {
+    let clone = slot.clone();
+    std::mem::replace(slot, clone)
+}
+
 /// One call to Imprint, as it travels down the stack.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest {

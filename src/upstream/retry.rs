@@ -143,8 +143,7 @@ where
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         // The service that was polled ready serves the first attempt; clones
         // (driven to readiness with `oneshot`) serve the retries.
-        let clone = self.inner.clone();
-        let first = std::mem::replace(&mut self.inner, clone);
+        let first = super::take_ready(&mut self.inner);
         let retries = self.inner.clone();
         let config = self.config.clone();
         let budget = self.budget.clone();

@@ -102,3 +102,25 @@ async fn malformed_json_is_a_400() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+#[tokio::test]
+async fn injected_faults_and_latency() {
+    use std::time::{Duration, Instant};
+
+    use imprint_gateway::sandbox::{EmulatorConfig, FaultRule};
+    let api = Api::start_with(EmulatorConfig {
+        faults: vec![
+            FaultRule::errors("/v2/orders", 1.0, 503),
+            FaultRule::latency("/v2/rewards", Duration::from_millis(200)),
+        ],
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let e = api.get("/v2/orders").await.expect(503);
+    assert_eq!(e["error"]["type"], "INJECTED_FAULT");
+    let start = Instant::now();
+    api.get("/v2/rewards").await.ok();
+    assert!(start.elapsed() >= Duration::from_millis(190));
+    // Other routes are untouched.
+    api.get(&format!("/v2/customers/{JOHN}")).await.ok();
+}

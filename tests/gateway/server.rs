@@ -187,3 +187,53 @@ async fn graceful_shutdown_finishes_in_flight_calls() {
     // And nothing listens any more.
     assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
 }
+
+#[tokio::test]
+async fn reload_swaps_the_key_and_the_caller_tokens_without_a_restart() {
+    use crate::harness::{tempdir, API_KEY};
+    let up = FakeUpstream::start().await;
+    let dir = tempdir::Dir::new();
+    let key_file = dir.0.join("api-key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
+    let key_path = key_file.display().to_string();
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[("IMPRINT_API_KEY", ""), ("IMPRINT_API_KEY_FILE", &key_path)],
+    )
+    .await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    let call = || {
+        req(GetCustomerRequest {
+            customer_id: "C1".into(),
+        })
+    };
+    let mut c = CustomerServiceClient::new(gw.channel.clone());
+    c.get_customer(call()).await.unwrap();
+
+    // Rotate: a new key in the file, then SIGHUP (here: reload()).
+    std::fs::write(&key_file, "sk_rotated_key\n").unwrap();
+    gw.running.as_ref().unwrap().reload().unwrap();
+    c.get_customer(call()).await.unwrap();
+    let auths: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_string())
+        .collect();
+    use base64::Engine as _;
+    let basic = |k: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{k}:"))
+        )
+    };
+    assert_eq!(auths, [basic(API_KEY), basic("sk_rotated_key")]);
+
+    // A broken file changes nothing.
+    std::fs::write(&key_file, "\n").unwrap();
+    assert!(gw.running.as_ref().unwrap().reload().is_err());
+    c.get_customer(call()).await.unwrap();
+    assert_eq!(
+        up.requests()[2].header("authorization"),
+        Some(basic("sk_rotated_key").as_str())
+    );
+}
