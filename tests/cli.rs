@@ -198,6 +198,40 @@ fn sandbox_prints_a_first_call_that_works() {
     let listed = run(&list.unwrap());
     let missing =
         run(&first_call.replace(imprint_gateway::sandbox::seed::JOHN, "no-such-customer"));
+    // A simulated transaction: the sandbox prints its verified webhooks.
+    let simulate = first_call
+        .replace(
+            "imprint.v2.CustomerService/GetCustomer",
+            "imprint.v2.SandboxService/SimulateTransactionEvent",
+        )
+        .replace(
+            &format!(
+                "{{\"customer_id\":\"{}\"}}",
+                imprint_gateway::sandbox::seed::JOHN
+            ),
+            &format!(
+                "{{\"payment_method_id\":\"{}\",\"status\":\"TRANSACTION_STATUS_APPROVED\"}}",
+                imprint_gateway::sandbox::seed::JOHN_CARD
+            ),
+        );
+    let simulated = run(&simulate);
+    assert!(
+        simulated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&simulated.stderr)
+    );
+    let webhook = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the sandbox printed the webhook");
+        if line.starts_with("webhook TRANSACTION") {
+            break line;
+        }
+    };
+    assert!(
+        webhook.contains("(signature verified)") && webhook.contains("status=APPROVED"),
+        "{webhook}"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -173,10 +173,17 @@ pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow
     // Credentials generated for this run, known only to the two halves.
     let api_key = random_token("sk_sandbox_");
     let merchant_key = random_token("mk_sandbox_");
+    // Webhooks: to the run's inspector (which verifies and prints them) and
+    // to any --webhook-url, signed with the given or a generated token.
+    let mut hooks = webhook_config(&args.webhooks)?.unwrap_or_else(|| {
+        WebhookConfig::new(Vec::new(), SecretString::from(random_token("whsec_")))
+    });
+    let inspector = inspect_webhooks(hooks.secret.clone()).await?;
+    hooks.urls.insert(0, inspector.clone());
     let mut emulator_config = EmulatorConfig {
         seed: args.seed,
         api_keys: vec![api_key.clone()],
-        webhooks: webhook_config(&args.webhooks)?,
+        webhooks: Some(hooks),
         ..EmulatorConfig::default()
     };
     emulator_config.products[0] = Product::new(
@@ -198,13 +205,76 @@ pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow
     let tokens = config.auth.caller_tokens_file.is_some();
 
     let mut running = server::bind_and_start(config).await?;
-    println!("{}", banner(&running, &emulator.url(), tokens));
+    println!("{}", banner(&running, &emulator.url(), &inspector, tokens));
     super::wait_for_signals(&mut running).await?;
     running.shutdown().await?;
     Ok(())
 }
 
-fn banner(running: &server::Running, emulator: &str, tokens: bool) -> String {
+/// Receives the emulator's webhooks during a sandbox run: verifies each
+/// signature with the run's token and prints one line per event, so a
+/// developer sees what Imprint would notify. Returns its URL.
+async fn inspect_webhooks(secret: SecretString) -> anyhow::Result<String> {
+    use axum::{body::Bytes, http::HeaderMap, http::StatusCode, routing::post, Router};
+    use secrecy::ExposeSecret as _;
+
+    let receive = move |headers: HeaderMap, body: Bytes| {
+        let secret = secret.clone();
+        async move {
+            let signature = headers
+                .get("x-imprint-hmac-signature")
+                .and_then(|v| v.to_str().ok());
+            let verified = crate::events::signature::verify(
+                secret.expose_secret().as_bytes(),
+                signature,
+                &body,
+                std::time::SystemTime::now(),
+                Duration::from_secs(300),
+            );
+            if let Err(e) = verified {
+                println!("webhook refused: {e}");
+                return (StatusCode::UNAUTHORIZED, e.to_string());
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let data = &v["data"];
+            let mut line = format!(
+                "webhook {} (signature verified)",
+                v["object"].as_str().unwrap_or("?")
+            );
+            for field in [
+                "customer_id",
+                "transaction_id",
+                "reward_id",
+                "payment_method_id",
+                "status",
+                "new_status",
+                "amount",
+            ] {
+                if let Some(x) = data.get(field).filter(|x| !x.is_null()) {
+                    line.push_str(&format!(
+                        " {field}={}",
+                        x.as_str().map_or_else(|| x.to_string(), str::to_string)
+                    ));
+                }
+            }
+            println!("{line}");
+            (StatusCode::OK, "ok".to_string())
+        }
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the webhook inspector")?;
+    let url = format!("http://{}/webhooks", listener.local_addr()?);
+    let app = Router::new().route("/webhooks", post(receive));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("webhook inspector stopped: {e}");
+        }
+    });
+    Ok(url)
+}
+
+fn banner(running: &server::Running, emulator: &str, inspector: &str, tokens: bool) -> String {
     let grpc = running.grpc_addr();
     let addr_flag = if grpc.to_string() == "127.0.0.1:50051" {
         String::new()
@@ -226,6 +296,7 @@ fn banner(running: &server::Running, emulator: &str, tokens: bool) -> String {
          \n  gRPC gateway      {grpc}  ({auth})\
          \n  HTTP probes       http://{http}/healthz\
          \n  Imprint emulator  {emulator}  (key and merchant key generated for this run)\
+         \n  Webhooks          {inspector}  (signed with a token generated for this run; printed here)\
          \n\nFirst call, from this repository in another terminal:\
          \n  cargo run --release -- call{addr_flag}{token_flag} imprint.v2.CustomerService/GetCustomer '{{\"customer_id\":\"{john}\"}}'\
          \n\nEvery method: cargo run --release -- call{addr_flag}{token_flag} --list\
