@@ -237,3 +237,21 @@ async fn reload_swaps_the_key_and_the_caller_tokens_without_a_restart() {
         Some(basic("sk_rotated_key").as_str())
     );
 }
+
+#[tokio::test]
+async fn oversized_messages_are_refused_before_any_upstream_call() {
+    let up = FakeUpstream::start().await;
+    let gw =
+        TestGateway::start_with(&up.url(), &[("GATEWAY__SERVER__MAX_MESSAGE_BYTES", "2048")]).await;
+    let big = "x".repeat(4096);
+    let s = CustomerServiceClient::new(gw.channel.clone())
+        .update_customer(req(UpdateCustomerRequest {
+            customer_id: "C1".into(),
+            city: Some(big),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
+    assert!(up.requests().is_empty());
+}
