@@ -45,22 +45,43 @@ def load(spec_path):
     return spec, components
 
 
+class Operations:
+    """The spec's operations, found by method and concrete path."""
+
+    def __init__(self, spec, components):
+        self.components = components
+        self.routes = []
+        for template, item in spec["paths"].items():
+            pattern = "^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$"
+            self.routes.append((re.compile(pattern), template, item))
+        self.all = {(m.upper(), t) for _, t, item in self.routes
+                    for m in item if m in ("get", "post", "put", "patch", "delete")}
+
+    def find(self, method, path):
+        """(template, path item, operation), preferring the most literal template."""
+        matches = sorted([(t, item) for rx, t, item in self.routes if rx.match(path)],
+                         key=lambda m: m[0].count("{"))
+        for template, item in matches:
+            op = item.get(method.lower())
+            if op:
+                return template, item, op
+        return None
+
+    def validator(self, schema):
+        # Local $refs resolve against a root carrying the spec's components.
+        return Draft202012Validator({**schema, "components": self.components})
+
+
 def main(spec_path, requests_path):
     spec, components = load(spec_path)
-    routes = []
-    for template, item in spec["paths"].items():
-        pattern = "^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$"
-        routes.append((re.compile(pattern), template, item))
+    ops = Operations(spec, components)
+    validator = ops.validator
 
     def resolve(obj):
         while isinstance(obj, dict) and "$ref" in obj and obj["$ref"].startswith("#/components/"):
             kind, name = obj["$ref"].split("/")[2:4]
             obj = {**components[kind][name], **{k: v for k, v in obj.items() if k != "$ref"}}
         return obj
-
-    def validator(schema):
-        # Local $refs resolve against a root carrying the spec's components.
-        return Draft202012Validator({**schema, "components": components})
 
     failures, checked, probes, seen_ops = [], 0, 0, set()
     for n, line in enumerate(open(requests_path), 1):
@@ -71,17 +92,11 @@ def main(spec_path, requests_path):
             continue
         checked += 1
         where = f"request {n}: {req['method']} {req['path']}"
-        matches = [(t, item) for rx, t, item in routes if rx.match(req["path"])]
-        # Prefer the most literal template (fewest parameters).
-        matches.sort(key=lambda m: m[0].count("{"))
-        op = None
-        for template, item in matches:
-            op = item.get(req["method"].lower())
-            if op:
-                break
-        if not op:
+        found = ops.find(req["method"], req["path"])
+        if not found:
             failures.append(f"{where}: no such operation in the spec")
             continue
+        template, item, op = found
         seen_ops.add((req["method"], template))
         if req.get("auth_scheme") not in ("Basic", "Bearer"):
             failures.append(f"{where}: no Basic/Bearer credential")
@@ -119,7 +134,7 @@ def main(spec_path, requests_path):
                 failures.append(f"{where}: body {'/'.join(map(str, err.absolute_path))}: {err.message}")
         elif body_spec and body_spec.get("required") and req["method"] in ("POST", "PUT", "PATCH"):
             failures.append(f"{where}: the spec requires a body")
-    all_ops = {(m.upper(), t) for _, t, item in routes for m in item if m in ("get", "post", "put", "patch", "delete")}
+    all_ops = ops.all
     missing = sorted(all_ops - seen_ops)
     print(f"spec check: {checked} API requests (+{probes} readiness probes), "
           f"{len(seen_ops)} of {len(all_ops)} operations exercised")
@@ -141,29 +156,19 @@ def main(spec_path, requests_path):
 
 def responses(spec_path, responses_path):
     spec, components = load(spec_path)
-    routes = []
-    for template, item in spec["paths"].items():
-        pattern = "^" + re.sub(r"\{[^/]+\}", "[^/]+", template) + "$"
-        routes.append((re.compile(pattern), template, item))
-
-    def validator(schema):
-        return Draft202012Validator({**schema, "components": components})
+    ops = Operations(spec, components)
+    validator = ops.validator
 
     failures, checked, undeclared, served = [], 0, {}, set()
     for n, line in enumerate(open(responses_path), 1):
         r = json.loads(line)
         checked += 1
         where = f"answer {n}: {r['method']} {r['path']} -> {r['status']}"
-        matches = sorted(
-            [(t, item) for rx, t, item in routes if rx.match(r["path"])], key=lambda m: m[0].count("{"))
-        op = None
-        for template, item in matches:
-            op = item.get(r["method"].lower())
-            if op:
-                break
-        if not op:
+        found = ops.find(r["method"], r["path"])
+        if not found:
             failures.append(f"{where}: no such operation in the spec")
             continue
+        template, _, op = found
         served.add((r["method"], template))
         declared = op.get("responses", {})
         spec_resp = declared.get(str(r["status"]))
@@ -181,8 +186,8 @@ def responses(spec_path, responses_path):
             continue
         for err in validator(content["schema"]).iter_errors(r["body"]):
             failures.append(f"{where}: body {'/'.join(map(str, err.absolute_path))}: {err.message}")
-    all_ops = {(m.upper(), t) for _, t, item in routes for m in item if m in ("get", "post", "put", "patch", "delete")}
-    missing = sorted(all_ops - served)
+    missing = sorted(ops.all - served)
+    all_ops = ops.all
     print(f"spec check: {checked} emulator answers, {len(served)} of {len(all_ops)} operations served")
     if undeclared:
         print("  error statuses the spec does not declare for the operation (not checked):")
