@@ -40,6 +40,9 @@ pub(super) struct EmulatorArgs {
     /// Start empty: no seed customers.
     #[arg(long)]
     no_seed_data: bool,
+    /// Behave like a production environment: simulate_* answers 403.
+    #[arg(long)]
+    production: bool,
     /// API key to accept (repeatable); default `sk_sandbox_emulator`.
     #[arg(long = "api-key")]
     api_keys: Vec<String>,
@@ -144,6 +147,7 @@ pub(super) async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
         },
         webhooks: webhook_config(&args.webhooks)?,
         faults,
+        production: args.production,
         ..EmulatorConfig::default()
     };
     let listener = TcpListener::bind(args.addr)

@@ -67,6 +67,8 @@ pub struct EmulatorConfig {
     pub simulation_time: Duration,
     /// Injected latency and failures.
     pub faults: Vec<FaultRule>,
+    /// Behave like a production environment: `simulate_*` answers 403.
+    pub production: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -87,6 +89,7 @@ impl Default for EmulatorConfig {
             session_ttl: Duration::from_secs(15 * 60),
             simulation_time: Duration::from_secs(1),
             faults: Vec::new(),
+            production: false,
         }
     }
 }
@@ -240,6 +243,7 @@ impl Emulator {
             )
             .route("/v2/simulate_reward", post(simulate::reward))
             .route("/v2/keys", post(keys::create).delete(keys::delete))
+            .route_layer(middleware::from_fn_with_state(self.clone(), sandbox_only))
             .route_layer(middleware::from_fn_with_state(self.clone(), authenticate));
         Router::new()
             .merge(v2)
@@ -330,6 +334,19 @@ async fn authenticate(State(emu): State<Emulator>, mut req: Request, next: Next)
         api_key: key,
         product,
     });
+    next.run(req).await
+}
+
+/// Outside the sandbox, Imprint answers 403 to the simulation endpoints.
+async fn sandbox_only(State(emu): State<Emulator>, req: Request, next: Next) -> Response {
+    if emu.config().production && req.uri().path().starts_with("/v2/simulate_") {
+        return ApiError::enveloped(
+            axum::http::StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            "Endpoint is only available in sandbox environments",
+        )
+        .into_response();
+    }
     next.run(req).await
 }
 

@@ -199,3 +199,34 @@ async fn reward_simulations_conflict_while_running_and_check_the_product() {
     .await
     .expect(409);
 }
+
+#[tokio::test]
+async fn simulations_are_forbidden_outside_the_sandbox() {
+    let api = Api::start_with(EmulatorConfig {
+        production: true,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    for (path, body) in [
+        (
+            "/v2/simulate_transaction_event",
+            json!({"payment_method_id": JOHN_CARD, "status": "APPROVED"}),
+        ),
+        (
+            "/v2/simulate_reward",
+            json!({"customer_id": JOHN, "reward_type": "DELAYED"}),
+        ),
+        (
+            "/v2/simulate_statement_reward",
+            json!({"customer_id": JOHN}),
+        ),
+    ] {
+        let e = api.post(path, body).await.expect(403);
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("sandbox"),
+            "{e}"
+        );
+    }
+    // Everything else works as usual.
+    api.get(&format!("/v2/customers/{JOHN}")).await.ok();
+}
