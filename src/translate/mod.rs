@@ -48,13 +48,24 @@ pub trait Endpoint: Serialize + Send + Sync + 'static {
 }
 
 /// The REST form of one call: what goes on the wire, minus host and auth.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the body's size only: bodies carry SSNs and PANs.
+#[derive(Clone)]
 pub struct RestCall {
     pub method: Method,
     /// Percent-encoded path and query string, e.g. `/v2/customers/a%2Fb?limit=2`.
     pub path_and_query: String,
     /// JSON body, for POST/PUT/PATCH.
     pub body: Option<Bytes>,
+}
+
+impl std::fmt::Debug for RestCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestCall")
+            .field("method", &self.method)
+            .field("path_and_query", &self.path_and_query)
+            .field("body_bytes", &self.body.as_ref().map(|b| b.len()))
+            .finish()
+    }
 }
 
 /// Path-segment encoding: everything but unreserved characters is escaped,
@@ -111,4 +122,56 @@ pub fn build<E: Endpoint>(request: &E) -> Result<RestCall, Vec<FieldViolation>> 
         path_and_query: url,
         body: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::imprint::v2::{DateOfBirth, ListPaymentMethodsRequest, SearchCustomersRequest};
+
+    #[test]
+    fn sensitive_searches_go_in_a_body_that_debug_never_shows() {
+        let call = build(&SearchCustomersRequest {
+            ssn: Some("123456789".into()),
+            date_of_birth: Some(DateOfBirth {
+                year: Some(1990),
+                ..Default::default()
+            }),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(call.method, Method::POST);
+        assert_eq!(call.path_and_query, "/v2/customers");
+        let body = String::from_utf8(call.body.clone().unwrap().to_vec()).unwrap();
+        assert_eq!(
+            body,
+            r#"{"ssn":"123456789","date_of_birth":{"year":1990},"limit":2}"#
+        );
+        assert!(!format!("{call:?}").contains("123456789"));
+
+        let call = build(&ListPaymentMethodsRequest {
+            customer_id: "C1".into(),
+            pan: Some("4111111111111111".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!format!("{call:?}").contains("4111"));
+        assert!(!call.path_and_query.contains("4111"));
+    }
+
+    #[test]
+    fn without_sensitive_fields_a_search_is_a_get_with_a_query() {
+        let call = build(&SearchCustomersRequest {
+            partner_customer_id: Some("a b&c".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(call.method, Method::GET);
+        assert_eq!(
+            call.path_and_query,
+            "/v2/customers?partner_customer_id=a%20b%26c"
+        );
+        assert!(call.body.is_none());
+    }
 }
