@@ -210,7 +210,7 @@ fn sandbox_prints_a_first_call_that_works() {
                 imprint_gateway::sandbox::seed::JOHN
             ),
             &format!(
-                "{{\"payment_method_id\":\"{}\",\"status\":\"TRANSACTION_STATUS_APPROVED\"}}",
+                "{{\"payment_method_id\":\"{}\",\"status\":\"APPROVED\"}}",
                 imprint_gateway::sandbox::seed::JOHN_CARD
             ),
         );
@@ -219,6 +219,11 @@ fn sandbox_prints_a_first_call_that_works() {
         simulated.status.success(),
         "{}",
         String::from_utf8_lossy(&simulated.stderr)
+    );
+    let event: serde_json::Value = serde_json::from_slice(&simulated.stdout).unwrap();
+    assert_eq!(
+        event["status"], "APPROVED",
+        "enums print as Imprint spells them"
     );
     let webhook = loop {
         let line = rx

@@ -4,6 +4,7 @@
 //! error prints the gRPC status with its `google.rpc` details.
 
 mod codec;
+mod enums;
 mod reflection;
 
 use std::{str::FromStr, time::Duration};
@@ -114,15 +115,15 @@ pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String
         )));
     }
     let json = if json.trim().is_empty() { "{}" } else { json };
-    let mut de = serde_json::Deserializer::from_str(json);
-    let message = DynamicMessage::deserialize(desc.input(), &mut de).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| CallError::Other(anyhow!("the request is not valid JSON: {e}")))?;
+    enums::rewrite(&desc.input(), &mut value, enums::Direction::ToProto);
+    let message = DynamicMessage::deserialize(desc.input(), value).map_err(|e| {
         CallError::Other(anyhow!(
             "request JSON does not fit {}: {e}",
             desc.input().full_name()
         ))
     })?;
-    de.end()
-        .map_err(|e| CallError::Other(anyhow!("trailing input after the request JSON: {e}")))?;
 
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
@@ -143,13 +144,13 @@ pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false)
         .skip_default_fields(true);
-    let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::pretty(&mut out);
-    response
+    let mut value = response
         .into_inner()
-        .serialize_with_options(&mut ser, &options)
+        .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| CallError::Other(anyhow!("cannot print the response: {e}")))?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    enums::rewrite(&desc.output(), &mut value, enums::Direction::ToRest);
+    serde_json::to_string_pretty(&value)
+        .map_err(|e| CallError::Other(anyhow!("cannot print the response: {e}")))
 }
 
 /// A failed call: a gRPC status from the server, or a local problem.
