@@ -7,7 +7,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{aio::ConnectionManager, AsyncCommands as _, Script};
+use redis::{
+    aio::{ConnectionManager, ConnectionManagerConfig},
+    AsyncCommands as _, Script,
+};
 
 use super::{IdempotencyStore, Record, StoreError};
 
@@ -49,10 +52,14 @@ impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`); reconnects on its own later.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(err)?;
-        let conn = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager())
-            .await
-            .map_err(|_| StoreError("timed out connecting to Redis".into()))?
-            .map_err(err)?;
+        // Fail fast when Redis is away: a call waiting on the store is a
+        // call waiting on nothing; the caller gets STATE_STORE_UNAVAILABLE.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(OP_TIMEOUT)
+            .set_response_timeout(OP_TIMEOUT)
+            .set_number_of_retries(2)
+            .set_max_delay(200);
+        let conn = bounded(client.get_connection_manager_with_config(config)).await?;
         Ok(Self {
             conn,
             prefix: "imprint-gateway:idempotency:".into(),
@@ -61,6 +68,19 @@ impl RedisStore {
 
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+}
+
+/// Bound on any one Redis operation.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs a Redis operation within [`OP_TIMEOUT`].
+async fn bounded<T, E: std::fmt::Display>(
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(OP_TIMEOUT, op).await {
+        Ok(result) => result.map_err(err),
+        Err(_) => Err(StoreError("Redis did not answer in time".into())),
     }
 }
 
@@ -80,19 +100,20 @@ impl IdempotencyStore for RedisStore {
         let mut conn = self.conn.clone();
         // A record may expire between SET NX and GET: try twice.
         for _ in 0..2 {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.key(key))
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms(ttl))
-                .query_async(&mut conn)
-                .await
-                .map_err(err)?;
+            let set: Option<String> = bounded(
+                redis::cmd("SET")
+                    .arg(self.key(key))
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms(ttl))
+                    .query_async(&mut conn),
+            )
+            .await?;
             if set.is_some() {
                 return Ok(None);
             }
-            let existing: Option<String> = conn.get(self.key(key)).await.map_err(err)?;
+            let existing: Option<String> = bounded(conn.get(self.key(key))).await?;
             if let Some(v) = existing {
                 return serde_json::from_str(&v).map(Some).map_err(err);
             }
@@ -102,7 +123,7 @@ impl IdempotencyStore for RedisStore {
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
         let mut conn = self.conn.clone();
-        let v: Option<String> = conn.get(self.key(key)).await.map_err(err)?;
+        let v: Option<String> = bounded(conn.get(self.key(key))).await?;
         v.map(|v| serde_json::from_str(&v).map_err(err)).transpose()
     }
 
@@ -115,34 +136,33 @@ impl IdempotencyStore for RedisStore {
     ) -> Result<(), StoreError> {
         let value = serde_json::to_string(record).map_err(err)?;
         let mut conn = self.conn.clone();
-        let _: i64 = Script::new(COMPLETE)
-            .key(self.key(key))
-            .arg(token)
-            .arg(value)
-            .arg(ms(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(err)?;
+        let _: i64 = bounded(
+            Script::new(COMPLETE)
+                .key(self.key(key))
+                .arg(token)
+                .arg(value)
+                .arg(ms(ttl))
+                .invoke_async(&mut conn),
+        )
+        .await?;
         Ok(())
     }
 
     async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = Script::new(RELEASE)
-            .key(self.key(key))
-            .arg(token)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(err)?;
+        let _: i64 = bounded(
+            Script::new(RELEASE)
+                .key(self.key(key))
+                .arg(token)
+                .invoke_async(&mut conn),
+        )
+        .await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(err)?;
+        let pong: String = bounded(redis::cmd("PING").query_async(&mut conn)).await?;
         if pong == "PONG" {
             Ok(())
         } else {

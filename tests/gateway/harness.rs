@@ -385,6 +385,14 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Stops the server (to test what happens when Redis goes away).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -396,6 +404,7 @@ impl Drop for RedisServer {
 pub struct GatewayProcess {
     child: std::process::Child,
     pub channel: Channel,
+    pub http_port: u16,
     _dir: tempdir::Dir,
 }
 
@@ -428,6 +437,7 @@ impl GatewayProcess {
         Self {
             child,
             channel,
+            http_port: http,
             _dir: dir,
         }
     }

@@ -252,3 +252,45 @@ async fn two_gateway_processes_sharing_redis_make_one_post() {
     assert_eq!(s.code(), Code::FailedPrecondition);
     assert_eq!(up.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn without_redis_keyed_calls_are_refused_and_nothing_is_sent() {
+    let mut redis = RedisServer::start();
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::POST,
+        "/v2/transaction_intents",
+        Reply::ok(intent_json()),
+    );
+    let gw = GatewayProcess::spawn(&up.url(), &[("GATEWAY_REDIS_URL", redis.url.as_str())]).await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", gw.http_port);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+
+    redis.stop();
+    let mut c = TransactionIntentServiceClient::new(gw.channel.clone());
+    let mut r = create(7, "no-redis");
+    r.set_timeout(Duration::from_secs(5));
+    let s = c.create_transaction_intent(r).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_eq!(
+        s.get_details_error_info().unwrap().reason,
+        "STATE_STORE_UNAVAILABLE"
+    );
+    let api_calls = || {
+        up.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/v2/"))
+            .count()
+    };
+    assert_eq!(api_calls(), 0, "a keyed call never runs unrecorded");
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
+    // Unkeyed calls do not need the store.
+    let mut plain = req(CreateTransactionIntentRequest {
+        customer_id: "9B5E1EE0".into(),
+        amount: 7,
+        currency: "USD".into(),
+        ..Default::default()
+    });
+    plain.set_timeout(Duration::from_secs(5));
+    c.create_transaction_intent(plain).await.unwrap();
+}
