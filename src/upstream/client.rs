@@ -98,18 +98,29 @@ impl Service<UpstreamRequest> for HttpClient {
         }
         let limit = self.max_response_bytes;
         Box::pin(async move {
-            let response = builder.send().await.map_err(transport)?;
+            let mut response = builder.send().await.map_err(transport)?;
             let status = response.status();
             let headers = response.headers().clone();
+            let too_large = || {
+                UpstreamError::Decode(serde::de::Error::custom(format_args!(
+                    "Imprint's answer exceeds the {limit}-byte limit"
+                )))
+            };
             if response.content_length().is_some_and(|n| n > limit as u64) {
-                return Err(UpstreamError::Decode(serde::de::Error::custom(
-                    format_args!(
-                        "answer of {} bytes exceeds the {limit}-byte limit",
-                        response.content_length().unwrap_or_default()
-                    ),
-                )));
+                return Err(too_large());
             }
-            let body = response.bytes().await.map_err(transport)?;
+            // Read chunk by chunk so a body without a length cannot grow
+            // past the limit either.
+            let mut body = bytes::BytesMut::with_capacity(
+                response.content_length().map_or(8 * 1024, |n| n as usize),
+            );
+            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let body = body.freeze();
             if status.is_success() {
                 return Ok(UpstreamResponse {
                     status,

@@ -244,3 +244,23 @@ async fn undecodable_success_body_is_internal() {
     assert_eq!(s.code(), Code::Internal);
     assert_eq!(error_info(&s).reason, "UPSTREAM_DECODE");
 }
+
+#[tokio::test]
+async fn oversized_answers_are_refused_not_buffered() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[("GATEWAY__UPSTREAM__MAX_RESPONSE_BYTES", "1024")],
+    )
+    .await;
+    let big = format!(r#"{{"id":"C1","first_name":"{}"}}"#, "x".repeat(4096));
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(big));
+    let s = CustomerServiceClient::new(gw.channel.clone())
+        .get_customer(req(GetCustomerRequest {
+            customer_id: "C1".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Internal);
+    assert!(s.message().contains("limit"), "{}", s.message());
+}
