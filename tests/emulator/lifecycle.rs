@@ -136,7 +136,7 @@ async fn illegal_transitions_are_409() {
 #[tokio::test]
 async fn reward_simulations_conflict_while_running_and_check_the_product() {
     let api = Api::start_with(EmulatorConfig {
-        simulation_time: Duration::from_millis(300),
+        simulation_time: Duration::from_millis(1000),
         ..EmulatorConfig::default()
     })
     .await;
@@ -154,7 +154,7 @@ async fn reward_simulations_conflict_while_running_and_check_the_product() {
         .await
         .expect(409);
     assert_eq!(e["error"]["type"], "SIMULATION_IN_PROGRESS");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     api.post(
         "/v2/simulate_reward",
         json!({"customer_id": JOHN, "reward_type": "DELAYED"}),

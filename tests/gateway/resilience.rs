@@ -102,7 +102,9 @@ async fn a_connection_refused_post_is_sent_again() {
         r.set_timeout(Duration::from_secs(10));
         client.create_transaction_intent(r).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Long enough for the first attempts to be refused even on a busy machine;
+    // ten attempts with back-off up to 1 s outlast it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let up = FakeUpstream::start_on(port).await;
     up.on(
         Method::POST,
