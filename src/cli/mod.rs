@@ -196,30 +196,59 @@ fn call(args: CallArgs) -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     telemetry::init(config.log.format);
+    let mut signals = Signals::install()?;
     let mut running = server::bind_and_start(config).await?;
-    wait_for_signals(&mut running).await?;
+    signals.wait(Some(&mut running)).await?;
     tracing::info!("shutting down: finishing in-flight calls");
     running.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Returns on SIGTERM/SIGINT; reloads credentials on SIGHUP.
-pub(crate) async fn wait_for_signals(running: &mut server::Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                if let Err(e) = running.reload() {
-                    tracing::error!("reload failed, keeping the previous credentials: {e:#}");
+/// The process's signal handlers. Installed before anything listens, so a
+/// SIGTERM that arrives during start-up (an orchestrator changing its mind)
+/// is a graceful stop rather than the default kill.
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(crate) fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM/SIGINT (or when the gateway stops on its own);
+    /// SIGHUP reloads the gateway's credentials and caller tokens.
+    pub(crate) async fn wait(
+        &mut self,
+        mut running: Option<&mut server::Running>,
+    ) -> anyhow::Result<()> {
+        loop {
+            let stopped = async {
+                match running.as_deref_mut() {
+                    Some(r) => r.wait().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                _ = self.term.recv() => return Ok(()),
+                _ = self.int.recv() => return Ok(()),
+                _ = self.hup.recv() => {
+                    if let Some(r) = running.as_deref() {
+                        if let Err(e) = r.reload() {
+                            tracing::error!("reload failed, keeping the previous credentials: {e:#}");
+                        }
+                    }
+                }
+                r = stopped => return r,
             }
-            r = running.wait() => return r,
         }
     }
 }

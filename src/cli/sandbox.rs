@@ -135,6 +135,7 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
 
 pub(super) async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
     telemetry::init(crate::config::LogFormat::Text);
+    let mut signals = super::Signals::install()?;
     let mut faults = args.latency;
     faults.extend(args.fault);
     let config = EmulatorConfig {
@@ -157,23 +158,13 @@ pub(super) async fn run_emulator(args: EmulatorArgs) -> anyhow::Result<()> {
     println!("Imprint API emulator on {}", running.url());
     println!("  auth: Basic (key as user name) or Bearer; the key is --api-key (default sk_sandbox_emulator)");
     println!("  products: default (no merchant key), statement (x-imprint-merchant-key: mk_sandbox_statement)");
-    wait_for_stop().await?;
-    Ok(())
-}
-
-async fn wait_for_stop() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    signals.wait(None).await?;
     Ok(())
 }
 
 pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow::Result<()> {
     telemetry::init(config.log.format);
+    let mut signals = super::Signals::install()?;
     // Credentials generated for this run, known only to the two halves.
     let api_key = random_token("sk_sandbox_");
     let merchant_key = random_token("mk_sandbox_");
@@ -210,7 +201,7 @@ pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow
 
     let mut running = server::bind_and_start(config).await?;
     println!("{}", banner(&running, &emulator.url(), &inspector, tokens));
-    super::wait_for_signals(&mut running).await?;
+    signals.wait(Some(&mut running)).await?;
     running.shutdown().await?;
     Ok(())
 }
