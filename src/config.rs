@@ -15,7 +15,11 @@ use std::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::credentials::{fingerprint, AuthScheme};
+use crate::{
+    credentials::{fingerprint, AuthScheme},
+    idempotency::IdempotencyConfig,
+    upstream::{BreakerConfig, LoadShedConfig, RetryConfig},
+};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -24,66 +28,12 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub upstream: UpstreamConfig,
-    pub retry: RetrySettings,
-    pub breaker: BreakerSettings,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
     pub limits: LimitSettings,
-    pub idempotency: IdempotencySettings,
+    pub idempotency: IdempotencyConfig,
     pub state: StateSettings,
     pub log: LogConfig,
-}
-
-/// `[retry]`: which failed attempts are tried again, and how often.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetrySettings {
-    pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub base_backoff: Duration,
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-    pub retry_500: bool,
-    pub budget_percent: f32,
-    pub budget_min_per_sec: u32,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        let d = crate::upstream::RetryConfig::default();
-        Self {
-            max_attempts: d.max_attempts,
-            base_backoff: d.base_backoff,
-            max_backoff: d.max_backoff,
-            retry_500: d.retry_500,
-            budget_percent: d.budget_percent,
-            budget_min_per_sec: d.budget_min_per_sec,
-        }
-    }
-}
-
-/// `[breaker]`: when to stop calling a failing Imprint.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BreakerSettings {
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    pub min_requests: usize,
-    pub failure_rate: f64,
-    #[serde(with = "humantime_serde")]
-    pub open_for: Duration,
-    pub half_open_probes: usize,
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        let d = crate::upstream::BreakerConfig::default();
-        Self {
-            window: d.window,
-            min_requests: d.min_requests,
-            failure_rate: d.failure_rate,
-            open_for: d.open_for,
-            half_open_probes: d.half_open_probes,
-        }
-    }
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
@@ -99,35 +49,26 @@ pub struct LimitSettings {
     pub caller_burst: f64,
 }
 
+impl LimitSettings {
+    /// The load-shedding layer's part of these settings.
+    pub fn load_shed(&self) -> LoadShedConfig {
+        LoadShedConfig {
+            max_in_flight: self.max_in_flight,
+            max_queue: self.max_queue,
+            queue_timeout: self.queue_timeout,
+        }
+    }
+}
+
 impl Default for LimitSettings {
     fn default() -> Self {
-        let d = crate::upstream::LoadShedConfig::default();
+        let d = LoadShedConfig::default();
         Self {
             max_in_flight: d.max_in_flight,
             max_queue: d.max_queue,
             queue_timeout: d.queue_timeout,
             caller_rate_per_sec: 100.0,
             caller_burst: 200.0,
-        }
-    }
-}
-
-/// `[idempotency]`: how long keyed results answer duplicates.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdempotencySettings {
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-    #[serde(with = "humantime_serde")]
-    pub in_flight_timeout: Duration,
-}
-
-impl Default for IdempotencySettings {
-    fn default() -> Self {
-        let d = crate::idempotency::IdempotencyConfig::default();
-        Self {
-            retention: d.retention,
-            in_flight_timeout: d.in_flight_timeout,
         }
     }
 }
@@ -524,7 +465,7 @@ impl Config {
         let (r, b, l, i) = (&self.retry, &self.breaker, &self.limits, &self.idempotency);
         let d = humantime::format_duration;
         format!(
-            "\n[retry]\nmax_attempts = {}\nbase_backoff = \"{}\"\nmax_backoff = \"{}\"\nretry_500 = {}\nbudget_percent = {}\nbudget_min_per_sec = {}\n\
+            "\n[retry]\nmax_attempts = {}\nbase_backoff = \"{}\"\nmax_backoff = \"{}\"\nretry_500 = {}\nbudget_percent = {}\nbudget_min_per_sec = {}\nbudget_window = \"{}\"\n\
              \n[breaker]\nwindow = \"{}\"\nmin_requests = {}\nfailure_rate = {}\nopen_for = \"{}\"\nhalf_open_probes = {}\n\
              \n[limits]\nmax_in_flight = {}\nmax_queue = {}\nqueue_timeout = \"{}\"\ncaller_rate_per_sec = {}\ncaller_burst = {}\n\
              \n[idempotency]\nretention = \"{}\"\nin_flight_timeout = \"{}\"\n\
@@ -535,6 +476,7 @@ impl Config {
             r.retry_500,
             r.budget_percent,
             r.budget_min_per_sec,
+            d(r.budget_window),
             d(b.window),
             b.min_requests,
             b.failure_rate,

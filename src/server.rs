@@ -16,13 +16,11 @@ use crate::{
     auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
-    idempotency::{IdempotencyConfig, IdempotencyStore, MemoryStore, RedisStore},
+    idempotency::{IdempotencyStore, MemoryStore, RedisStore},
     pb,
     ratelimit::{RateLimitConfig, RateLimitLayer},
     services::{self, Gateway, MessageLimits},
-    upstream::{
-        self, BreakerConfig, ClientConfig, HttpClient, LoadShedConfig, RetryConfig, StackConfig,
-    },
+    upstream::{self, ClientConfig, HttpClient, StackConfig},
 };
 use secrecy::ExposeSecret as _;
 
@@ -220,38 +218,11 @@ pub async fn start(
 
 /// The resilience layers' settings from the configuration.
 pub fn stack_config(config: &Config) -> StackConfig {
-    let (r, b, l, i) = (
-        &config.retry,
-        &config.breaker,
-        &config.limits,
-        &config.idempotency,
-    );
     StackConfig {
-        retry: RetryConfig {
-            max_attempts: r.max_attempts,
-            base_backoff: r.base_backoff,
-            max_backoff: r.max_backoff,
-            retry_500: r.retry_500,
-            budget_percent: r.budget_percent,
-            budget_min_per_sec: r.budget_min_per_sec,
-            ..RetryConfig::default()
-        },
-        breaker: BreakerConfig {
-            window: b.window,
-            min_requests: b.min_requests,
-            failure_rate: b.failure_rate,
-            open_for: b.open_for,
-            half_open_probes: b.half_open_probes,
-        },
-        load_shed: LoadShedConfig {
-            max_in_flight: l.max_in_flight,
-            max_queue: l.max_queue,
-            queue_timeout: l.queue_timeout,
-        },
-        idempotency: IdempotencyConfig {
-            retention: i.retention,
-            in_flight_timeout: i.in_flight_timeout,
-        },
+        retry: config.retry.clone(),
+        breaker: config.breaker.clone(),
+        load_shed: config.limits.load_shed(),
+        idempotency: config.idempotency.clone(),
         attempt_timeout: config.upstream.attempt_timeout,
     }
 }

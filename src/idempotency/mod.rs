@@ -33,13 +33,16 @@ pub use memory::MemoryStore;
 
 use crate::upstream::ApiError;
 
-/// Settings of the idempotency layer.
-#[derive(Debug, Clone)]
+/// Settings of the idempotency layer (`[idempotency]` in the configuration file).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     /// How long a recorded outcome answers duplicates.
+    #[serde(with = "humantime_serde")]
     pub retention: Duration,
     /// A claim older than this without an outcome is reported as unknown
     /// (the replica running it died).
+    #[serde(with = "humantime_serde")]
     pub in_flight_timeout: Duration,
 }
 

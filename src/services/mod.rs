@@ -275,6 +275,25 @@ macro_rules! rpcs {
 }
 pub(crate) use rpcs;
 
+/// Calls `$m!($($args)* ; <each imprint.v2 server type>)`: the one list of
+/// served services, so registration and health status cannot drift apart.
+macro_rules! each_service {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)*;
+            customer_service_server::CustomerServiceServer,
+            customer_link_service_server::CustomerLinkServiceServer,
+            customer_session_service_server::CustomerSessionServiceServer,
+            payment_method_service_server::PaymentMethodServiceServer,
+            transaction_intent_service_server::TransactionIntentServiceServer,
+            transaction_service_server::TransactionServiceServer,
+            reward_service_server::RewardServiceServer,
+            offer_service_server::OfferServiceServer,
+            order_service_server::OrderServiceServer,
+            order_event_service_server::OrderEventServiceServer,
+            sandbox_service_server::SandboxServiceServer)
+    };
+}
+
 /// Registers every `imprint.v2` service of `gateway` on a tonic router.
 pub fn add_services<L>(
     router: tonic::transport::server::Router<L>,
@@ -283,7 +302,7 @@ pub fn add_services<L>(
 ) -> tonic::transport::server::Router<L> {
     use crate::pb::imprint::v2::*;
     macro_rules! add {
-        ($router:expr, $($module:ident::$server:ident),*) => {
+        ($router:expr; $($module:ident::$server:ident),*) => {
             $router$(.add_service(
                 $module::$server::new(gateway.clone())
                     .max_decoding_message_size(limits.max_decoding)
@@ -293,36 +312,20 @@ pub fn add_services<L>(
             ))*
         };
     }
-    add!(
-        router,
-        customer_service_server::CustomerServiceServer,
-        customer_link_service_server::CustomerLinkServiceServer,
-        customer_session_service_server::CustomerSessionServiceServer,
-        payment_method_service_server::PaymentMethodServiceServer,
-        transaction_intent_service_server::TransactionIntentServiceServer,
-        transaction_service_server::TransactionServiceServer,
-        reward_service_server::RewardServiceServer,
-        offer_service_server::OfferServiceServer,
-        order_service_server::OrderServiceServer,
-        order_event_service_server::OrderEventServiceServer,
-        sandbox_service_server::SandboxServiceServer
-    )
+    each_service!(add!(router))
 }
 
 /// The fully-qualified names of the services [`add_services`] registers.
-pub const SERVICE_NAMES: &[&str] = &[
-    "imprint.v2.CustomerService",
-    "imprint.v2.CustomerLinkService",
-    "imprint.v2.CustomerSessionService",
-    "imprint.v2.PaymentMethodService",
-    "imprint.v2.TransactionIntentService",
-    "imprint.v2.TransactionService",
-    "imprint.v2.RewardService",
-    "imprint.v2.OfferService",
-    "imprint.v2.OrderService",
-    "imprint.v2.OrderEventService",
-    "imprint.v2.SandboxService",
-];
+pub const SERVICE_NAMES: &[&str] = {
+    use crate::pb::imprint::v2::*;
+    use tonic::server::NamedService;
+    macro_rules! names {
+        (; $($module:ident::$server:ident),*) => {
+            &[$(<$module::$server<Gateway> as NamedService>::NAME),*]
+        };
+    }
+    each_service!(names!())
+};
 
 /// gRPC message size limits.
 #[derive(Debug, Clone, Copy)]

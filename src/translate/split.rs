@@ -162,22 +162,20 @@ impl SerializeStruct for &mut Pass<'_> {
             return Ok(());
         }
         self.first = false;
-        if route.query.contains(&key) {
-            let text = scalar_text(&self.fields.body[value_start..])
-                .ok_or_else(|| Error(format!("{key} must be a scalar")))?;
-            if key == "limit" && text.parse::<i64>().is_ok_and(|n| n < 1) {
-                self.violations
-                    .push(FieldViolation::new(key, "limit must be at least 1"));
-            }
-            self.fields.query.push((key, text));
-        } else if key == "limit" {
-            let n = std::str::from_utf8(&self.fields.body[value_start..])
+        let json = &self.fields.body[value_start..];
+        // Imprint's pagination `limit` is at least 1 wherever it appears.
+        if key == "limit"
+            && std::str::from_utf8(json)
                 .ok()
-                .and_then(|t| t.parse::<i64>().ok());
-            if n.is_some_and(|n| n < 1) {
-                self.violations
-                    .push(FieldViolation::new(key, "limit must be at least 1"));
-            }
+                .and_then(|t| t.parse::<i64>().ok())
+                .is_some_and(|n| n < 1)
+        {
+            self.violations
+                .push(FieldViolation::new(key, "limit must be at least 1"));
+        }
+        if route.query.contains(&key) {
+            let text = scalar_text(json).ok_or_else(|| Error(format!("{key} must be a scalar")))?;
+            self.fields.query.push((key, text));
         }
         Ok(())
     }

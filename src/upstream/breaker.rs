@@ -17,16 +17,19 @@ use tower::{Layer, Service};
 
 use super::{UpstreamError, UpstreamRequest};
 
-/// Breaker settings.
-#[derive(Debug, Clone)]
+/// Breaker settings (`[breaker]` in the configuration file).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Rolling window over which the failure rate is computed.
+    #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Attempts the window must hold before the breaker may open.
     pub min_requests: usize,
     /// Failure share (0.0 to 1.0) that opens the breaker.
     pub failure_rate: f64,
     /// How long it stays open before probing.
+    #[serde(with = "humantime_serde")]
     pub open_for: Duration,
     /// Concurrent probes while half-open.
     pub half_open_probes: usize,

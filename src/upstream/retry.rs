@@ -27,13 +27,16 @@ use tower::{
 
 use super::{UpstreamError, UpstreamRequest};
 
-/// Retry settings.
-#[derive(Debug, Clone)]
+/// Retry settings (`[retry]` in the configuration file).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts per call, the first included.
     pub max_attempts: u32,
     /// First back-off; doubles per attempt, with full jitter.
+    #[serde(with = "humantime_serde")]
     pub base_backoff: Duration,
+    #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
     /// Whether 500 counts as retryable for idempotent methods.
     pub retry_500: bool,
@@ -42,6 +45,7 @@ pub struct RetryConfig {
     /// ...plus this many retries per second regardless.
     pub budget_min_per_sec: u32,
     /// Over this window.
+    #[serde(with = "humantime_serde")]
     pub budget_window: Duration,
 }
 
