@@ -55,10 +55,19 @@ impl RateLimiter {
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock();
-        let bucket = buckets.entry(caller.to_string()).or_insert(Bucket {
-            tokens: c.burst,
-            at: now,
-        });
+        // Look up before inserting: no allocation on the hot path.
+        if !buckets.contains_key(caller) {
+            buckets.insert(
+                caller.to_string(),
+                Bucket {
+                    tokens: c.burst,
+                    at: now,
+                },
+            );
+        }
+        let Some(bucket) = buckets.get_mut(caller) else {
+            return Ok(());
+        };
         let refill = now.duration_since(bucket.at).as_secs_f64() * c.per_second;
         bucket.tokens = (bucket.tokens + refill).min(c.burst.max(1.0));
         bucket.at = now;
