@@ -144,6 +144,10 @@ impl Breaker {
         let now = Instant::now();
         match admission {
             Admission::Probe => {
+                if !matches!(inner.state, State::HalfOpen { .. }) {
+                    // Another probe already decided.
+                    return;
+                }
                 if failed {
                     tracing::warn!(open_for = ?self.config.open_for, "probe failed: circuit open again");
                     inner.state = State::Open {
@@ -171,6 +175,52 @@ impl Breaker {
                     inner.clear();
                 }
             }
+        }
+    }
+
+    /// A probe that ended without an outcome (its caller went away before
+    /// its deadline): give its slot back so another call can probe.
+    fn release_probe(&self) {
+        let mut inner = self.inner.lock();
+        if let State::HalfOpen { probes } = inner.state {
+            inner.state = State::HalfOpen {
+                probes: probes.saturating_sub(1),
+            };
+        }
+    }
+}
+
+/// One admitted call's claim on the breaker. Its outcome is recorded when
+/// the call finishes; if the call is dropped first, the guard decides on
+/// drop: cut by the caller's deadline counts as a failure (a hanging Imprint
+/// must open the breaker even when every caller's deadline is shorter than
+/// the attempt timeout), cancelled earlier by the caller only gives a probe
+/// slot back. Either way a half-open breaker can never be left waiting for
+/// a probe that will not come back.
+struct Permit {
+    breaker: Arc<Breaker>,
+    admission: Option<Admission>,
+    deadline: Option<Instant>,
+}
+
+impl Permit {
+    fn finish(mut self, failed: bool) {
+        if let Some(admission) = self.admission.take() {
+            self.breaker.record(admission, failed);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::debug!("call cut by its deadline: counted as a failure of Imprint");
+            self.breaker.record(admission, true);
+        } else if matches!(admission, Admission::Probe) {
+            self.breaker.release_probe();
         }
     }
 }
@@ -235,12 +285,15 @@ where
             Ok(a) => a,
             Err(e) => return Box::pin(futures::future::ready(Err(e))),
         };
-        let breaker = self.breaker.clone();
+        let permit = Permit {
+            breaker: self.breaker.clone(),
+            admission: Some(admission),
+            deadline: req.deadline,
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
-            let failed = matches!(&result, Err(e) if e.is_upstream_failure());
-            breaker.record(admission, failed);
+            permit.finish(matches!(&result, Err(e) if e.is_upstream_failure()));
             result
         })
     }
@@ -353,6 +406,121 @@ mod tests {
             svc.clone().oneshot(request()).await,
             Err(UpstreamError::Status { .. })
         ));
+    }
+
+    fn hanging_after(
+        healthy_from: u32,
+    ) -> (
+        impl Service<UpstreamRequest, Response = (), Error = UpstreamError, Future: Send>
+            + Clone
+            + Send
+            + 'static,
+        Arc<AtomicU32>,
+    ) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = service_fn(move |_: UpstreamRequest| {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n < healthy_from {
+                    // Imprint hangs: only the caller's deadline ends this.
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        });
+        (svc, calls)
+    }
+
+    fn with_deadline(ms: u64) -> UpstreamRequest {
+        let mut r = request();
+        r.deadline = Some(Instant::now() + Duration::from_millis(ms));
+        r
+    }
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            window: Duration::from_secs(10),
+            min_requests: 4,
+            failure_rate: 0.5,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_imprint_opens_it_even_under_short_deadlines() {
+        let (upstream, calls) = hanging_after(u32::MAX);
+        let svc = crate::upstream::DeadlineLayer::new()
+            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        for _ in 0..4 {
+            let err = svc.clone().oneshot(with_deadline(200)).await.unwrap_err();
+            assert!(matches!(err, UpstreamError::DeadlineExceeded), "{err:?}");
+        }
+        // Four calls cut by their deadline: Imprint is failing, stop calling it.
+        let err = svc.clone().oneshot(with_deadline(200)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::CircuitOpen { .. }), "{err:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_cut_by_its_deadline_reopens_instead_of_wedging() {
+        // Calls 1-5 hang; from the 6th Imprint answers.
+        let (upstream, calls) = hanging_after(6);
+        let svc = crate::upstream::DeadlineLayer::new()
+            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        for _ in 0..4 {
+            svc.clone().oneshot(with_deadline(100)).await.unwrap_err();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // The probe (call 5) hangs and is cut by its deadline: open again.
+        let err = svc.clone().oneshot(with_deadline(100)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::DeadlineExceeded), "{err:?}");
+        let err = svc.clone().oneshot(with_deadline(100)).await.unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::CircuitOpen { retry_after } if retry_after > Duration::from_secs(4)),
+            "open again, for open_for: {err:?}"
+        );
+        // Next probe finds Imprint healthy: closed, calls flow.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        svc.clone().oneshot(with_deadline(100)).await.unwrap();
+        svc.clone().oneshot(with_deadline(100)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_gives_its_slot_back() {
+        // Calls 1-4 fail (503), the probe (5) hangs, then Imprint is well.
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let upstream = service_fn(move |_: UpstreamRequest| {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                match n {
+                    1..=4 => Err(unavailable()),
+                    5 => std::future::pending().await,
+                    _ => Ok(()),
+                }
+            }
+        });
+        let svc = crate::upstream::DeadlineLayer::new()
+            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        for _ in 0..4 {
+            svc.clone().oneshot(with_deadline(100)).await.unwrap_err();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // The probe's caller goes away long before its deadline.
+        let probe = svc.clone().oneshot(with_deadline(60_000));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), probe)
+                .await
+                .is_err(),
+            "the probe hangs"
+        );
+        // The slot is free again: the next call probes, finds Imprint well.
+        svc.clone().oneshot(with_deadline(100)).await.unwrap();
+        svc.clone().oneshot(with_deadline(100)).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 7);
     }
 
     #[tokio::test(start_paused = true)]
