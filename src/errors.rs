@@ -135,7 +135,15 @@ pub fn rate_limited(caller: &str, retry_after: Duration) -> tonic::Status {
 }
 
 /// Maps an upstream failure of `rpc` to the status the caller receives.
-pub fn upstream_status(rpc: &str, err: &UpstreamError) -> tonic::Status {
+///
+/// `resend_unsafe` says the call was a non-idempotent mutation (POST,
+/// PATCH) without an `idempotency-key`: when such a call may have executed,
+/// the answer is UNKNOWN, never UNAVAILABLE, because stock gRPC retry
+/// policies re-send UNAVAILABLE and one purchase would become two.
+pub fn upstream_status(rpc: &str, resend_unsafe: bool, err: &UpstreamError) -> tonic::Status {
+    if resend_unsafe && err.may_have_executed() {
+        return outcome_unknown(err);
+    }
     match err {
         UpstreamError::Status {
             status,
@@ -198,6 +206,25 @@ pub fn upstream_status(rpc: &str, err: &UpstreamError) -> tonic::Status {
         .error_info("UPSTREAM_DECODE", GATEWAY_DOMAIN, [])
         .into_status(),
     }
+}
+
+/// A mutation that may or may not have happened.
+fn outcome_unknown(err: &UpstreamError) -> tonic::Status {
+    let mut metadata = vec![("cause", err.cause())];
+    if let Some(status) = err.http_status() {
+        metadata.push(("http_status", status.as_u16().to_string()));
+    }
+    RichStatus::new(
+        Code::Unknown,
+        format!(
+            "Imprint may or may not have processed this call ({}); the gateway did not repeat it because \
+             that could apply it twice: look the result up before retrying, or send the call with an \
+             idempotency-key so that it can be retried safely",
+            err.cause()
+        ),
+    )
+    .error_info("OUTCOME_UNKNOWN", GATEWAY_DOMAIN, metadata)
+    .into_status()
 }
 
 fn http_status(

@@ -76,39 +76,65 @@ enum Outcome {
     Record(RecordState),
 }
 
-fn strip_secrets(body: &Bytes, fields: &[&str]) -> String {
+/// The body with every field named in `fields` removed at any depth (list
+/// items included); `None` when secrets are declared but the body is not
+/// JSON that could be cleaned, so nothing of it may be stored.
+fn strip_secrets(body: &Bytes, fields: &[&str]) -> Option<String> {
     if fields.is_empty() {
-        return String::from_utf8_lossy(body).into_owned();
+        return Some(String::from_utf8_lossy(body).into_owned());
     }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            for f in fields {
-                map.remove(*f);
+    fn strip(value: &mut serde_json::Value, fields: &[&str]) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.retain(|k, _| !fields.contains(&k.as_str()));
+                map.values_mut().for_each(|v| strip(v, fields));
             }
-            serde_json::Value::Object(map).to_string()
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| strip(v, fields)),
+            _ => {}
         }
-        // Not an object: store nothing rather than risk a secret.
-        _ => "{}".into(),
     }
+    let mut value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    strip(&mut value, fields);
+    Some(value.to_string())
 }
 
+/// Imprint's answers that are final for the request: the same request
+/// would get the same answer, so a duplicate may be answered from the
+/// record. 401/403 (the gateway's credential), 408 and 429 are not: they
+/// say nothing about the request and it was not processed.
+fn is_final_refusal(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 404 | 409 | 410 | 422)
+}
+
+/// What the claim becomes once the call ended. Only what is final is
+/// recorded; what provably was not processed releases the key; what may
+/// have been processed is recorded as unknown and never sent again.
 fn outcome(req: &UpstreamRequest, result: &Result<UpstreamResponse, UpstreamError>) -> Outcome {
     match result {
-        Ok(resp) => Outcome::Record(RecordState::Succeeded {
-            status: resp.status.as_u16(),
-            body: strip_secrets(&resp.body, req.secret_fields),
-        }),
+        Ok(resp) => match strip_secrets(&resp.body, req.secret_fields) {
+            Some(body) => Outcome::Record(RecordState::Succeeded {
+                status: resp.status.as_u16(),
+                body,
+            }),
+            None => Outcome::Record(RecordState::Unknown {
+                reason: "Imprint processed it, but its answer holds secrets and was not kept"
+                    .into(),
+            }),
+        },
         Err(e) if e.never_sent() || e.refused_unprocessed() => Outcome::Release,
-        Err(UpstreamError::DeadlineExceeded) if req.stats.attempts() == 0 => Outcome::Release,
         Err(UpstreamError::Status {
             status,
             error,
             retry_after,
-        }) if status.is_client_error() => Outcome::Record(RecordState::Failed {
+        }) if is_final_refusal(*status) => Outcome::Record(RecordState::Failed {
             status: status.as_u16(),
             error: error.clone(),
             retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
         }),
+        Err(UpstreamError::Status { status, .. }) if status.is_client_error() => Outcome::Release,
+        // Cut by the deadline: unknown only if some attempt may have been
+        // processed (not when it fired while backing off after a 503).
+        Err(UpstreamError::DeadlineExceeded) if req.stats.nothing_processed() => Outcome::Release,
         Err(e) => Outcome::Record(RecordState::Unknown { reason: e.cause() }),
     }
 }
@@ -178,11 +204,7 @@ where
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         let inner = crate::upstream::take_ready(&mut self.inner);
-        let Some(idem_key) = req
-            .idempotency_key
-            .clone()
-            .filter(|_| req.call.method != http::Method::GET)
-        else {
+        let Some(idem_key) = req.idempotency_key.clone().filter(|_| req.mutating) else {
             let mut inner = inner;
             return Box::pin(inner.call(req));
         };
@@ -248,7 +270,7 @@ where
                         };
                         let stored = store.complete(&key, &token, &done, config.retention).await;
                         if let RecordState::Unknown { reason } = state {
-                            if stored.is_ok() {
+                            if stored.is_ok() && result.is_err() {
                                 return Err(IdempotencyError::OutcomeUnknown(reason).into());
                             }
                         }
@@ -288,6 +310,7 @@ mod tests {
         r.call.method = Method::POST;
         r.call.body = Some(Bytes::from_static(body.as_bytes()));
         r.idempotency_key = Some("key-1".into());
+        r.mutating = true;
         r.stats = Arc::default();
         r
     }
@@ -449,6 +472,7 @@ mod tests {
         let svc = layer().layer(svc);
         let mut get = keyed("");
         get.call.method = Method::GET;
+        get.mutating = false;
         svc.clone().oneshot(get.clone()).await.unwrap();
         svc.clone().oneshot(get).await.unwrap();
         let mut unkeyed = keyed("{}");
@@ -456,5 +480,164 @@ mod tests {
         svc.clone().oneshot(unkeyed.clone()).await.unwrap();
         svc.oneshot(unkeyed).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    fn status(code: StatusCode) -> UpstreamError {
+        UpstreamError::Status {
+            status: code,
+            error: Box::new(ApiError::default()),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_search_sent_as_post_is_never_stored() {
+        let (svc, calls) = counting(ok);
+        let svc = layer().layer(svc);
+        let mut search = keyed("{\"ssn\":\"123456789\"}");
+        search.mutating = false;
+        svc.clone().oneshot(search.clone()).await.unwrap();
+        let stats = search.stats.clone();
+        svc.oneshot(search).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(!stats.replayed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_final_answers_are_recorded() {
+        // Not final: the key is released and the next call runs.
+        for code in [401, 403, 408, 429] {
+            let code = StatusCode::from_u16(code).unwrap();
+            let calls = Arc::new(AtomicU32::new(0));
+            let c = calls.clone();
+            let svc = layer().layer(service_fn(move |r: UpstreamRequest| {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    r.stats.add_attempt();
+                    if n == 0 {
+                        Err(status(code))
+                    } else {
+                        ok(n)
+                    }
+                }
+            }));
+            svc.clone().oneshot(keyed("{}")).await.unwrap_err();
+            svc.oneshot(keyed("{}")).await.unwrap();
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "{code}");
+        }
+        // Final: replayed without a call.
+        for code in [400, 404, 409, 422] {
+            let code = StatusCode::from_u16(code).unwrap();
+            let calls = Arc::new(AtomicU32::new(0));
+            let c = calls.clone();
+            let svc = layer().layer(service_fn(move |r: UpstreamRequest| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    r.stats.add_attempt();
+                    Err::<UpstreamResponse, _>(status(code))
+                }
+            }));
+            svc.clone().oneshot(keyed("{}")).await.unwrap_err();
+            let err = svc.oneshot(keyed("{}")).await.unwrap_err();
+            assert_eq!(err.http_status(), Some(code));
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{code}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn secrets_are_stripped_at_any_depth() {
+        let svc = layer().layer(service_fn(|r: UpstreamRequest| async move {
+            r.stats.add_attempt();
+            Ok::<_, UpstreamError>(UpstreamResponse {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(
+                    br#"{"data":[{"id":"pm1","pci_details":{"pan":"4111111111111111","cvv":"123"}}],"has_more":false}"#,
+                ),
+            })
+        }));
+        let mut r = keyed("{}");
+        r.secret_fields = &["pci_details"];
+        svc.clone().oneshot(r.clone()).await.unwrap();
+        let replay = svc.oneshot(r).await.unwrap();
+        let body = String::from_utf8_lossy(&replay.body);
+        assert_eq!(body, r#"{"data":[{"id":"pm1"}],"has_more":false}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_with_secrets_that_cannot_be_cleaned_is_not_kept() {
+        let svc = layer().layer(service_fn(|r: UpstreamRequest| async move {
+            r.stats.add_attempt();
+            Ok::<_, UpstreamError>(UpstreamResponse {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::from_static(b"client_secret=s3cr3t"),
+            })
+        }));
+        let mut r = keyed("{}");
+        r.secret_fields = &["client_secret"];
+        svc.clone().oneshot(r.clone()).await.unwrap();
+        let err = svc.oneshot(r).await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                UpstreamError::Idempotency(IdempotencyError::OutcomeUnknown(m)) if !m.contains("s3cr3t")
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_while_backing_off_after_a_503_releases_the_key() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        // The first call's only attempt got a 503, then it waits to retry
+        // (what the retry layer does) until the caller's deadline cuts it.
+        let inner = service_fn(move |r: UpstreamRequest| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                r.stats.add_attempt();
+                if n == 0 {
+                    r.stats.add_unprocessed();
+                    std::future::pending::<()>().await;
+                }
+                ok(n)
+            }
+        });
+        let svc = layer().layer(crate::upstream::DeadlineLayer::new().layer(inner));
+        let mut first = keyed("{}");
+        first.deadline = Some(Instant::now() + Duration::from_millis(100));
+        let err = svc.clone().oneshot(first).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::DeadlineExceeded), "{err:?}");
+        // Nothing was processed: the same key runs again.
+        svc.oneshot(keyed("{}")).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_during_an_attempt_is_unknown() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let inner = service_fn(move |r: UpstreamRequest| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                r.stats.add_attempt();
+                std::future::pending::<()>().await;
+                ok(0)
+            }
+        });
+        let svc = layer().layer(crate::upstream::DeadlineLayer::new().layer(inner));
+        let mut first = keyed("{}");
+        first.deadline = Some(Instant::now() + Duration::from_millis(100));
+        svc.clone().oneshot(first).await.unwrap_err();
+        let err = svc.oneshot(keyed("{}")).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UpstreamError::Idempotency(IdempotencyError::OutcomeUnknown(_))
+            ),
+            "{err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

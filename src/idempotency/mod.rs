@@ -6,17 +6,23 @@
 //! - A concurrent duplicate waits for the first and gets its result; a later
 //!   duplicate gets the recorded result without calling Imprint.
 //! - The same key with a different request is refused (FAILED_PRECONDITION).
+//! - Only what is final is recorded: a 2xx, or a refusal the same request
+//!   would get again (400, 404, 409, 410, 422).
 //! - When the outcome is unknown (the request may or may not have reached
-//!   Imprint: a timeout, a reset, a 502/504) it is recorded as such and
+//!   Imprint: a timeout, a reset, a 500/502/504) it is recorded as such and
 //!   reported (ABORTED) instead of being silently sent again.
 //! - When Imprint provably did not process the call (connection refused,
-//!   429, 503, shed or breaker-refused) the claim is released, so a retry
-//!   with the same key runs again.
+//!   401/403 for the gateway's key, 408, 429, 503, shed or breaker-refused,
+//!   or a deadline that fired while waiting to retry such an answer) the
+//!   claim is released, so a retry with the same key runs again.
+//! - Keys apply to mutating RPCs (a property of the route): a search sent
+//!   as POST to keep an SSN out of the URL is never stored.
 //!
 //! Records live behind [`IdempotencyStore`]: in-process by default, Redis
 //! (`GATEWAY_REDIS_URL`) so that replicas share them. Secret response
-//! fields (a session's `client_secret`) are stripped before a result is
-//! stored: a replay returns the rest.
+//! fields (a session's `client_secret`, `pci_details` at any depth) are
+//! stripped before a result is stored: a replay returns the rest; an answer
+//! that cannot be cleaned is not stored at all.
 
 mod layer;
 mod memory;
@@ -79,7 +85,7 @@ pub enum RecordState {
         status: u16,
         body: String,
     },
-    /// Imprint answered a definitive error (4xx but 429).
+    /// Imprint answered a final refusal (400, 404, 409, 410, 422).
     Failed {
         status: u16,
         error: Box<ApiError>,

@@ -113,6 +113,8 @@ impl Gateway {
     async fn run<E: Endpoint>(&self, message: &E, ctx: CallContext) -> Result<E::Response, Status> {
         let rpc = E::ROUTE.rpc;
         let call = translate::build(message).map_err(|v| errors::invalid_request(&v))?;
+        // A non-idempotent mutation nobody can safely repeat.
+        let resend_unsafe = !E::ROUTE.method.is_idempotent() && ctx.idempotency_key.is_none();
         let request = UpstreamRequest {
             rpc,
             template: E::ROUTE.path,
@@ -122,6 +124,7 @@ impl Gateway {
             request_id: ctx.request_id,
             caller: ctx.caller,
             idempotency_key: ctx.idempotency_key,
+            mutating: E::ROUTE.method != http::Method::GET,
             secret_fields: E::ROUTE.secret_response_fields,
             stats: ctx.stats,
         };
@@ -130,9 +133,9 @@ impl Gateway {
             .clone()
             .oneshot(request)
             .await
-            .map_err(|e| errors::upstream_status(rpc, &e))?;
+            .map_err(|e| errors::upstream_status(rpc, resend_unsafe, &e))?;
         E::decode(&response.body)
-            .map_err(|e| errors::upstream_status(rpc, &UpstreamError::Decode(e)))
+            .map_err(|e| errors::upstream_status(rpc, resend_unsafe, &UpstreamError::Decode(e)))
     }
 }
 

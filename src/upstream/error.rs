@@ -93,6 +93,21 @@ impl UpstreamError {
         matches!(self.http_status().map(|s| s.as_u16()), Some(429 | 503))
     }
 
+    /// True when the request may have reached Imprint and been processed
+    /// without the gateway learning the outcome: a timeout or a broken
+    /// connection after it was written, or a 5xx other than 501/503 (503
+    /// says "not processed"). Repeating such a call may apply it twice.
+    pub fn may_have_executed(&self) -> bool {
+        match self {
+            UpstreamError::Transport { kind, .. } => *kind != TransportKind::Connect,
+            UpstreamError::AttemptTimeout => true,
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() && !matches!(status.as_u16(), 501 | 503)
+            }
+            _ => false,
+        }
+    }
+
     /// The wait Imprint asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

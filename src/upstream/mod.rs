@@ -67,7 +67,11 @@ pub struct UpstreamRequest {
     pub caller: Arc<str>,
     /// The caller's `idempotency-key`, on mutating calls.
     pub idempotency_key: Option<Arc<str>>,
-    /// Top-level response fields that are secrets: never stored.
+    /// Whether the RPC changes state (a property of the route, not of the
+    /// HTTP method: a search sent as POST to keep an SSN out of the URL is
+    /// not a mutation). Only mutations are subject to idempotency keys.
+    pub mutating: bool,
+    /// Response fields that are secrets, at any depth: never stored.
     pub secret_fields: &'static [&'static str],
     /// What the layers did, for the caller's metadata.
     pub stats: Arc<CallStats>,
@@ -85,6 +89,9 @@ impl UpstreamRequest {
 #[derive(Debug, Default)]
 pub struct CallStats {
     attempts: AtomicU32,
+    /// Attempts that provably did not reach Imprint or that Imprint
+    /// answered without processing (connect refused, 429, 503, shed).
+    unprocessed: AtomicU32,
     last_cause: Mutex<Option<String>>,
     replayed: std::sync::atomic::AtomicBool,
 }
@@ -96,6 +103,17 @@ impl CallStats {
 
     pub(crate) fn add_attempt(&self) -> u32 {
         self.attempts.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts an attempt that provably was not processed.
+    pub(crate) fn add_unprocessed(&self) {
+        self.unprocessed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether every attempt made so far provably was not processed (true
+    /// when none was made): the call can be run again without risk.
+    pub fn nothing_processed(&self) -> bool {
+        self.unprocessed.load(Ordering::Relaxed) >= self.attempts()
     }
 
     /// Why the previous attempt was retried (e.g. `HTTP 503`).
@@ -221,6 +239,7 @@ pub(crate) mod test_support {
             request_id: "req-1".into(),
             caller: "tester".into(),
             idempotency_key: None,
+            mutating: false,
             secret_fields: &[],
             stats: Arc::default(),
         }

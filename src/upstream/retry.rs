@@ -165,6 +165,9 @@ where
                     Ok(resp) => return Ok(resp),
                     Err(e) => e,
                 };
+                if err.never_sent() || err.refused_unprocessed() {
+                    stats.add_unprocessed();
+                }
                 if attempt >= config.max_attempts || !retryable(&req, &err, config.retry_500) {
                     return Err(err);
                 }
