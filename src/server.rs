@@ -105,7 +105,10 @@ pub async fn start(
                 .await
                 .context("connecting to GATEWAY_REDIS_URL")?,
         ),
-        None => Arc::new(MemoryStore::new()),
+        None => Arc::new(MemoryStore::with_limits(
+            config.idempotency.memory_max_entries,
+            config.idempotency.memory_max_bytes,
+        )),
     };
     let stack_config = stack_config(&config);
     let gateway = Gateway::new(

@@ -50,6 +50,11 @@ pub struct IdempotencyConfig {
     /// (the replica running it died).
     #[serde(with = "humantime_serde")]
     pub in_flight_timeout: Duration,
+    /// In-process store (no Redis): at most this many records...
+    pub memory_max_entries: u64,
+    /// ...and about this many bytes; older records are evicted (and
+    /// counted) beyond either.
+    pub memory_max_bytes: u64,
 }
 
 impl Default for IdempotencyConfig {
@@ -57,6 +62,8 @@ impl Default for IdempotencyConfig {
         Self {
             retention: Duration::from_secs(24 * 3600),
             in_flight_timeout: Duration::from_secs(120),
+            memory_max_entries: 100_000,
+            memory_max_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -56,6 +56,9 @@ pub struct RestCall {
     pub path_and_query: String,
     /// JSON body, for POST/PUT/PATCH.
     pub body: Option<Bytes>,
+    /// The set values of the request's sensitive fields, so that an echo
+    /// of one in Imprint's error text can be scrubbed.
+    pub sensitive: Vec<secrecy::SecretString>,
 }
 
 impl std::fmt::Debug for RestCall {
@@ -107,6 +110,7 @@ pub fn build<E: Endpoint>(request: &E) -> Result<RestCall, Vec<FieldViolation>> 
             method,
             path_and_query: url,
             body: Some(fields.body.into()),
+            sensitive: Vec::new(),
         });
     }
     let mut sep = '?';
@@ -121,6 +125,7 @@ pub fn build<E: Endpoint>(request: &E) -> Result<RestCall, Vec<FieldViolation>> 
         method: route.method.clone(),
         path_and_query: url,
         body: None,
+        sensitive: Vec::new(),
     })
 }
 

@@ -97,30 +97,27 @@ impl Service<UpstreamRequest> for HttpClient {
                 .body(body);
         }
         let limit = self.max_response_bytes;
+        let sensitive = req.call.sensitive;
         Box::pin(async move {
             let mut response = builder.send().await.map_err(transport)?;
             let status = response.status();
             let headers = response.headers().clone();
-            let too_large = || {
-                UpstreamError::Decode(serde::de::Error::custom(format_args!(
-                    "Imprint's answer exceeds the {limit}-byte limit"
-                )))
-            };
-            if response.content_length().is_some_and(|n| n > limit as u64) {
-                return Err(too_large());
-            }
-            // Read chunk by chunk so a body without a length cannot grow
-            // past the limit either.
-            let mut body = bytes::BytesMut::with_capacity(
-                response.content_length().map_or(8 * 1024, |n| n as usize),
-            );
-            while let Some(chunk) = response.chunk().await.map_err(transport)? {
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large());
+            let body = read_limited(&mut response, limit).await?;
+            let Some(body) = body else {
+                // Too large. A failure keeps its status (a 5xx stays a 5xx
+                // for retries, the breaker and the caller's code); only a
+                // success we cannot hold is an error of its own.
+                if status.is_success() {
+                    return Err(UpstreamError::Decode(serde::de::Error::custom(
+                        format_args!("Imprint's answer exceeds the {limit}-byte limit"),
+                    )));
                 }
-                body.extend_from_slice(&chunk);
-            }
-            let body = body.freeze();
+                return Err(UpstreamError::Status {
+                    status,
+                    error: Box::default(),
+                    retry_after: retry_after(&headers),
+                });
+            };
             if status.is_success() {
                 return Ok(UpstreamResponse {
                     status,
@@ -128,13 +125,35 @@ impl Service<UpstreamRequest> for HttpClient {
                     body,
                 });
             }
+            let mut error = ApiError::parse(&body);
+            error.scrub(&sensitive);
             Err(UpstreamError::Status {
                 status,
-                error: Box::new(ApiError::parse(&body)),
+                error: Box::new(error),
                 retry_after: retry_after(&headers),
             })
         })
     }
+}
+
+/// The body, or `None` when it is larger than `limit`: read chunk by chunk
+/// so a body without a length cannot grow past the limit either.
+async fn read_limited(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<bytes::Bytes>, UpstreamError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body =
+        bytes::BytesMut::with_capacity(response.content_length().map_or(8 * 1024, |n| n as usize));
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 fn transport(e: reqwest::Error) -> UpstreamError {

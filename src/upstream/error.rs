@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use crate::pb::imprint::v2::CustomerLink;
@@ -198,7 +199,29 @@ struct Inner {
     existing_link: Option<CustomerLink>,
 }
 
+/// What replaces a sensitive value echoed in an error text.
+const SCRUBBED: &str = "[redacted]";
+
 impl ApiError {
+    /// Removes every echo of a sensitive request value (SSN, date of birth,
+    /// PAN, CVV, client_secret) from the texts Imprint sent, before they
+    /// reach a status, a log line or an idempotency record. Digits are
+    /// compared without separators, so `123-45-6789` is caught for
+    /// `123456789` and `4111 1111 1111 1111` for a PAN.
+    pub fn scrub(&mut self, sensitive: &[SecretString]) {
+        if sensitive.is_empty() {
+            return;
+        }
+        for text in self
+            .message
+            .iter_mut()
+            .chain(self.param.iter_mut())
+            .chain(self.details.iter_mut())
+        {
+            *text = scrub_text(text, sensitive);
+        }
+    }
+
     /// Parses any of Imprint's error envelopes; anything else yields an
     /// empty error (the status code alone still says what happened).
     pub fn parse(body: &[u8]) -> ApiError {
@@ -227,9 +250,80 @@ impl ApiError {
     }
 }
 
+/// `text` with every occurrence of a secret replaced.
+pub(crate) fn scrub_text(text: &str, sensitive: &[SecretString]) -> String {
+    let mut out = text.to_owned();
+    for secret in sensitive {
+        let secret = secret.expose_secret();
+        if secret.len() >= 3 && out.contains(secret) {
+            out = out.replace(secret, SCRUBBED);
+        }
+    }
+    // Digit runs, separators allowed inside, compared by their digits.
+    let digits_of = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    let wanted: Vec<String> = sensitive
+        .iter()
+        .map(|s| digits_of(s.expose_secret()))
+        .filter(|d| d.len() >= 3)
+        .collect();
+    if wanted.is_empty() {
+        return out;
+    }
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        result.push_str(&rest[..start]);
+        let run = &rest[start..];
+        let mut end = 0;
+        for (i, c) in run.char_indices() {
+            if c.is_ascii_digit() {
+                end = i + 1;
+            } else if !matches!(c, ' ' | '-' | '.' | '/') {
+                break;
+            }
+        }
+        let candidate = &run[..end];
+        let digits = digits_of(candidate);
+        if wanted.iter().any(|w| digits.contains(w.as_str())) {
+            result.push_str(SCRUBBED);
+        } else {
+            result.push_str(candidate);
+        }
+        rest = &run[end..];
+    }
+    result.push_str(rest);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_secrets_are_scrubbed_in_any_spelling() {
+        let secrets: Vec<SecretString> =
+            ["123456789", "4111111111111111", "1990-05-17", "cs_live_abc"]
+                .into_iter()
+                .map(|s| SecretString::from(s.to_owned()))
+                .collect();
+        let mut e = ApiError {
+            message: Some("ssn 123-45-6789 is invalid; card 4111 1111 1111 1111 declined".into()),
+            param: Some("ssn".into()),
+            details: vec![
+                "date_of_birth: 1990-05-17 is in the future".into(),
+                "client_secret: cs_live_abc expired".into(),
+                "limit: 25 is too large".into(),
+            ],
+            ..ApiError::default()
+        };
+        e.scrub(&secrets);
+        let all = format!("{e:?}");
+        for s in ["6789", "1111", "1990", "05-17", "cs_live"] {
+            assert!(!all.contains(s), "{s} in {all}");
+        }
+        assert!(all.contains("limit: 25 is too large"), "{all}");
+        assert_eq!(e.param.as_deref(), Some("ssn"));
+    }
 
     #[test]
     fn parses_nested_envelope_with_existing_link() {
