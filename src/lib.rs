@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod json;
 pub mod pb;
 pub mod ratelimit;
+pub mod request_id;
 pub mod sandbox;
 pub mod server;
 pub mod services;

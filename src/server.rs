@@ -19,6 +19,7 @@ use crate::{
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
     pb,
     ratelimit::{RateLimitConfig, RateLimitLayer},
+    request_id::RequestIdLayer,
     services::{self, Gateway, MessageLimits},
     upstream::{self, ClientConfig, HttpClient, StackConfig},
 };
@@ -40,6 +41,8 @@ struct Shared {
     callers: Arc<CallerRegistry>,
     client: HttpClient,
     idempotency: Arc<dyn IdempotencyStore>,
+    /// True once shutdown began: readiness turns 503 so balancers drain us.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Builds the credential described by `config`, if it names a key.
@@ -100,11 +103,13 @@ pub async fn start(
     })
     .context("building the upstream HTTP client")?;
     let idempotency: Arc<dyn IdempotencyStore> = match &config.state.redis_url {
-        Some(url) => Arc::new(
-            RedisStore::connect(url.expose_secret())
-                .await
-                .context("connecting to GATEWAY_REDIS_URL")?,
-        ),
+        Some(url) => {
+            let store = RedisStore::new(url.expose_secret()).context("GATEWAY_REDIS_URL")?;
+            if !store.wait_connected(Duration::from_secs(2)).await {
+                tracing::warn!("starting without Redis: keyed calls are refused until it answers");
+            }
+            Arc::new(store)
+        }
         None => Arc::new(MemoryStore::with_limits(
             config.idempotency.memory_max_entries,
             config.idempotency.memory_max_bytes,
@@ -147,6 +152,8 @@ pub async fn start(
         // Bound what one client connection can have in flight.
         .max_concurrent_streams(Some(s.max_concurrent_streams))
         .tcp_nodelay(true)
+        // Settles the request id first, so every answer carries it, refusals included.
+        .layer(RequestIdLayer)
         // Every call is authenticated and authorized before any service sees it.
         .layer(CallerAuthLayer::new(callers.clone()))
         // Then held to its caller's rate, so one noisy caller cannot starve others.
@@ -159,19 +166,20 @@ pub async fn start(
         .add_service(reflection_v1alpha);
     let router = services::add_services(router, gateway, &limits);
 
+    let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         config: config.clone(),
         credentials,
         callers,
         client,
         idempotency,
+        stopping: stop_rx.clone(),
     });
     let http_app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(shared.clone());
 
-    let (stop, stop_rx) = watch::channel(false);
     let grace = s.shutdown_grace;
     let task = tokio::spawn(async move {
         let signal = |mut rx: watch::Receiver<bool>| async move {
@@ -296,26 +304,40 @@ impl Running {
     }
 }
 
-/// Ready when a credential is loaded, the state store answers, and
-/// Imprint answers HTTP at all.
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    if shared.credentials.current().is_none() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no Imprint credential loaded\n".into(),
-        );
+/// Ready when this process can serve: configuration loaded and listeners
+/// up (both true once it answers at all), and not shutting down. Never
+/// whether Imprint or Redis are up: an outage shared by every replica must
+/// not take them all out of the load balancer, leaving callers with
+/// connection errors instead of precise statuses.
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if *shared.stopping.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
-    if let Err(e) = shared.idempotency.ping().await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("state store unreachable: {e}\n"),
-        );
-    }
-    match shared.client.probe(Duration::from_secs(2)).await {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("Imprint unreachable: {e}\n"),
-        ),
-    }
+}
+
+/// Process up (always 200 while it answers); the body tells people and
+/// dashboards how each dependency is doing.
+async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
+    let (imprint, store) = tokio::join!(
+        shared.client.probe(Duration::from_secs(2)),
+        shared.idempotency.ping()
+    );
+    let state = |r: Result<(), String>| match r {
+        Ok(()) => serde_json::json!({ "ok": true }),
+        Err(e) => serde_json::json!({ "ok": false, "error": e }),
+    };
+    let credential = shared
+        .credentials
+        .current()
+        .map(|c| c.fingerprint().to_owned());
+    axum::Json(serde_json::json!({
+        "status": "up",
+        "dependencies": {
+            "imprint": state(imprint),
+            "state_store": state(store.map_err(|e| e.to_string())),
+        },
+        "credential": { "loaded": credential.is_some(), "fingerprint": credential },
+    }))
 }

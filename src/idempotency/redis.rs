@@ -4,7 +4,10 @@
 //! and releasing run a Lua script that first checks the claim's token, so a
 //! replica never overwrites a claim it does not own.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use redis::{
@@ -32,7 +35,9 @@ return 0";
 /// Records under `<prefix><key>` in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    /// Set once the first connection succeeds; the manager reconnects on
+    /// its own after that.
+    conn: Arc<OnceLock<ConnectionManager>>,
     prefix: String,
 }
 
@@ -40,6 +45,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
+            .field("connected", &self.conn.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -49,25 +55,76 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`); reconnects on its own later.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// A store for `url` (`redis://host:port/db`). Only the URL is checked
+    /// here: the gateway starts whether or not Redis is up, connects in the
+    /// background (retrying with back-off), and keyed calls fail fast with
+    /// STATE_STORE_UNAVAILABLE until it is. An outage of Redis, shared by
+    /// every replica, must not keep any replica from starting.
+    pub fn new(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(err)?;
-        // Fail fast when Redis is away: a call waiting on the store is a
-        // call waiting on nothing; the caller gets STATE_STORE_UNAVAILABLE.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(OP_TIMEOUT)
-            .set_response_timeout(OP_TIMEOUT)
-            .set_number_of_retries(2)
-            .set_max_delay(200);
-        let conn = bounded(client.get_connection_manager_with_config(config)).await?;
+        let conn = Arc::new(OnceLock::new());
+        tokio::spawn(connect_in_background(client, conn.clone()));
         Ok(Self {
             conn,
             prefix: "imprint-gateway:idempotency:".into(),
         })
     }
 
+    /// Waits up to `timeout` for the first connection; whether it is up.
+    /// Start-up gives Redis this long so that a healthy deployment never
+    /// refuses its first keyed calls, then serves either way.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let until = tokio::time::Instant::now() + timeout;
+        while self.conn.get().is_none() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.conn
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError("not connected to Redis yet".into()))
+    }
+}
+
+/// Tries to connect until it succeeds, backing off up to 5 s between tries.
+async fn connect_in_background(client: redis::Client, slot: Arc<OnceLock<ConnectionManager>>) {
+    // Fail fast when Redis is away: a call waiting on the store is a
+    // call waiting on nothing; the caller gets STATE_STORE_UNAVAILABLE.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(OP_TIMEOUT)
+        .set_response_timeout(OP_TIMEOUT)
+        .set_number_of_retries(2)
+        .set_max_delay(200);
+    let mut wait = Duration::from_millis(100);
+    let mut logged = false;
+    loop {
+        match bounded(client.get_connection_manager_with_config(config.clone())).await {
+            Ok(conn) => {
+                if logged {
+                    tracing::info!("connected to Redis");
+                }
+                let _ = slot.set(conn);
+                return;
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::warn!("Redis unreachable, retrying in the background: {e}");
+                    logged = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -97,7 +154,7 @@ impl IdempotencyStore for RedisStore {
         ttl: Duration,
     ) -> Result<Option<Record>, StoreError> {
         let value = serde_json::to_string(record).map_err(err)?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         // A record may expire between SET NX and GET: try twice.
         for _ in 0..2 {
             let set: Option<String> = bounded(
@@ -122,7 +179,7 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Record>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let v: Option<String> = bounded(conn.get(self.key(key))).await?;
         v.map(|v| serde_json::from_str(&v).map_err(err)).transpose()
     }
@@ -135,7 +192,7 @@ impl IdempotencyStore for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let value = serde_json::to_string(record).map_err(err)?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let _: i64 = bounded(
             Script::new(COMPLETE)
                 .key(self.key(key))
@@ -149,7 +206,7 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn release(&self, key: &str, token: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let _: i64 = bounded(
             Script::new(RELEASE)
                 .key(self.key(key))
@@ -161,7 +218,7 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn()?;
         let pong: String = bounded(redis::cmd("PING").query_async(&mut conn)).await?;
         if pong == "PONG" {
             Ok(())

@@ -166,18 +166,12 @@ fn idempotency_key(metadata: &MetadataMap) -> Result<Option<Arc<str>>, Status> {
     }
 }
 
-/// The caller's `x-request-id` when it is a sane token, else a fresh UUID.
+/// The call's request id, settled by [`crate::request_id`] at the edge.
 fn request_id(metadata: &MetadataMap) -> Arc<str> {
-    metadata
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=128).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(Arc::from)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string().into())
+    let given = metadata
+        .get(crate::request_id::HEADER)
+        .and_then(|v| v.to_str().ok());
+    crate::request_id::settle(given).into()
 }
 
 /// How long the upstream call may take. A caller's deadline is shortened by

@@ -367,8 +367,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// On a given loopback port.
+    pub fn start_on(port: u16) -> Self {
         let dir = tempdir::Dir::new();
-        let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")

@@ -283,7 +283,15 @@ async fn without_redis_keyed_calls_are_refused_and_nothing_is_sent() {
             .count()
     };
     assert_eq!(api_calls(), 0, "a keyed call never runs unrecorded");
-    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
+    // Still ready (a Redis outage is shared by every replica); health says why.
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    let healthz = format!("http://127.0.0.1:{}/healthz", gw.http_port);
+    let health: serde_json::Value =
+        serde_json::from_str(&reqwest::get(&healthz).await.unwrap().text().await.unwrap()).unwrap();
+    assert_eq!(
+        health["dependencies"]["state_store"]["ok"], false,
+        "{health}"
+    );
     // Unkeyed calls do not need the store.
     let mut plain = req(CreateTransactionIntentRequest {
         customer_id: "9B5E1EE0".into(),
@@ -293,4 +301,62 @@ async fn without_redis_keyed_calls_are_refused_and_nothing_is_sent() {
     });
     plain.set_timeout(Duration::from_secs(5));
     c.create_transaction_intent(plain).await.unwrap();
+}
+
+#[tokio::test]
+async fn starts_without_redis_and_connects_when_it_comes() {
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::POST,
+        "/v2/transaction_intents",
+        Reply::ok(intent_json()),
+    );
+    let port = crate::harness::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    // Nothing listens there yet: the gateway starts all the same.
+    let gw = GatewayProcess::spawn(&up.url(), &[("GATEWAY_REDIS_URL", url.as_str())]).await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", gw.http_port);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    let mut c = TransactionIntentServiceClient::new(gw.channel.clone());
+    let started = std::time::Instant::now();
+    let s = c
+        .create_transaction_intent(create(3, "before-redis"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert_eq!(
+        s.get_details_error_info().unwrap().reason,
+        "STATE_STORE_UNAVAILABLE"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "keyed calls fail fast while Redis is away"
+    );
+    assert!(up.requests().iter().all(|r| !r.path.starts_with("/v2/")));
+
+    // Redis comes up: the gateway connects in the background.
+    let _redis = RedisServer::start_on(port);
+    let healthz = format!("http://127.0.0.1:{}/healthz", gw.http_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health: serde_json::Value =
+            serde_json::from_str(&reqwest::get(&healthz).await.unwrap().text().await.unwrap())
+                .unwrap();
+        if health["dependencies"]["state_store"]["ok"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never connected: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.create_transaction_intent(create(3, "after-redis"))
+        .await
+        .unwrap();
+    let again = c
+        .create_transaction_intent(create(3, "after-redis"))
+        .await
+        .unwrap();
+    assert_eq!(again.metadata().get("idempotent-replayed").unwrap(), "true");
 }

@@ -101,7 +101,16 @@ async fn http_probes() {
     let readyz = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(readyz.status(), 200, "{}", readyz.text().await.unwrap());
 
-    // Without a reachable upstream the gateway is alive but not ready.
+    let health: serde_json::Value = serde_json::from_str(&healthz.text().await.unwrap()).unwrap();
+    assert_eq!(health["dependencies"]["imprint"]["ok"], true, "{health}");
+    assert_eq!(
+        health["dependencies"]["state_store"]["ok"], true,
+        "{health}"
+    );
+
+    // Without a reachable upstream the gateway is still ready: readiness is
+    // about this process, and an Imprint outage is shared by every replica.
+    // Health tells what is wrong.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -111,7 +120,17 @@ async fn http_probes() {
     let readyz = reqwest::get(format!("http://{}/readyz", gw.http_addr()))
         .await
         .unwrap();
-    assert_eq!(readyz.status(), 503);
+    assert_eq!(readyz.status(), 200);
+    let healthz = reqwest::get(format!("http://{}/healthz", gw.http_addr()))
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    let health: serde_json::Value = serde_json::from_str(&healthz.text().await.unwrap()).unwrap();
+    assert_eq!(health["dependencies"]["imprint"]["ok"], false, "{health}");
+    assert!(
+        !health.to_string().contains(crate::harness::API_KEY),
+        "{health}"
+    );
 }
 
 #[tokio::test]
@@ -254,4 +273,86 @@ async fn oversized_messages_are_refused_before_any_upstream_call() {
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
     assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn every_refusal_carries_x_request_id() {
+    let up = FakeUpstream::start().await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("GATEWAY__SERVER__MAX_MESSAGE_BYTES", "2048"),
+            ("GATEWAY__LIMITS__CALLER_RATE_PER_SEC", "0.001"),
+            ("GATEWAY__LIMITS__CALLER_BURST", "1"),
+        ],
+    )
+    .await;
+    let mut c = CustomerServiceClient::new(gw.channel.clone());
+    let get = || GetCustomerRequest {
+        customer_id: "C1".into(),
+    };
+    let id_of = |s: &tonic::Status| {
+        s.metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+
+    // No token: UNAUTHENTICATED, with a fresh id.
+    let s = c
+        .get_customer(tonic::Request::new(get()))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated);
+    let id = id_of(&s).expect("x-request-id on an auth refusal");
+    assert!(uuid_like(&id), "{id}");
+
+    // The caller's own id comes back on a refusal too.
+    let mut r = tonic::Request::new(get());
+    r.metadata_mut()
+        .insert("x-request-id", MetadataValue::from_static("caller-id-7"));
+    let s = c.get_customer(r).await.unwrap_err();
+    assert_eq!(id_of(&s).as_deref(), Some("caller-id-7"));
+
+    // Not allowed.
+    let s = imprint_gateway::pb::imprint::v2::order_service_client::OrderServiceClient::new(
+        gw.channel.clone(),
+    )
+    .list_orders(crate::harness::with_token(
+        ListOrdersRequest::default(),
+        crate::harness::LIMITED_TOKEN,
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied);
+    assert!(id_of(&s).is_some(), "x-request-id on PERMISSION_DENIED");
+
+    // Too large a message.
+    let s = c
+        .update_customer(req(UpdateCustomerRequest {
+            customer_id: "C1".into(),
+            city: Some("x".repeat(4096)),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::OutOfRange);
+    assert!(id_of(&s).is_some(), "x-request-id on a size refusal");
+
+    // Over the rate (burst 1 was spent above by the size-refused call, or
+    // is spent now): one of two calls is refused by the rate limit.
+    let mut limited = None;
+    for _ in 0..2 {
+        if let Err(s) = c.get_customer(req(get())).await {
+            limited = Some(s);
+        }
+    }
+    let s = limited.expect("a call over the rate limit");
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(id_of(&s).is_some(), "x-request-id on a rate-limit refusal");
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.bytes().filter(|b| *b == b'-').count() == 4
 }
