@@ -12,7 +12,10 @@ use axum::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    http::{ok, opt, opt_min, req, validate_body, ApiError, ApiResult, Field, Page, Query, Ty},
+    http::{
+        ok, opt, opt_min, opt_range, req, validate_body, ApiError, ApiResult, Field, Page, Query,
+        Ty,
+    },
     now_ts,
     state::{find, CustomerRecord, Owned},
     Ctx, Emulator,
@@ -28,10 +31,11 @@ pub(super) const ADDRESS: &[Field] = &[
     opt("country", Ty::Str),
 ];
 
+/// The spec's bounds; the year's maximum is its proto field's (`int32`).
 const DATE_OF_BIRTH: &[Field] = &[
-    opt_min("year", Ty::Int, 1900),
-    opt_min("month", Ty::Int, 1),
-    opt_min("day", Ty::Int, 1),
+    opt_range("year", 1900, i32::MAX as i64),
+    opt_range("month", 1, 12),
+    opt_range("day", 1, 31),
 ];
 
 pub(super) const HISTORY: &[Field] = &[
@@ -41,12 +45,12 @@ pub(super) const HISTORY: &[Field] = &[
     opt("last_name", Ty::Str),
     opt("preferred_language", Ty::Str),
     opt("address", Ty::Nested(ADDRESS)),
-    opt("account_tenure", Ty::Int),
-    opt("ltv_amount", Ty::Int),
+    opt("account_tenure", Ty::Amount),
+    opt("ltv_amount", Ty::Amount),
     opt("ltv_currency", Ty::Str),
     opt("loyalty_tier", Ty::Str),
     opt("account_created_at", Ty::DateTime),
-    opt("transaction_count", Ty::Int),
+    opt("transaction_count", Ty::Amount),
 ];
 
 const SEARCH: &[Field] = &[
@@ -80,7 +84,7 @@ const LINK: &[Field] = &[
 const SESSION: &[Field] = &[
     opt("customer_id", Ty::Str),
     opt("partner_customer_id", Ty::Str),
-    opt("transaction_amount", Ty::Int),
+    opt("transaction_amount", Ty::Amount),
     opt("transaction_currency", Ty::Str),
     opt("customer_history", Ty::Nested(HISTORY)),
     opt("source", Ty::Str),
@@ -365,11 +369,14 @@ pub(super) async fn create_session(
 
     let ttl = emu.config().session_ttl;
     let expires = now_ts();
+    // A TTL past the timestamp range is a configuration mistake: saturate
+    // rather than wrap into the past.
+    let ttl_seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let session = pb::CustomerSession {
         id: emu.store().id(),
         client_secret: emu.store().secret(""),
         expires_at: Some(prost_types::Timestamp {
-            seconds: expires.seconds + ttl.as_secs() as i64,
+            seconds: expires.seconds.saturating_add(ttl_seconds),
             nanos: expires.nanos,
         }),
         metadata: metadata_struct(b.get("metadata")),

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod amount;
 mod customers;
 mod faults;
 mod http;
@@ -42,6 +43,7 @@ use axum::{
 };
 use base64::Engine as _;
 
+pub use amount::MAX_AMOUNT;
 pub use faults::FaultRule;
 pub use state::Product;
 pub use webhooks::{sign, Delivery, WebhookConfig};

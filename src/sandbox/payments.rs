@@ -30,7 +30,7 @@ const PM_SEARCH: &[Field] = &[
 const CREATE_INTENT: &[Field] = &[
     req("customer_id", Ty::Str),
     opt("payment_method_id", Ty::Str),
-    req("amount", Ty::Int),
+    req("amount", Ty::Amount),
     req("currency", Ty::Str),
     opt("network_transaction_id", Ty::Str),
     opt("merchant_name", Ty::Str),
@@ -43,7 +43,7 @@ const CREATE_INTENT: &[Field] = &[
 
 const UPDATE_INTENT: &[Field] = &[
     req("customer_id", Ty::Str),
-    req("amount", Ty::Int),
+    req("amount", Ty::Amount),
     req("status", Ty::Enum(INTENT_STATUSES)),
     req("created_at", Ty::DateTime),
     opt("currency", Ty::Str),

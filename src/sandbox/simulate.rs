@@ -13,6 +13,7 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::{
+    amount,
     customers::{decode, ADDRESS},
     http::{ok, opt, req, validate_body, ApiError, ApiResult, Field, Ty},
     now_rfc3339, now_ts,
@@ -46,7 +47,7 @@ const TRANSACTION_EVENT: &[Field] = &[
     opt("transaction_id", Ty::Str),
     req("payment_method_id", Ty::Str),
     req("status", Ty::Enum(STATUSES)),
-    opt("amount", Ty::Int),
+    opt("amount", Ty::Amount),
     opt("currency", Ty::Str),
     opt("authorization_code", Ty::Str),
     opt("network_transaction_id", Ty::Str),
@@ -85,7 +86,12 @@ pub(super) async fn transaction_event(
     Extension(ctx): Extension<Ctx>,
     body: Bytes,
 ) -> ApiResult {
-    let b = validate_body("/v2/simulate_transaction_event", &body, TRANSACTION_EVENT)?;
+    let path = "/v2/simulate_transaction_event";
+    let b = validate_body(path, &body, TRANSACTION_EVENT)?;
+    let reward_of = |amount: i64| {
+        amount::share(amount, ctx.product.reward_rate_bps)
+            .ok_or_else(|| ApiError::out_of_range(path, "amount", "the reward on it"))
+    };
     let r: pb::SimulateTransactionEventRequest = decode(&b);
     let status =
         pb::TransactionStatus::try_from(r.status).unwrap_or(pb::TransactionStatus::Unspecified);
@@ -116,6 +122,7 @@ pub(super) async fn transaction_event(
                     )));
                 }
                 let amount = r.amount.unwrap_or(5000);
+                let points = reward_of(amount)?;
                 // Link the oldest open intent of this customer with this amount.
                 let intent_id = w
                     .intents
@@ -159,7 +166,7 @@ pub(super) async fn transaction_event(
                     id: format!("RW-{new_id}"),
                     customer_id: pm.customer_id.clone(),
                     transaction_event_id: Some(event_id.clone()),
-                    amount: amount * ctx.product.reward_rate_bps / 10_000,
+                    amount: points,
                     r#type: pb::RewardType::Transaction as i32,
                     currency: Some(ctx.product.reward_currency.clone()),
                     status: pb::RewardStatus::Pending as i32,
@@ -193,6 +200,13 @@ pub(super) async fn transaction_event(
                         b["status"].as_str().unwrap_or_default()
                     )));
                 }
+                // Checked before anything changes, so a refused update leaves no trace.
+                let points = match status {
+                    pb::TransactionStatus::Updated => {
+                        Some(reward_of(r.amount.unwrap_or(txn.amount))?)
+                    }
+                    _ => None,
+                };
                 txn.status = status as i32;
                 if let Some(a) = r.amount {
                     txn.amount = a;
@@ -206,9 +220,7 @@ pub(super) async fn transaction_event(
                     .map(|o| {
                         let r = &mut o.item;
                         match status {
-                            pb::TransactionStatus::Updated => {
-                                r.amount = txn.amount * ctx.product.reward_rate_bps / 10_000
-                            }
+                            pb::TransactionStatus::Updated => r.amount = points.unwrap_or(r.amount),
                             pb::TransactionStatus::Voided => {
                                 r.status = pb::RewardStatus::Deducted as i32
                             }
@@ -329,66 +341,99 @@ fn start_simulation(emu: &Emulator, customer_id: &str) -> ApiResult<String> {
     Ok(emu.store().id())
 }
 
+/// Runs a reward simulation: a new statement reward, or the pending rewards of
+/// captured transactions made available. Refused, changing nothing, when the
+/// customer's balance would leave the bound on amounts.
 fn run_reward(
     emu: &Emulator,
     ctx: &Ctx,
+    path: &str,
     customer_id: &str,
     program: RewardProgram,
-) -> Vec<pb::Reward> {
+) -> ApiResult<Vec<pb::Reward>> {
     let product = ctx.product.name.clone();
     let now = now_ts();
-    emu.store().with(|w| match program {
-        RewardProgram::Statement => {
-            let reward = pb::Reward {
-                id: format!("RW-STMT-{}-{}", customer_id, w.rewards.len()),
-                customer_id: customer_id.to_string(),
-                transaction_event_id: None,
-                amount: ctx.product.statement_reward,
-                r#type: pb::RewardType::Statement as i32,
-                currency: Some(ctx.product.reward_currency.clone()),
-                status: pb::RewardStatus::Available as i32,
-                created_at: Some(now),
-                updated_at: Some(now),
-                metadata: None,
-            };
-            w.rewards.push(Owned {
-                product,
-                item: reward.clone(),
-            });
-            vec![reward]
+    emu.store().with(|w| {
+        // Pending rewards of settled (captured) transactions become available.
+        let ready: Vec<String> = match program {
+            RewardProgram::Statement => Vec::new(),
+            RewardProgram::Delayed => {
+                let captured: Vec<String> = w
+                    .transactions
+                    .iter()
+                    .filter(|t| {
+                        t.product == product
+                            && t.item.customer_id == customer_id
+                            && t.item.status == pb::TransactionStatus::Captured as i32
+                    })
+                    .map(|t| format!("RW-{}", t.item.id))
+                    .collect();
+                w.rewards
+                    .iter()
+                    .filter(|o| {
+                        o.product == product
+                            && captured.contains(&o.item.id)
+                            && o.item.status == pb::RewardStatus::Pending as i32
+                    })
+                    .map(|o| o.item.id.clone())
+                    .collect()
+            }
+        };
+        let joining = match program {
+            RewardProgram::Statement => amount::bounded(ctx.product.statement_reward),
+            RewardProgram::Delayed => amount::sum(
+                w.rewards
+                    .iter()
+                    .filter(|o| o.product == product && ready.contains(&o.item.id))
+                    .map(|o| o.item.amount),
+            ),
+        };
+        let balance = joining.and_then(|j| amount::add(w.balance(&product, customer_id)?, j));
+        if balance.is_none() {
+            return Err(ApiError::out_of_range(
+                path,
+                "customer_id",
+                "the rewards balance it leads to",
+            ));
         }
-        RewardProgram::Delayed => {
-            // Pending rewards of settled (captured) transactions become available.
-            let captured: Vec<String> = w
-                .transactions
-                .iter()
-                .filter(|t| {
-                    t.product == product
-                        && t.item.customer_id == customer_id
-                        && t.item.status == pb::TransactionStatus::Captured as i32
-                })
-                .map(|t| format!("RW-{}", t.item.id))
-                .collect();
-            w.rewards
+        Ok(match program {
+            RewardProgram::Statement => {
+                let reward = pb::Reward {
+                    id: format!("RW-STMT-{}-{}", customer_id, w.rewards.len()),
+                    customer_id: customer_id.to_string(),
+                    transaction_event_id: None,
+                    amount: ctx.product.statement_reward,
+                    r#type: pb::RewardType::Statement as i32,
+                    currency: Some(ctx.product.reward_currency.clone()),
+                    status: pb::RewardStatus::Available as i32,
+                    created_at: Some(now),
+                    updated_at: Some(now),
+                    metadata: None,
+                };
+                w.rewards.push(Owned {
+                    product,
+                    item: reward.clone(),
+                });
+                vec![reward]
+            }
+            RewardProgram::Delayed => w
+                .rewards
                 .iter_mut()
-                .filter(|o| {
-                    o.product == product
-                        && captured.contains(&o.item.id)
-                        && o.item.status == pb::RewardStatus::Pending as i32
-                })
+                .filter(|o| o.product == product && ready.contains(&o.item.id))
                 .map(|o| {
                     o.item.status = pb::RewardStatus::Available as i32;
                     o.item.updated_at = Some(now);
                     o.item.clone()
                 })
-                .collect()
-        }
+                .collect(),
+        })
     })
 }
 
 async fn simulate(
     emu: Emulator,
     ctx: Ctx,
+    path: &str,
     customer_id: String,
     program: RewardProgram,
 ) -> ApiResult {
@@ -404,7 +449,11 @@ async fn simulate(
         ));
     }
     let debugging_id = start_simulation(&emu, &customer_id)?;
-    for reward in run_reward(&emu, &ctx, &customer_id, program) {
+    let rewards = run_reward(&emu, &ctx, path, &customer_id, program).inspect_err(|_| {
+        // A refused simulation is not one in progress.
+        emu.store().with(|w| w.simulations.remove(&customer_id));
+    })?;
+    for reward in rewards {
         reward_webhook(&emu, &ctx, &reward);
     }
     Ok(Json(json!({ "debugging_id": debugging_id })).into_response())
@@ -415,13 +464,14 @@ pub(super) async fn reward(
     Extension(ctx): Extension<Ctx>,
     body: Bytes,
 ) -> ApiResult {
-    let b = validate_body("/v2/simulate_reward", &body, REWARD)?;
+    let path = "/v2/simulate_reward";
+    let b = validate_body(path, &body, REWARD)?;
     let program = match b["reward_type"].as_str() {
         Some("STATEMENT") => RewardProgram::Statement,
         _ => RewardProgram::Delayed,
     };
     let customer_id = b["customer_id"].as_str().unwrap_or_default().to_string();
-    simulate(emu, ctx, customer_id, program).await
+    simulate(emu, ctx, path, customer_id, program).await
 }
 
 pub(super) async fn statement_reward(
@@ -429,9 +479,10 @@ pub(super) async fn statement_reward(
     Extension(ctx): Extension<Ctx>,
     body: Bytes,
 ) -> ApiResult {
-    let b = validate_body("/v2/simulate_statement_reward", &body, STATEMENT_REWARD)?;
+    let path = "/v2/simulate_statement_reward";
+    let b = validate_body(path, &body, STATEMENT_REWARD)?;
     let customer_id = b["customer_id"].as_str().unwrap_or_default().to_string();
-    simulate(emu, ctx, customer_id, RewardProgram::Statement).await
+    simulate(emu, ctx, path, customer_id, RewardProgram::Statement).await
 }
 
 /// A new customer's application, decided by last name as in Imprint's

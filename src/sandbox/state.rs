@@ -10,7 +10,7 @@ use std::{
 use parking_lot::Mutex;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use super::EmulatorConfig;
+use super::{amount, EmulatorConfig};
 use crate::pb::imprint::v2 as pb;
 
 /// How a product's rewards are processed (`simulate_reward`'s reward_type).
@@ -191,6 +191,22 @@ impl World {
 
     pub(crate) fn customer_mut(&mut self, id: &str) -> Option<&mut CustomerRecord> {
         self.customers.iter_mut().find(|c| c.customer.id == id)
+    }
+
+    /// A customer's rewards balance in `product`: the sum of its AVAILABLE
+    /// rewards. Every change that makes a reward available checks this stays
+    /// within the bound on amounts, so `None` means a broken invariant.
+    pub(crate) fn balance(&self, product: &str, customer_id: &str) -> Option<i64> {
+        amount::sum(
+            self.rewards
+                .iter()
+                .filter(|o| {
+                    o.product == product
+                        && o.item.customer_id == customer_id
+                        && o.item.status == pb::RewardStatus::Available as i32
+                })
+                .map(|o| o.item.amount),
+        )
     }
 }
 
