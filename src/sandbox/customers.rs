@@ -9,9 +9,10 @@ use axum::{
     response::IntoResponse,
     Extension, Json,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
+    body::{decode, metadata_struct, ADDRESS},
     http::{
         ok, opt, opt_min, opt_range, req, validate_body, ApiError, ApiResult, Field, Page, Query,
         Ty,
@@ -21,15 +22,6 @@ use super::{
     Ctx, Emulator,
 };
 use crate::pb::imprint::v2 as pb;
-
-pub(super) const ADDRESS: &[Field] = &[
-    opt("street_line1", Ty::Str),
-    opt("street_line2", Ty::Str),
-    opt("city", Ty::Str),
-    opt("state", Ty::Str),
-    opt("postal_code", Ty::Str),
-    opt("country", Ty::Str),
-];
 
 /// The spec's bounds; the year's maximum is its proto field's (`int32`).
 const DATE_OF_BIRTH: &[Field] = &[
@@ -91,11 +83,6 @@ const SESSION: &[Field] = &[
     opt("metadata", Ty::Obj),
     opt("customer_metadata", Ty::StrMap),
 ];
-
-/// Decodes an already validated JSON object into a proto message.
-pub(super) fn decode<T: serde::de::DeserializeOwned + Default>(v: &Map<String, Value>) -> T {
-    serde_json::from_value(Value::Object(v.clone())).unwrap_or_default()
-}
 
 pub(super) fn customer_not_found(id: &str) -> ApiError {
     ApiError::not_found("CUSTOMER_NOT_FOUND_ERROR", "Customer", "customer_id", id)
@@ -215,22 +202,6 @@ pub(super) async fn update(
         Some(c.clone())
     });
     ok(&updated.ok_or_else(|| customer_not_found(&id))?)
-}
-
-/// Decodes a `metadata` object into a `Struct` through the generated mapping.
-#[derive(serde::Deserialize, Default)]
-struct StructHolder {
-    #[serde(default, deserialize_with = "crate::json::de::structure")]
-    metadata: Option<prost_types::Struct>,
-}
-
-pub(super) fn metadata_struct(v: Option<&Value>) -> Option<prost_types::Struct> {
-    let m = v?.as_object()?;
-    decode::<StructHolder>(&Map::from_iter([(
-        "metadata".to_string(),
-        Value::Object(m.clone()),
-    )]))
-    .metadata
 }
 
 pub(super) async fn link(

@@ -20,6 +20,7 @@
 //! ```
 
 mod amount;
+mod body;
 mod customers;
 mod faults;
 mod http;

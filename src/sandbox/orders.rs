@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     amount::{self, range_text},
-    customers::{decode, ADDRESS},
+    body::{decode, ADDRESS},
     http::{ok, opt, req, validate_body, ApiError, ApiResult, Field, Query, Ty},
     now_ts,
     state::{find, select, Owned},

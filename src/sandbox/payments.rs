@@ -8,7 +8,8 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::{
-    customers::{customer_not_found, decode, metadata_struct, ADDRESS},
+    body::{decode, metadata_struct, ADDRESS},
+    customers::customer_not_found,
     http::{ok, opt, opt_min, req, validate_body, ApiError, ApiResult, Field, Page, Query, Ty},
     now_ts,
     state::{find, find_mut, select, Owned},

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{
     amount,
-    customers::{decode, ADDRESS},
+    body::{decode, ADDRESS},
     http::{ok, opt, req, validate_body, ApiError, ApiResult, Field, Ty},
     now_rfc3339, now_ts,
     state::{find, find_mut, Owned, RewardProgram},
