@@ -31,6 +31,7 @@ mod rewards;
 pub mod seed;
 mod simulate;
 mod state;
+mod transaction_event;
 mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -238,7 +239,7 @@ impl Emulator {
             )
             .route(
                 "/v2/simulate_transaction_event",
-                post(simulate::transaction_event),
+                post(transaction_event::transaction_event),
             )
             .route(
                 "/v2/simulate_statement_reward",
