@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 
 use super::{
     body::{decode, metadata_struct, ADDRESS},
+    clock::now_ts,
     http::{
         ok, opt, opt_min, opt_range, req, validate_body, ApiError, ApiResult, Field, Page, Query,
         Ty,
     },
-    now_ts,
     state::{find, CustomerRecord, Owned},
     Ctx, Emulator,
 };
@@ -253,8 +253,8 @@ pub(super) async fn link(
             "customer_id": link.customer_id,
             "partner_customer_id": link.partner_customer_id,
             "status": "ACTIVE",
-            "created_at": super::now_rfc3339(),
-            "updated_at": super::now_rfc3339(),
+            "created_at": super::clock::now_rfc3339(),
+            "updated_at": super::clock::now_rfc3339(),
             "customer_metadata": customer_metadata,
         }),
     );

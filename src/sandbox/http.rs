@@ -99,7 +99,7 @@ impl IntoResponse for ApiError {
                     "details": details,
                     "error": "Bad Request",
                     "status": 400,
-                    "timestamp": super::now_rfc3339(),
+                    "timestamp": super::clock::now_rfc3339(),
                 })),
             )
                 .into_response(),

@@ -21,6 +21,7 @@
 
 mod amount;
 mod body;
+mod clock;
 mod customers;
 mod faults;
 mod http;
@@ -147,7 +148,7 @@ impl Drop for RunningEmulator {
 
 impl Emulator {
     pub fn new(config: EmulatorConfig) -> Self {
-        let store = Store::new(&config);
+        let store = Store::new(config.seed, &config.api_keys, &config.products);
         if config.seed_data {
             seed::populate(&store);
         }
@@ -365,20 +366,4 @@ fn api_key_of(header: &str) -> Option<String> {
     let text = String::from_utf8(decoded).ok()?;
     let (user, _password) = text.split_once(':').unwrap_or((&text, ""));
     Some(user.to_string()).filter(|u| !u.is_empty())
-}
-
-/// Now, as Imprint writes timestamps.
-pub(crate) fn now_rfc3339() -> String {
-    crate::json::ser::format_timestamp(&now_ts()).unwrap_or_default()
-}
-
-pub(crate) fn now_ts() -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    // Millisecond precision, like Imprint.
-    prost_types::Timestamp {
-        seconds: now.as_secs() as i64,
-        nanos: (now.subsec_millis() * 1_000_000) as i32,
-    }
 }

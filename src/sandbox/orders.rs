@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 use super::{
     amount::{self, range_text},
     body::{decode, ADDRESS},
+    clock::now_ts,
     http::{ok, opt, req, validate_body, ApiError, ApiResult, Field, Query, Ty},
-    now_ts,
     state::{find, select, Owned},
     Ctx, Emulator,
 };

@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 
 use super::{
     body::{decode, metadata_struct, ADDRESS},
+    clock::now_ts,
     customers::customer_not_found,
     http::{ok, opt, opt_min, req, validate_body, ApiError, ApiResult, Field, Page, Query, Ty},
-    now_ts,
     state::{find, find_mut, select, Owned},
     Ctx, Emulator,
 };

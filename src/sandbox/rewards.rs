@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::{
     amount,
+    clock::now_ts,
     customers::customer_not_found,
     http::{ok, opt, validate_body, ApiError, ApiResult, Field, Query, Ty},
-    now_ts,
     state::{find, find_mut, select},
     Ctx, Emulator,
 };

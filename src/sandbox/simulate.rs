@@ -15,8 +15,8 @@ use serde_json::json;
 
 use super::{
     amount,
+    clock::{now_rfc3339, now_ts},
     http::{req, validate_body, ApiError, ApiResult, Field, Ty},
-    now_rfc3339, now_ts,
     state::{Owned, RewardProgram},
     Ctx, Emulator,
 };

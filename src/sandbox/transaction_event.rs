@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use super::{
     amount,
     body::{decode, ADDRESS},
+    clock::{now_rfc3339, now_ts},
     http::{ok, opt, req, validate_body, ApiError, ApiResult, Field, Ty},
-    now_rfc3339, now_ts,
     simulate::{merchant_key, reward_webhook},
     state::{find, find_mut, Owned, World},
     Ctx, Emulator,
