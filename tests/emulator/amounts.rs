@@ -1,13 +1,18 @@
 //! Huge amounts, points and counts are a 400 naming the field, never a panic
 //! or a wrapped number, and the emulator keeps serving afterwards.
 
-use imprint_gateway::sandbox::EmulatorConfig;
+use imprint_gateway::sandbox::{EmulatorConfig, MAX_AMOUNT};
 use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// The emulator's documented bound on amounts, points and counts (2^53 − 1).
-const MAX: i64 = (1 << 53) - 1;
+/// The emulator's documented bound on amounts, points and counts.
+const MAX: i64 = MAX_AMOUNT;
+
+#[test]
+fn the_bound_is_the_largest_integer_exact_in_json() {
+    assert_eq!(MAX, (1 << 53) - 1);
+}
 
 /// Asserts a validation envelope for `path` with a detail about `field`.
 #[track_caller]
