@@ -9,29 +9,25 @@ use axum::{
     response::IntoResponse,
     Extension, Json,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
-    http::{ok, opt, opt_min, req, validate_body, ApiError, ApiResult, Field, Page, Query, Ty},
-    now_ts,
+    body::{decode, metadata_struct, ADDRESS},
+    clock::now_ts,
+    http::{
+        ok, opt, opt_min, opt_range, req, validate_body, ApiError, ApiResult, Field, Page, Query,
+        Ty,
+    },
     state::{find, CustomerRecord, Owned},
     Ctx, Emulator,
 };
 use crate::pb::imprint::v2 as pb;
 
-pub(super) const ADDRESS: &[Field] = &[
-    opt("street_line1", Ty::Str),
-    opt("street_line2", Ty::Str),
-    opt("city", Ty::Str),
-    opt("state", Ty::Str),
-    opt("postal_code", Ty::Str),
-    opt("country", Ty::Str),
-];
-
+/// The spec's bounds; the year's maximum is its proto field's (`int32`).
 const DATE_OF_BIRTH: &[Field] = &[
-    opt_min("year", Ty::Int, 1900),
-    opt_min("month", Ty::Int, 1),
-    opt_min("day", Ty::Int, 1),
+    opt_range("year", 1900, i32::MAX as i64),
+    opt_range("month", 1, 12),
+    opt_range("day", 1, 31),
 ];
 
 pub(super) const HISTORY: &[Field] = &[
@@ -41,12 +37,12 @@ pub(super) const HISTORY: &[Field] = &[
     opt("last_name", Ty::Str),
     opt("preferred_language", Ty::Str),
     opt("address", Ty::Nested(ADDRESS)),
-    opt("account_tenure", Ty::Int),
-    opt("ltv_amount", Ty::Int),
+    opt("account_tenure", Ty::Amount),
+    opt("ltv_amount", Ty::Amount),
     opt("ltv_currency", Ty::Str),
     opt("loyalty_tier", Ty::Str),
     opt("account_created_at", Ty::DateTime),
-    opt("transaction_count", Ty::Int),
+    opt("transaction_count", Ty::Amount),
 ];
 
 const SEARCH: &[Field] = &[
@@ -80,18 +76,13 @@ const LINK: &[Field] = &[
 const SESSION: &[Field] = &[
     opt("customer_id", Ty::Str),
     opt("partner_customer_id", Ty::Str),
-    opt("transaction_amount", Ty::Int),
+    opt("transaction_amount", Ty::Amount),
     opt("transaction_currency", Ty::Str),
     opt("customer_history", Ty::Nested(HISTORY)),
     opt("source", Ty::Str),
     opt("metadata", Ty::Obj),
     opt("customer_metadata", Ty::StrMap),
 ];
-
-/// Decodes an already validated JSON object into a proto message.
-pub(super) fn decode<T: serde::de::DeserializeOwned + Default>(v: &Map<String, Value>) -> T {
-    serde_json::from_value(Value::Object(v.clone())).unwrap_or_default()
-}
 
 pub(super) fn customer_not_found(id: &str) -> ApiError {
     ApiError::not_found("CUSTOMER_NOT_FOUND_ERROR", "Customer", "customer_id", id)
@@ -213,22 +204,6 @@ pub(super) async fn update(
     ok(&updated.ok_or_else(|| customer_not_found(&id))?)
 }
 
-/// Decodes a `metadata` object into a `Struct` through the generated mapping.
-#[derive(serde::Deserialize, Default)]
-struct StructHolder {
-    #[serde(default, deserialize_with = "crate::json::de::structure")]
-    metadata: Option<prost_types::Struct>,
-}
-
-pub(super) fn metadata_struct(v: Option<&Value>) -> Option<prost_types::Struct> {
-    let m = v?.as_object()?;
-    decode::<StructHolder>(&Map::from_iter([(
-        "metadata".to_string(),
-        Value::Object(m.clone()),
-    )]))
-    .metadata
-}
-
 pub(super) async fn link(
     State(emu): State<Emulator>,
     Extension(ctx): Extension<Ctx>,
@@ -278,8 +253,8 @@ pub(super) async fn link(
             "customer_id": link.customer_id,
             "partner_customer_id": link.partner_customer_id,
             "status": "ACTIVE",
-            "created_at": super::now_rfc3339(),
-            "updated_at": super::now_rfc3339(),
+            "created_at": super::clock::now_rfc3339(),
+            "updated_at": super::clock::now_rfc3339(),
             "customer_metadata": customer_metadata,
         }),
     );
@@ -365,11 +340,14 @@ pub(super) async fn create_session(
 
     let ttl = emu.config().session_ttl;
     let expires = now_ts();
+    // A TTL past the timestamp range is a configuration mistake: saturate
+    // rather than wrap into the past.
+    let ttl_seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
     let session = pb::CustomerSession {
         id: emu.store().id(),
         client_secret: emu.store().secret(""),
         expires_at: Some(prost_types::Timestamp {
-            seconds: expires.seconds + ttl.as_secs() as i64,
+            seconds: expires.seconds.saturating_add(ttl_seconds),
             nanos: expires.nanos,
         }),
         metadata: metadata_struct(b.get("metadata")),

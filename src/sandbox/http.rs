@@ -9,6 +9,8 @@ use axum::{
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::amount::{self, range_text};
+
 /// An error answer in one of Imprint's envelopes.
 #[derive(Debug)]
 pub(crate) enum ApiError {
@@ -37,6 +39,12 @@ impl ApiError {
             path: path.to_string(),
             details,
         }
+    }
+
+    /// A 400 for a value derived from `field` (a line total, a reward, a
+    /// balance) that falls outside the emulator's bound on amounts.
+    pub(crate) fn out_of_range(path: &str, field: &str, what: &str) -> Self {
+        Self::validation(path, vec![format!("{field}: {what} {}", range_text())])
     }
 
     pub(crate) fn not_found(kind: &'static str, what: &str, param: &'static str, id: &str) -> Self {
@@ -91,7 +99,7 @@ impl IntoResponse for ApiError {
                     "details": details,
                     "error": "Bad Request",
                     "status": 400,
-                    "timestamp": super::now_rfc3339(),
+                    "timestamp": super::clock::now_rfc3339(),
                 })),
             )
                 .into_response(),
@@ -142,6 +150,8 @@ pub(crate) fn ok<T: Serialize>(value: &T) -> ApiResult {
 pub(crate) enum Ty {
     Str,
     Int,
+    /// An integer amount, points value or count, within ±`MAX_AMOUNT`.
+    Amount,
     /// Any object.
     Obj,
     /// An object with string values.
@@ -166,6 +176,8 @@ pub(crate) struct Field {
     pub(crate) required: bool,
     /// Smallest allowed value for integers.
     pub(crate) min: Option<i64>,
+    /// Largest allowed value for integers.
+    pub(crate) max: Option<i64>,
 }
 
 pub(crate) const fn req(name: &'static str, ty: Ty) -> Field {
@@ -174,6 +186,7 @@ pub(crate) const fn req(name: &'static str, ty: Ty) -> Field {
         ty,
         required: true,
         min: None,
+        max: None,
     }
 }
 
@@ -183,6 +196,7 @@ pub(crate) const fn opt(name: &'static str, ty: Ty) -> Field {
         ty,
         required: false,
         min: None,
+        max: None,
     }
 }
 
@@ -192,6 +206,19 @@ pub(crate) const fn opt_min(name: &'static str, ty: Ty, min: i64) -> Field {
         ty,
         required: false,
         min: Some(min),
+        max: None,
+    }
+}
+
+/// An optional integer within `min..=max`; the bound also keeps a value
+/// decoded into a narrower proto field (an `int32`) from failing to decode.
+pub(crate) const fn opt_range(name: &'static str, min: i64, max: i64) -> Field {
+    Field {
+        name,
+        ty: Ty::Int,
+        required: false,
+        min: Some(min),
+        max: Some(max),
     }
 }
 
@@ -249,6 +276,22 @@ fn check_value(name: &str, v: &Value, f: &Field, problems: &mut Vec<String>) {
                 if let Some(min) = f.min.filter(|m| n < *m) {
                     problems.push(format!("{name}: must be greater than or equal to {min}"));
                 }
+                if let Some(max) = f.max.filter(|m| n > *m) {
+                    problems.push(format!("{name}: must be less than or equal to {max}"));
+                }
+                true
+            }
+            None => false,
+        },
+        // An integer too large even for an i64 is out of range, not "not an integer".
+        Ty::Amount => match v.as_i64().map(amount::bounded) {
+            Some(Some(_)) => true,
+            Some(None) => {
+                problems.push(format!("{name}: {}", range_text()));
+                true
+            }
+            None if v.is_u64() => {
+                problems.push(format!("{name}: {}", range_text()));
                 true
             }
             None => false,
@@ -304,7 +347,7 @@ fn is_date(s: &str) -> bool {
 fn describe(ty: Ty) -> &'static str {
     match ty {
         Ty::Str => "a string",
-        Ty::Int => "an integer",
+        Ty::Int | Ty::Amount => "an integer",
         Ty::Obj | Ty::Nested(_) => "an object",
         Ty::StrMap => "an object of strings",
         Ty::Enum(_) => "a string",

@@ -3,8 +3,8 @@
 use axum::{extract::State, Extension};
 
 use super::{
+    clock::now_ts,
     http::{ok, ApiResult},
-    now_ts,
     state::KeyRecord,
     Ctx, Emulator,
 };

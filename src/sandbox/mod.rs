@@ -19,6 +19,9 @@
 //! # Ok(()) }
 //! ```
 
+mod amount;
+mod body;
+mod clock;
 mod customers;
 mod faults;
 mod http;
@@ -29,6 +32,7 @@ mod rewards;
 pub mod seed;
 mod simulate;
 mod state;
+mod transaction_event;
 mod webhooks;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -42,6 +46,7 @@ use axum::{
 };
 use base64::Engine as _;
 
+pub use amount::MAX_AMOUNT;
 pub use faults::FaultRule;
 pub use state::Product;
 pub use webhooks::{sign, Delivery, WebhookConfig};
@@ -143,7 +148,7 @@ impl Drop for RunningEmulator {
 
 impl Emulator {
     pub fn new(config: EmulatorConfig) -> Self {
-        let store = Store::new(&config);
+        let store = Store::new(config.seed, &config.api_keys, &config.products);
         if config.seed_data {
             seed::populate(&store);
         }
@@ -235,7 +240,7 @@ impl Emulator {
             )
             .route(
                 "/v2/simulate_transaction_event",
-                post(simulate::transaction_event),
+                post(transaction_event::transaction_event),
             )
             .route(
                 "/v2/simulate_statement_reward",
@@ -361,20 +366,4 @@ fn api_key_of(header: &str) -> Option<String> {
     let text = String::from_utf8(decoded).ok()?;
     let (user, _password) = text.split_once(':').unwrap_or((&text, ""));
     Some(user.to_string()).filter(|u| !u.is_empty())
-}
-
-/// Now, as Imprint writes timestamps.
-pub(crate) fn now_rfc3339() -> String {
-    crate::json::ser::format_timestamp(&now_ts()).unwrap_or_default()
-}
-
-pub(crate) fn now_ts() -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    // Millisecond precision, like Imprint.
-    prost_types::Timestamp {
-        seconds: now.as_secs() as i64,
-        nanos: (now.subsec_millis() * 1_000_000) as i32,
-    }
 }

@@ -10,9 +10,10 @@ use axum::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    customers::{decode, ADDRESS},
+    amount::{self, range_text},
+    body::{decode, ADDRESS},
+    clock::now_ts,
     http::{ok, opt, req, validate_body, ApiError, ApiResult, Field, Query, Ty},
-    now_ts,
     state::{find, select, Owned},
     Ctx, Emulator,
 };
@@ -21,9 +22,9 @@ use crate::pb::imprint::v2 as pb;
 const ORDER_LINE: &[Field] = &[
     req("name", Ty::Str),
     opt("product_url", Ty::Str),
-    req("quantity", Ty::Int),
-    req("rate", Ty::Int),
-    req("rewards_rate", Ty::Int),
+    req("quantity", Ty::Amount),
+    req("rate", Ty::Amount),
+    req("rewards_rate", Ty::Amount),
 ];
 
 const ORDER: &[Field] = &[
@@ -35,8 +36,8 @@ const ORDER: &[Field] = &[
     opt("merchant_name", Ty::Str),
     opt("merchant_address", Ty::ArrayOf(ADDRESS)),
     opt("order_lines", Ty::ArrayOf(ORDER_LINE)),
-    req("total_order_amount", Ty::Int),
-    opt("total_rewards_amount", Ty::Int),
+    req("total_order_amount", Ty::Amount),
+    opt("total_rewards_amount", Ty::Amount),
     opt("currency", Ty::Str),
     opt("created_at", Ty::DateTime),
     opt("updated_at", Ty::DateTime),
@@ -47,8 +48,8 @@ const ORDER_EVENT: &[Field] = &[
     req("order_id", Ty::Str),
     opt("partner_event_id", Ty::Str),
     req("type", Ty::Enum(&["CAPTURED", "REFUNDED"])),
-    req("amount", Ty::Int),
-    opt("rewards_amount", Ty::Int),
+    req("amount", Ty::Amount),
+    opt("rewards_amount", Ty::Amount),
     opt("currency", Ty::Str),
     req("network_transaction_id", Ty::Str),
     opt("order_lines", Ty::ArrayOf(ORDER_LINE)),
@@ -65,16 +66,17 @@ fn check_lines(
     if lines.is_empty() {
         return Ok(());
     }
-    let sum: i64 = lines.iter().map(|l| l.rate * l.quantity).sum();
-    let rewards_sum: i64 = lines.iter().map(|l| l.rewards_rate * l.quantity).sum();
     let mut problems = Vec::new();
-    if sum != amount {
+    // A total out of range is reported as such; comparing it would only add noise.
+    let sum = lines_total(lines, |l| l.rate, "rate", &mut problems);
+    let rewards_sum = lines_total(lines, |l| l.rewards_rate, "rewards_rate", &mut problems);
+    if let Some(sum) = sum.filter(|s| *s != amount) {
         problems.push(format!(
             "{}: must equal the sum of order line rates ({sum})",
             names.0
         ));
     }
-    if rewards.is_some_and(|r| r != rewards_sum) {
+    if let Some(rewards_sum) = rewards_sum.filter(|s| rewards.is_some_and(|r| r != *s)) {
         problems.push(format!(
             "{}: must equal the sum of order line rewards rates ({rewards_sum})",
             names.1
@@ -85,6 +87,35 @@ fn check_lines(
     } else {
         Err(ApiError::validation(path, problems))
     }
+}
+
+/// The sum of `rate × quantity` over `lines`, or `None` with a problem
+/// naming the line (or the list) where it leaves the bound on amounts.
+fn lines_total(
+    lines: &[pb::OrderLine],
+    rate: impl Fn(&pb::OrderLine) -> i64,
+    rate_name: &str,
+    problems: &mut Vec<String>,
+) -> Option<i64> {
+    let mut each = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let Some(total) = amount::mul(rate(line), line.quantity) else {
+            problems.push(format!(
+                "order_lines[{i}]: {rate_name} × quantity {}",
+                range_text()
+            ));
+            return None;
+        };
+        each.push(total);
+    }
+    let total = amount::sum(each);
+    if total.is_none() {
+        problems.push(format!(
+            "order_lines: the sum of {rate_name} × quantity {}",
+            range_text()
+        ));
+    }
+    total
 }
 
 fn order_from(

@@ -8,9 +8,10 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::{
-    customers::{customer_not_found, decode, metadata_struct, ADDRESS},
+    body::{decode, metadata_struct, ADDRESS},
+    clock::now_ts,
+    customers::customer_not_found,
     http::{ok, opt, opt_min, req, validate_body, ApiError, ApiResult, Field, Page, Query, Ty},
-    now_ts,
     state::{find, find_mut, select, Owned},
     Ctx, Emulator,
 };
@@ -30,7 +31,7 @@ const PM_SEARCH: &[Field] = &[
 const CREATE_INTENT: &[Field] = &[
     req("customer_id", Ty::Str),
     opt("payment_method_id", Ty::Str),
-    req("amount", Ty::Int),
+    req("amount", Ty::Amount),
     req("currency", Ty::Str),
     opt("network_transaction_id", Ty::Str),
     opt("merchant_name", Ty::Str),
@@ -43,7 +44,7 @@ const CREATE_INTENT: &[Field] = &[
 
 const UPDATE_INTENT: &[Field] = &[
     req("customer_id", Ty::Str),
-    req("amount", Ty::Int),
+    req("amount", Ty::Amount),
     req("status", Ty::Enum(INTENT_STATUSES)),
     req("created_at", Ty::DateTime),
     opt("currency", Ty::Str),

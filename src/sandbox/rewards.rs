@@ -3,14 +3,16 @@
 use axum::{
     body::Bytes,
     extract::{Path, RawQuery, State},
+    http::StatusCode,
     Extension,
 };
 use serde_json::{json, Value};
 
 use super::{
+    amount,
+    clock::now_ts,
     customers::customer_not_found,
     http::{ok, opt, validate_body, ApiError, ApiResult, Field, Query, Ty},
-    now_ts,
     state::{find, find_mut, select},
     Ctx, Emulator,
 };
@@ -18,7 +20,7 @@ use crate::{json::RestEnum, pb::imprint::v2 as pb};
 
 const REWARD_STATUSES: &[&str] = &["PENDING", "AVAILABLE", "PENDING_DEDUCTION", "DEDUCTED"];
 const UPDATE: &[Field] = &[
-    opt("amount", Ty::Int),
+    opt("amount", Ty::Amount),
     opt("status", Ty::Enum(REWARD_STATUSES)),
 ];
 
@@ -30,14 +32,16 @@ pub(super) async fn balance(
     if emu.store().with(|w| w.customer(&id).is_none()) {
         return Err(customer_not_found(&id));
     }
-    let total: i64 = emu.store().with(|w| {
-        select(&w.rewards, &ctx.product.name, |r| {
-            r.customer_id == id && r.status == pb::RewardStatus::Available as i32
-        })
-        .iter()
-        .map(|r| r.amount)
-        .sum()
-    });
+    let total = emu
+        .store()
+        .with(|w| w.balance(&ctx.product.name, &id))
+        .ok_or_else(|| {
+            ApiError::enveloped(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                "the rewards balance is out of range",
+            )
+        })?;
     ok(&json!({
         "customer_id": id,
         "reward_balance": total,
@@ -111,9 +115,14 @@ pub(super) async fn update(
 ) -> ApiResult {
     let path = format!("/v2/rewards/{id}");
     let b = validate_body(&path, &body, UPDATE)?;
+    let new_amount = b.get("amount").and_then(Value::as_i64);
+    let new_status = b
+        .get("status")
+        .and_then(Value::as_str)
+        .and_then(pb::RewardStatus::from_rest);
+    let product = &ctx.product.name;
     let result = emu.store().with(|w| {
-        let r = find_mut(&mut w.rewards, &ctx.product.name, |r| r.id == id)
-            .ok_or_else(|| reward_not_found(&id))?;
+        let r = find(&w.rewards, product, |r| r.id == id).ok_or_else(|| reward_not_found(&id))?;
         if r.status != pb::RewardStatus::Pending as i32
             && r.status != pb::RewardStatus::PendingDeduction as i32
         {
@@ -122,14 +131,30 @@ pub(super) async fn update(
                 vec!["status: only pending rewards can be updated".into()],
             ));
         }
-        if let Some(a) = b.get("amount").and_then(Value::as_i64) {
+        // A pending reward made available joins the balance, which must stay in range.
+        if new_status == Some(pb::RewardStatus::Available) {
+            let joined = w
+                .balance(product, &r.customer_id)
+                .and_then(|b| amount::add(b, new_amount.unwrap_or(r.amount)));
+            if joined.is_none() {
+                let field = if new_amount.is_some() {
+                    "amount"
+                } else {
+                    "status"
+                };
+                return Err(ApiError::out_of_range(
+                    &path,
+                    field,
+                    "the rewards balance it leads to",
+                ));
+            }
+        }
+        let r = find_mut(&mut w.rewards, product, |r| r.id == id)
+            .ok_or_else(|| reward_not_found(&id))?;
+        if let Some(a) = new_amount {
             r.amount = a;
         }
-        if let Some(s) = b
-            .get("status")
-            .and_then(Value::as_str)
-            .and_then(pb::RewardStatus::from_rest)
-        {
+        if let Some(s) = new_status {
             r.status = s as i32;
         }
         r.updated_at = Some(now_ts());

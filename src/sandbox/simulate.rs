@@ -1,5 +1,6 @@
-//! Sandbox simulations: the transaction lifecycle, reward processing, and
-//! the application outcome a new customer's last name decides.
+//! Sandbox simulations: reward processing, the REWARD webhook, and the
+//! application outcome a new customer's last name decides. The transaction
+//! lifecycle is `transaction_event`.
 
 use std::time::Instant;
 
@@ -10,49 +11,16 @@ use axum::{
     response::{IntoResponse, Json},
     Extension,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{
-    customers::{decode, ADDRESS},
-    http::{ok, opt, req, validate_body, ApiError, ApiResult, Field, Ty},
-    now_rfc3339, now_ts,
-    state::{find, find_mut, Owned, RewardProgram},
+    amount,
+    clock::{now_rfc3339, now_ts},
+    http::{req, validate_body, ApiError, ApiResult, Field, Ty},
+    state::{Owned, RewardProgram},
     Ctx, Emulator,
 };
 use crate::pb::imprint::v2 as pb;
-
-const STATUSES: &[&str] = &["APPROVED", "UPDATED", "VOIDED", "CAPTURED", "REFUNDED"];
-const PURCHASE_METHODS: &[&str] = &[
-    "CHIP",
-    "CONTACTLESS",
-    "KEYEDIN",
-    "ONLINE",
-    "SWIPE",
-    "QRCODE",
-    "OCR",
-    "UNKNOWN",
-];
-
-const MERCHANT: &[Field] = &[
-    opt("network_id", Ty::Str),
-    opt("name", Ty::Str),
-    opt("category", Ty::Str),
-    opt("category_code", Ty::Str),
-    opt("address", Ty::Nested(ADDRESS)),
-];
-
-const TRANSACTION_EVENT: &[Field] = &[
-    opt("event_id", Ty::Str),
-    opt("transaction_id", Ty::Str),
-    req("payment_method_id", Ty::Str),
-    req("status", Ty::Enum(STATUSES)),
-    opt("amount", Ty::Int),
-    opt("currency", Ty::Str),
-    opt("authorization_code", Ty::Str),
-    opt("network_transaction_id", Ty::Str),
-    opt("purchase_method", Ty::Enum(PURCHASE_METHODS)),
-    opt("merchant", Ty::Nested(MERCHANT)),
-];
 
 const REWARD: &[Field] = &[
     req("customer_id", Ty::Str),
@@ -60,217 +28,7 @@ const REWARD: &[Field] = &[
 ];
 const STATEMENT_REWARD: &[Field] = &[req("customer_id", Ty::Str)];
 
-/// Which transitions the lifecycle allows: APPROVED → UPDATED/VOIDED/CAPTURED
-/// (UPDATED may repeat), CAPTURED → REFUNDED.
-fn allowed(from: pb::TransactionStatus, to: pb::TransactionStatus) -> bool {
-    use pb::TransactionStatus::*;
-    matches!(
-        (from, to),
-        (Approved | Updated, Updated | Voided | Captured) | (Captured, Refunded)
-    )
-}
-
-/// The spec's ConflictError is flat: `{"type","message"}`.
-fn conflict(message: String) -> ApiError {
-    ApiError::Flat {
-        status: StatusCode::CONFLICT,
-        kind: "TRANSACTION_CONFLICT_ERROR",
-        message,
-        param: None,
-    }
-}
-
-pub(super) async fn transaction_event(
-    State(emu): State<Emulator>,
-    Extension(ctx): Extension<Ctx>,
-    body: Bytes,
-) -> ApiResult {
-    let b = validate_body("/v2/simulate_transaction_event", &body, TRANSACTION_EVENT)?;
-    let r: pb::SimulateTransactionEventRequest = decode(&b);
-    let status =
-        pb::TransactionStatus::try_from(r.status).unwrap_or(pb::TransactionStatus::Unspecified);
-    let product = ctx.product.name.clone();
-    let event_id = r.event_id.clone().unwrap_or_else(|| emu.store().id());
-    let new_id = emu.store().id();
-
-    let result = emu.store().with(|w| {
-        let pm = find(&w.payment_methods, &product, |p| {
-            p.id == r.payment_method_id
-        })
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "PAYMENT_METHOD_NOT_FOUND_ERROR",
-                "Payment method",
-                "payment_method_id",
-                &r.payment_method_id,
-            )
-        })?;
-        let now = now_ts();
-        let txn = match &r.transaction_id {
-            None => {
-                if status != pb::TransactionStatus::Approved {
-                    return Err(conflict(format!(
-                        "a new transaction starts APPROVED; {} needs a transaction_id",
-                        b["status"].as_str().unwrap_or_default()
-                    )));
-                }
-                let amount = r.amount.unwrap_or(5000);
-                // Link the oldest open intent of this customer with this amount.
-                let intent_id = w
-                    .intents
-                    .iter()
-                    .find(|i| {
-                        i.product == product
-                            && i.item.customer_id == pm.customer_id
-                            && i.item.amount == amount
-                            && i.item.status == pb::TransactionIntentStatus::Confirmed as i32
-                            && !w.matched_intents.contains(&i.item.id)
-                    })
-                    .map(|i| i.item.id.clone());
-                if let Some(i) = &intent_id {
-                    w.matched_intents.insert(i.clone());
-                }
-                let txn = pb::Transaction {
-                    id: new_id.clone(),
-                    intent_id,
-                    customer_id: pm.customer_id.clone(),
-                    authorization_code: r.authorization_code.clone(),
-                    payment_method_id: pm.id.clone(),
-                    purchase_method: r.purchase_method,
-                    amount,
-                    currency: r.currency.clone().unwrap_or_else(|| "USD".into()),
-                    status: status as i32,
-                    network_transaction_id: r
-                        .network_transaction_id
-                        .clone()
-                        .unwrap_or_else(|| format!("txn-{}", new_id.to_lowercase())),
-                    partner_transaction_id: None,
-                    created_at: Some(now),
-                    updated_at: Some(now),
-                    merchant: r.merchant.clone(),
-                    metadata: None,
-                };
-                w.transactions.push(Owned {
-                    product: product.clone(),
-                    item: txn.clone(),
-                });
-                let reward = pb::Reward {
-                    id: format!("RW-{new_id}"),
-                    customer_id: pm.customer_id.clone(),
-                    transaction_event_id: Some(event_id.clone()),
-                    amount: amount * ctx.product.reward_rate_bps / 10_000,
-                    r#type: pb::RewardType::Transaction as i32,
-                    currency: Some(ctx.product.reward_currency.clone()),
-                    status: pb::RewardStatus::Pending as i32,
-                    created_at: Some(now),
-                    updated_at: Some(now),
-                    metadata: None,
-                };
-                w.rewards.push(Owned {
-                    product: product.clone(),
-                    item: reward.clone(),
-                });
-                (txn, Some(reward))
-            }
-            Some(tid) => {
-                let txn =
-                    find_mut(&mut w.transactions, &product, |t| &t.id == tid).ok_or_else(|| {
-                        ApiError::not_found(
-                            "TRANSACTION_NOT_FOUND_ERROR",
-                            "Transaction",
-                            "transaction_id",
-                            tid,
-                        )
-                    })?;
-                let from = pb::TransactionStatus::try_from(txn.status)
-                    .unwrap_or(pb::TransactionStatus::Unspecified);
-                if !allowed(from, status) {
-                    return Err(conflict(format!(
-                        "illegal transition {} -> {}",
-                        crate::json::rest_name_of::<pb::TransactionStatus>(from as i32)
-                            .unwrap_or("?"),
-                        b["status"].as_str().unwrap_or_default()
-                    )));
-                }
-                txn.status = status as i32;
-                if let Some(a) = r.amount {
-                    txn.amount = a;
-                }
-                txn.updated_at = Some(now);
-                let txn = txn.clone();
-                let reward = w
-                    .rewards
-                    .iter_mut()
-                    .find(|o| o.product == product && o.item.id == format!("RW-{}", txn.id))
-                    .map(|o| {
-                        let r = &mut o.item;
-                        match status {
-                            pb::TransactionStatus::Updated => {
-                                r.amount = txn.amount * ctx.product.reward_rate_bps / 10_000
-                            }
-                            pb::TransactionStatus::Voided => {
-                                r.status = pb::RewardStatus::Deducted as i32
-                            }
-                            pb::TransactionStatus::Refunded => {
-                                r.status = if r.status == pb::RewardStatus::Available as i32 {
-                                    pb::RewardStatus::PendingDeduction as i32
-                                } else {
-                                    pb::RewardStatus::Deducted as i32
-                                }
-                            }
-                            _ => {}
-                        }
-                        r.updated_at = Some(now);
-                        r.clone()
-                    });
-                (txn, reward)
-            }
-        };
-        let metadata = w
-            .customer(&txn.0.customer_id)
-            .map(|c| c.customer_metadata.clone())
-            .unwrap_or_default();
-        let partner = w
-            .customer(&txn.0.customer_id)
-            .and_then(|c| c.customer.partner_customer_id.clone());
-        Ok((txn.0, txn.1, metadata, partner))
-    });
-    let (txn, reward, customer_metadata, partner) = result?;
-
-    emu.webhooks().send(
-        "TRANSACTION",
-        json!({
-            "merchant_key": merchant_key(&ctx),
-            "transaction_id": txn.id,
-            "event_id": event_id,
-            "intent_id": txn.intent_id,
-            "payment_method_id": txn.payment_method_id,
-            "customer_id": txn.customer_id,
-            "partner_customer_id": partner,
-            "status": crate::json::rest_name_of::<pb::TransactionStatus>(txn.status),
-            "created_at": crate::json::ser::format_timestamp(&txn.created_at.unwrap_or_default()).unwrap_or_default(),
-            "updated_at": now_rfc3339(),
-            "amount": txn.amount,
-            "currency": txn.currency,
-            "authorization_code": txn.authorization_code,
-            "network_transaction_id": txn.network_transaction_id,
-            "purchase_method": crate::json::rest_name_of::<pb::PurchaseMethod>(txn.purchase_method),
-            "merchant": serde_json::to_value(&txn.merchant).unwrap_or(Value::Null),
-            "customer_metadata": customer_metadata,
-        }),
-    );
-    if let Some(reward) = reward {
-        reward_webhook(&emu, &ctx, &reward);
-    }
-    ok(&pb::TransactionEvent {
-        transaction_id: Some(txn.id),
-        event_id: Some(event_id),
-        status: txn.status,
-    })
-}
-
-fn merchant_key(ctx: &Ctx) -> String {
+pub(super) fn merchant_key(ctx: &Ctx) -> String {
     ctx.product
         .merchant_key
         .clone()
@@ -329,66 +87,99 @@ fn start_simulation(emu: &Emulator, customer_id: &str) -> ApiResult<String> {
     Ok(emu.store().id())
 }
 
+/// Runs a reward simulation: a new statement reward, or the pending rewards of
+/// captured transactions made available. Refused, changing nothing, when the
+/// customer's balance would leave the bound on amounts.
 fn run_reward(
     emu: &Emulator,
     ctx: &Ctx,
+    path: &str,
     customer_id: &str,
     program: RewardProgram,
-) -> Vec<pb::Reward> {
+) -> ApiResult<Vec<pb::Reward>> {
     let product = ctx.product.name.clone();
     let now = now_ts();
-    emu.store().with(|w| match program {
-        RewardProgram::Statement => {
-            let reward = pb::Reward {
-                id: format!("RW-STMT-{}-{}", customer_id, w.rewards.len()),
-                customer_id: customer_id.to_string(),
-                transaction_event_id: None,
-                amount: ctx.product.statement_reward,
-                r#type: pb::RewardType::Statement as i32,
-                currency: Some(ctx.product.reward_currency.clone()),
-                status: pb::RewardStatus::Available as i32,
-                created_at: Some(now),
-                updated_at: Some(now),
-                metadata: None,
-            };
-            w.rewards.push(Owned {
-                product,
-                item: reward.clone(),
-            });
-            vec![reward]
+    emu.store().with(|w| {
+        // Pending rewards of settled (captured) transactions become available.
+        let ready: Vec<String> = match program {
+            RewardProgram::Statement => Vec::new(),
+            RewardProgram::Delayed => {
+                let captured: Vec<String> = w
+                    .transactions
+                    .iter()
+                    .filter(|t| {
+                        t.product == product
+                            && t.item.customer_id == customer_id
+                            && t.item.status == pb::TransactionStatus::Captured as i32
+                    })
+                    .map(|t| format!("RW-{}", t.item.id))
+                    .collect();
+                w.rewards
+                    .iter()
+                    .filter(|o| {
+                        o.product == product
+                            && captured.contains(&o.item.id)
+                            && o.item.status == pb::RewardStatus::Pending as i32
+                    })
+                    .map(|o| o.item.id.clone())
+                    .collect()
+            }
+        };
+        let joining = match program {
+            RewardProgram::Statement => amount::bounded(ctx.product.statement_reward),
+            RewardProgram::Delayed => amount::sum(
+                w.rewards
+                    .iter()
+                    .filter(|o| o.product == product && ready.contains(&o.item.id))
+                    .map(|o| o.item.amount),
+            ),
+        };
+        let balance = joining.and_then(|j| amount::add(w.balance(&product, customer_id)?, j));
+        if balance.is_none() {
+            return Err(ApiError::out_of_range(
+                path,
+                "customer_id",
+                "the rewards balance it leads to",
+            ));
         }
-        RewardProgram::Delayed => {
-            // Pending rewards of settled (captured) transactions become available.
-            let captured: Vec<String> = w
-                .transactions
-                .iter()
-                .filter(|t| {
-                    t.product == product
-                        && t.item.customer_id == customer_id
-                        && t.item.status == pb::TransactionStatus::Captured as i32
-                })
-                .map(|t| format!("RW-{}", t.item.id))
-                .collect();
-            w.rewards
+        Ok(match program {
+            RewardProgram::Statement => {
+                let reward = pb::Reward {
+                    id: format!("RW-STMT-{}-{}", customer_id, w.rewards.len()),
+                    customer_id: customer_id.to_string(),
+                    transaction_event_id: None,
+                    amount: ctx.product.statement_reward,
+                    r#type: pb::RewardType::Statement as i32,
+                    currency: Some(ctx.product.reward_currency.clone()),
+                    status: pb::RewardStatus::Available as i32,
+                    created_at: Some(now),
+                    updated_at: Some(now),
+                    metadata: None,
+                };
+                w.rewards.push(Owned {
+                    product,
+                    item: reward.clone(),
+                });
+                vec![reward]
+            }
+            RewardProgram::Delayed => w
+                .rewards
                 .iter_mut()
-                .filter(|o| {
-                    o.product == product
-                        && captured.contains(&o.item.id)
-                        && o.item.status == pb::RewardStatus::Pending as i32
-                })
+                .filter(|o| o.product == product && ready.contains(&o.item.id))
                 .map(|o| {
                     o.item.status = pb::RewardStatus::Available as i32;
                     o.item.updated_at = Some(now);
                     o.item.clone()
                 })
-                .collect()
-        }
+                .collect(),
+        })
     })
 }
 
 async fn simulate(
     emu: Emulator,
     ctx: Ctx,
+    path: &str,
     customer_id: String,
     program: RewardProgram,
 ) -> ApiResult {
@@ -404,7 +195,11 @@ async fn simulate(
         ));
     }
     let debugging_id = start_simulation(&emu, &customer_id)?;
-    for reward in run_reward(&emu, &ctx, &customer_id, program) {
+    let rewards = run_reward(&emu, &ctx, path, &customer_id, program).inspect_err(|_| {
+        // A refused simulation is not one in progress.
+        emu.store().with(|w| w.simulations.remove(&customer_id));
+    })?;
+    for reward in rewards {
         reward_webhook(&emu, &ctx, &reward);
     }
     Ok(Json(json!({ "debugging_id": debugging_id })).into_response())
@@ -415,13 +210,14 @@ pub(super) async fn reward(
     Extension(ctx): Extension<Ctx>,
     body: Bytes,
 ) -> ApiResult {
-    let b = validate_body("/v2/simulate_reward", &body, REWARD)?;
+    let path = "/v2/simulate_reward";
+    let b = validate_body(path, &body, REWARD)?;
     let program = match b["reward_type"].as_str() {
         Some("STATEMENT") => RewardProgram::Statement,
         _ => RewardProgram::Delayed,
     };
     let customer_id = b["customer_id"].as_str().unwrap_or_default().to_string();
-    simulate(emu, ctx, customer_id, program).await
+    simulate(emu, ctx, path, customer_id, program).await
 }
 
 pub(super) async fn statement_reward(
@@ -429,9 +225,10 @@ pub(super) async fn statement_reward(
     Extension(ctx): Extension<Ctx>,
     body: Bytes,
 ) -> ApiResult {
-    let b = validate_body("/v2/simulate_statement_reward", &body, STATEMENT_REWARD)?;
+    let path = "/v2/simulate_statement_reward";
+    let b = validate_body(path, &body, STATEMENT_REWARD)?;
     let customer_id = b["customer_id"].as_str().unwrap_or_default().to_string();
-    simulate(emu, ctx, customer_id, RewardProgram::Statement).await
+    simulate(emu, ctx, path, customer_id, RewardProgram::Statement).await
 }
 
 /// A new customer's application, decided by last name as in Imprint's

@@ -10,7 +10,7 @@ use std::{
 use parking_lot::Mutex;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
-use super::EmulatorConfig;
+use super::amount;
 use crate::pb::imprint::v2 as pb;
 
 /// How a product's rewards are processed (`simulate_reward`'s reward_type).
@@ -107,14 +107,16 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(config: &EmulatorConfig) -> Self {
+    /// The world of `seed` with these keys and products. It takes the
+    /// settings rather than the `EmulatorConfig`, so that the state below
+    /// `mod` does not import it back.
+    pub(crate) fn new(seed: u64, api_keys: &[String], products: &[Product]) -> Self {
         let created_at = prost_types::Timestamp {
             seconds: 1_735_689_600, // 2025-01-01T00:00:00Z
             nanos: 0,
         };
         let world = World {
-            keys: config
-                .api_keys
+            keys: api_keys
                 .iter()
                 .map(|k| (k.clone(), KeyRecord { created_at }))
                 .collect(),
@@ -122,8 +124,8 @@ impl Store {
         };
         Self {
             world: Mutex::new(world),
-            rng: Mutex::new(SmallRng::seed_from_u64(config.seed)),
-            products: config.products.iter().cloned().map(Arc::new).collect(),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            products: products.iter().cloned().map(Arc::new).collect(),
         }
     }
 
@@ -191,6 +193,22 @@ impl World {
 
     pub(crate) fn customer_mut(&mut self, id: &str) -> Option<&mut CustomerRecord> {
         self.customers.iter_mut().find(|c| c.customer.id == id)
+    }
+
+    /// A customer's rewards balance in `product`: the sum of its AVAILABLE
+    /// rewards. Every change that makes a reward available checks this stays
+    /// within the bound on amounts, so `None` means a broken invariant.
+    pub(crate) fn balance(&self, product: &str, customer_id: &str) -> Option<i64> {
+        amount::sum(
+            self.rewards
+                .iter()
+                .filter(|o| {
+                    o.product == product
+                        && o.item.customer_id == customer_id
+                        && o.item.status == pb::RewardStatus::Available as i32
+                })
+                .map(|o| o.item.amount),
+        )
     }
 }
 

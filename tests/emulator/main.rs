@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 mod harness;
 
+mod amounts;
 mod auth_keys;
 mod lifecycle;
 mod paths;
