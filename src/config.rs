@@ -13,7 +13,7 @@ use std::{
 };
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
     credentials::{fingerprint, AuthScheme},
@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -37,7 +37,7 @@ pub struct Config {
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
     pub max_in_flight: usize,
@@ -74,10 +74,11 @@ impl Default for LimitSettings {
 }
 
 /// `[state]`: where state shared by replicas lives.
-#[derive(Clone, Deserialize, Default)]
+#[derive(Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateSettings {
     /// `redis://host:port/db`; unset keeps state in this process.
+    #[serde(serialize_with = "masked")]
     pub redis_url: Option<SecretString>,
 }
 
@@ -90,7 +91,7 @@ impl fmt::Debug for StateSettings {
 }
 
 /// Listening sockets and gRPC server limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
@@ -124,7 +125,7 @@ impl Default for ServerConfig {
 }
 
 /// Who may call the gateway.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Let callers in without a token (development only; logged loudly).
@@ -133,22 +134,25 @@ pub struct AuthConfig {
     pub caller_tokens_file: Option<PathBuf>,
     /// Set by the `sandbox` command, never by a file: callers on loopback
     /// get in without a token unless caller tokens are configured.
-    #[serde(skip)]
+    #[serde(skip_deserializing, skip_serializing_if = "std::ops::Not::not")]
     pub allow_loopback_unauthenticated: bool,
 }
 
 /// How to reach Imprint.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub base_url: String,
     /// `basic` (key as user name) or `bearer`.
     pub auth_scheme: AuthScheme,
     /// The API key itself; prefer `api_key_file` or `IMPRINT_API_KEY`.
+    /// Set this or `api_key_file`, not both.
+    #[serde(serialize_with = "masked")]
     pub api_key: Option<SecretString>,
     /// A file holding the API key (re-read on SIGHUP).
     pub api_key_file: Option<PathBuf>,
     /// Sent as `x-imprint-merchant-key` to pick a product.
+    #[serde(serialize_with = "masked")]
     pub merchant_key: Option<SecretString>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -198,14 +202,14 @@ impl fmt::Debug for UpstreamConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` (default) or `json`.
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -231,6 +235,15 @@ fn err(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 /// `[redacted sha256:…]`: enough to tell two secrets apart, nothing more.
 pub fn mask(secret: &SecretString) -> String {
     format!("[redacted {}]", fingerprint(secret.expose_secret()))
+}
+
+/// Serializes a secret as its masked fingerprint: how `check-config`
+/// shows it, derived from the settings types like every other field.
+fn masked<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => s.serialize_str(&mask(secret)),
+        None => s.serialize_none(),
+    }
 }
 
 /// The contract's environment variables: (variable, section, key, kind).
@@ -317,21 +330,20 @@ impl Config {
                     toml::Value::String(raw.clone())
                 }
                 Kind::Addr => {
-                    raw.parse::<SocketAddr>().map_err(|_| {
-                        err(
-                            *var,
-                            format!("'{raw}' is not a socket address like 127.0.0.1:50051"),
-                        )
-                    })?;
+                    raw.parse::<SocketAddr>()
+                        .map_err(|_| err(*var, "is not a socket address like 127.0.0.1:50051"))?;
                     toml::Value::String(raw.clone())
                 }
-                Kind::Bool => toml::Value::Boolean(parse_bool(raw).ok_or_else(|| {
-                    err(*var, format!("'{raw}' is not a boolean (true/false/1/0)"))
-                })?),
+                Kind::Bool => toml::Value::Boolean(
+                    parse_bool(raw)
+                        .ok_or_else(|| err(*var, "is not a boolean (true/false/1/0)"))?,
+                ),
             };
             set(&mut tree, section, key, value);
         }
-        // Any other setting: GATEWAY__SECTION__KEY=value.
+        // Any other setting: GATEWAY__SECTION__KEY=value, parsed as the
+        // type the setting has (a digit-only secret stays a string).
+        let defaults = toml::Value::try_from(Config::default()).ok();
         for (var, raw) in &env {
             let Some(rest) = var.strip_prefix("GATEWAY__") else {
                 continue;
@@ -339,28 +351,25 @@ impl Config {
             let Some((section, key)) = rest.split_once("__") else {
                 return Err(err(var, "expected GATEWAY__<SECTION>__<KEY>"));
             };
-            let value = format!("v = {raw}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(raw.clone()));
-            set(
-                &mut tree,
-                &section.to_ascii_lowercase(),
-                &key.to_ascii_lowercase(),
-                value,
-            );
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let default = defaults
+                .as_ref()
+                .and_then(|d| d.get(&section))
+                .and_then(|t| t.get(&key));
+            let value = typed_env_value(raw, default).map_err(|p| err(var, p))?;
+            set(&mut tree, &section, &key, value);
         }
 
-        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
-            .map_err(|e| {
-                let setting = e.path().to_string();
-                let problem = e.into_inner().message().to_string();
-                err(
-                    format!("{setting} (from {source} or the environment)"),
-                    problem,
-                )
-            })?;
+        let given = toml::Value::Table(tree);
+        let mut config: Config = serde_path_to_error::deserialize(given.clone()).map_err(|e| {
+            let setting = e.path().to_string();
+            let value = lookup(&given, &setting);
+            let problem = hide_value(e.into_inner().message(), value);
+            err(
+                format!("{setting} (from {source} or the environment)"),
+                problem,
+            )
+        })?;
         config.validate()?;
         if let Some(path) = &config.upstream.api_key_file {
             if config.upstream.api_key.is_none() {
@@ -370,32 +379,201 @@ impl Config {
         Ok(config)
     }
 
+    /// Every value `serve` could not run with is refused here, naming the
+    /// setting: `check-config` accepting a file means `serve` starts.
     fn validate(&self) -> Result<(), ConfigError> {
         check_url(&self.upstream.base_url).map_err(|p| err("upstream.base_url", p))?;
-        if self.upstream.default_deadline.is_zero() {
-            return Err(err(
+        let (s, u, r, b, l, i) = (
+            &self.server,
+            &self.upstream,
+            &self.retry,
+            &self.breaker,
+            &self.limits,
+            &self.idempotency,
+        );
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        let durations = [
+            (
+                "server.shutdown_grace",
+                s.shutdown_grace,
+                Duration::ZERO,
+                DAY,
+            ),
+            (
+                "server.http2_keepalive_interval",
+                s.http2_keepalive_interval,
+                Duration::from_millis(100),
+                DAY,
+            ),
+            (
+                "server.http2_keepalive_timeout",
+                s.http2_keepalive_timeout,
+                Duration::from_millis(100),
+                DAY,
+            ),
+            (
+                "upstream.connect_timeout",
+                u.connect_timeout,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
                 "upstream.default_deadline",
-                "must be greater than zero",
+                u.default_deadline,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "upstream.pool_idle_timeout",
+                u.pool_idle_timeout,
+                Duration::ZERO,
+                DAY,
+            ),
+            (
+                "upstream.tcp_keepalive",
+                u.tcp_keepalive,
+                Duration::from_secs(1),
+                DAY,
+            ),
+            (
+                "upstream.attempt_timeout",
+                u.attempt_timeout,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            ("retry.base_backoff", r.base_backoff, Duration::ZERO, DAY),
+            ("retry.max_backoff", r.max_backoff, Duration::ZERO, DAY),
+            // tower's retry budget accepts 1 to 60 seconds.
+            (
+                "retry.budget_window",
+                r.budget_window,
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            ),
+            ("breaker.window", b.window, Duration::from_millis(10), DAY),
+            (
+                "breaker.open_for",
+                b.open_for,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            ("limits.queue_timeout", l.queue_timeout, Duration::ZERO, DAY),
+            (
+                "idempotency.retention",
+                i.retention,
+                Duration::from_secs(1),
+                30 * DAY,
+            ),
+            (
+                "idempotency.in_flight_timeout",
+                i.in_flight_timeout,
+                Duration::from_secs(1),
+                DAY,
+            ),
+        ];
+        for (setting, value, min, max) in durations {
+            if value < min || value > max {
+                return Err(err(
+                    setting,
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+        }
+        let counts: [(&str, u64, u64, u64); 9] = [
+            (
+                "server.max_concurrent_streams",
+                u64::from(s.max_concurrent_streams),
+                1,
+                u64::from(u32::MAX),
+            ),
+            (
+                "server.max_message_bytes",
+                s.max_message_bytes as u64,
+                1024,
+                1 << 30,
+            ),
+            (
+                "upstream.pool_max_idle_per_host",
+                u.pool_max_idle_per_host as u64,
+                0,
+                1 << 20,
+            ),
+            (
+                "upstream.max_response_bytes",
+                u.max_response_bytes as u64,
+                1024,
+                1 << 30,
+            ),
+            ("retry.max_attempts", u64::from(r.max_attempts), 1, 10),
+            (
+                "retry.budget_min_per_sec",
+                u64::from(r.budget_min_per_sec),
+                0,
+                i32::MAX as u64 - 1,
+            ),
+            ("breaker.min_requests", b.min_requests as u64, 1, 1 << 30),
+            (
+                "breaker.half_open_probes",
+                b.half_open_probes as u64,
+                1,
+                1 << 20,
+            ),
+            ("limits.max_in_flight", l.max_in_flight as u64, 1, 1 << 20),
+        ];
+        for (setting, value, min, max) in counts.into_iter().chain([
+            ("limits.max_queue", l.max_queue as u64, 0, 1 << 20),
+            (
+                "idempotency.memory_max_entries",
+                i.memory_max_entries,
+                1,
+                1 << 32,
+            ),
+            (
+                "idempotency.memory_max_bytes",
+                i.memory_max_bytes,
+                1024,
+                1 << 40,
+            ),
+        ]) {
+            if value < min || value > max {
+                return Err(err(setting, format!("must be between {min} and {max}")));
+            }
+        }
+        if r.max_backoff < r.base_backoff {
+            return Err(err(
+                "retry.max_backoff",
+                "must not be less than retry.base_backoff",
             ));
         }
-        if self.server.max_message_bytes < 1024 {
-            return Err(err("server.max_message_bytes", "must be at least 1024"));
+        if !(0.0..=1000.0).contains(&r.budget_percent) {
+            return Err(err(
+                "retry.budget_percent",
+                "must be between 0 and 1000 (0.2 = 20%)",
+            ));
         }
-        if self.retry.max_attempts == 0 {
-            return Err(err("retry.max_attempts", "must be at least 1"));
+        if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+            return Err(err(
+                "breaker.failure_rate",
+                "must be greater than 0 and at most 1",
+            ));
         }
-        if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
-            return Err(err("breaker.failure_rate", "must be between 0 and 1"));
+        if !(l.caller_rate_per_sec.is_finite() && l.caller_rate_per_sec >= 0.0) {
+            return Err(err(
+                "limits.caller_rate_per_sec",
+                "must be 0 (unlimited) or a positive number",
+            ));
         }
-        if self.limits.max_in_flight == 0 {
-            return Err(err("limits.max_in_flight", "must be at least 1"));
-        }
-        if self.upstream.attempt_timeout.is_zero() {
-            return Err(err("upstream.attempt_timeout", "must be greater than zero"));
+        if l.caller_rate_per_sec > 0.0 && !(l.caller_burst.is_finite() && l.caller_burst >= 1.0) {
+            return Err(err("limits.caller_burst", "must be at least 1"));
         }
         if let Some(url) = &self.state.redis_url {
+            // The URL may hold a password: name the problem, never the URL.
             let u = reqwest::Url::parse(url.expose_secret())
-                .map_err(|e| err("GATEWAY_REDIS_URL", format!("not a URL: {e}")))?;
+                .map_err(|_| err("GATEWAY_REDIS_URL", "is not a URL"))?;
             if !matches!(u.scheme(), "redis" | "rediss" | "redis+unix") {
                 return Err(err(
                     "GATEWAY_REDIS_URL",
@@ -403,8 +581,12 @@ impl Config {
                 ));
             }
         }
-        if self.server.max_concurrent_streams == 0 {
-            return Err(err("server.max_concurrent_streams", "must be at least 1"));
+        if self.upstream.api_key.is_some() && self.upstream.api_key_file.is_some() {
+            // One source, so start and SIGHUP reload resolve the key alike.
+            return Err(err(
+                "upstream.api_key",
+                "set either the key (IMPRINT_API_KEY) or a file holding it (IMPRINT_API_KEY_FILE), not both",
+            ));
         }
         if let Some(k) = &self.upstream.api_key {
             if k.expose_secret().trim().is_empty() {
@@ -414,83 +596,11 @@ impl Config {
         Ok(())
     }
 
-    /// The settings in effect, secrets masked, as TOML-like text.
+    /// The settings in effect, secrets masked, as TOML: the settings
+    /// types serialize themselves (secrets through [`mask`]), so nothing
+    /// here can drift from what `serve` reads.
     pub fn render_masked(&self) -> String {
-        let s = &self.server;
-        let a = &self.auth;
-        let u = &self.upstream;
-        let opt_path = |p: &Option<PathBuf>| {
-            p.as_ref().map_or("(unset)".to_string(), |p| {
-                format!("{:?}", p.display().to_string())
-            })
-        };
-        let opt_secret = |k: &Option<SecretString>| k.as_ref().map_or("(unset)".to_string(), mask);
-        format!(
-            "[server]\ngrpc_addr = \"{}\"\nhttp_addr = \"{}\"\nshutdown_grace = \"{}\"\nmax_concurrent_streams = {}\nmax_message_bytes = {}\nhttp2_keepalive_interval = \"{}\"\nhttp2_keepalive_timeout = \"{}\"\n\n\
-             [auth]\nallow_unauthenticated = {}\ncaller_tokens_file = {}\n\n\
-             [upstream]\nbase_url = \"{}\"\nauth_scheme = \"{}\"\napi_key = {}\napi_key_file = {}\nmerchant_key = {}\nconnect_timeout = \"{}\"\ndefault_deadline = \"{}\"\npool_idle_timeout = \"{}\"\npool_max_idle_per_host = {}\ntcp_keepalive = \"{}\"\nmax_response_bytes = {}\nattempt_timeout = \"{}\"\n\n\
-             [log]\nformat = \"{}\"\n",
-            s.grpc_addr,
-            s.http_addr,
-            humantime::format_duration(s.shutdown_grace),
-            s.max_concurrent_streams,
-            s.max_message_bytes,
-            humantime::format_duration(s.http2_keepalive_interval),
-            humantime::format_duration(s.http2_keepalive_timeout),
-            a.allow_unauthenticated,
-            opt_path(&a.caller_tokens_file),
-            u.base_url,
-            match u.auth_scheme {
-                AuthScheme::Basic => "basic",
-                AuthScheme::Bearer => "bearer",
-            },
-            opt_secret(&u.api_key),
-            opt_path(&u.api_key_file),
-            opt_secret(&u.merchant_key),
-            humantime::format_duration(u.connect_timeout),
-            humantime::format_duration(u.default_deadline),
-            humantime::format_duration(u.pool_idle_timeout),
-            u.pool_max_idle_per_host,
-            humantime::format_duration(u.tcp_keepalive),
-            u.max_response_bytes,
-            humantime::format_duration(u.attempt_timeout),
-            match self.log.format {
-                LogFormat::Text => "text",
-                LogFormat::Json => "json",
-            },
-        ) + &self.render_resilience()
-    }
-
-    fn render_resilience(&self) -> String {
-        let (r, b, l, i) = (&self.retry, &self.breaker, &self.limits, &self.idempotency);
-        let d = humantime::format_duration;
-        format!(
-            "\n[retry]\nmax_attempts = {}\nbase_backoff = \"{}\"\nmax_backoff = \"{}\"\nretry_500 = {}\nbudget_percent = {}\nbudget_min_per_sec = {}\nbudget_window = \"{}\"\n\
-             \n[breaker]\nwindow = \"{}\"\nmin_requests = {}\nfailure_rate = {}\nopen_for = \"{}\"\nhalf_open_probes = {}\n\
-             \n[limits]\nmax_in_flight = {}\nmax_queue = {}\nqueue_timeout = \"{}\"\ncaller_rate_per_sec = {}\ncaller_burst = {}\n\
-             \n[idempotency]\nretention = \"{}\"\nin_flight_timeout = \"{}\"\n\
-             \n[state]\nredis_url = {}\n",
-            r.max_attempts,
-            d(r.base_backoff),
-            d(r.max_backoff),
-            r.retry_500,
-            r.budget_percent,
-            r.budget_min_per_sec,
-            d(r.budget_window),
-            d(b.window),
-            b.min_requests,
-            b.failure_rate,
-            d(b.open_for),
-            b.half_open_probes,
-            l.max_in_flight,
-            l.max_queue,
-            d(l.queue_timeout),
-            l.caller_rate_per_sec,
-            l.caller_burst,
-            d(i.retention),
-            d(i.in_flight_timeout),
-            self.state.redis_url.as_ref().map_or("(unset: state in this process)".to_string(), mask),
-        )
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the settings: {e}\n"))
     }
 }
 
@@ -514,6 +624,76 @@ fn set(tree: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
     }
 }
 
+/// An environment value as the TOML type of the setting's default (a
+/// setting whose default is unset is text).
+fn typed_env_value(raw: &str, default: Option<&toml::Value>) -> Result<toml::Value, String> {
+    let trimmed = raw.trim();
+    Ok(match default {
+        None | Some(toml::Value::String(_)) => toml::Value::String(raw.to_owned()),
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            trimmed
+                .parse()
+                .map_err(|_| "expects a whole number".to_string())?,
+        ),
+        Some(toml::Value::Float(_)) => toml::Value::Float(
+            trimmed
+                .parse()
+                .map_err(|_| "expects a number".to_string())?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            parse_bool(trimmed).ok_or_else(|| "expects true or false".to_string())?,
+        ),
+        Some(_) => format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| "expects a TOML value".to_string())?,
+    })
+}
+
+/// The value at a `section.key` path of the given settings, if any.
+fn lookup<'a>(tree: &'a toml::Value, path: &str) -> Option<&'a toml::Value> {
+    path.split('.').try_fold(tree, |node, part| node.get(part))
+}
+
+/// A deserializer's message without the offending value: serde quotes it
+/// (`invalid type: integer `12345`, expected ...`), and the value may be a
+/// secret. The setting is named by the caller; the value never is.
+fn hide_value(message: &str, value: Option<&toml::Value>) -> String {
+    let mut out = message.to_owned();
+    let shown = match value {
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => {
+            Some(v.to_string())
+        }
+        _ => None,
+    };
+    if let Some(v) = shown.filter(|v| !v.is_empty()) {
+        out = out.replace(&v, "…");
+    }
+    // Whatever the deserializer quoted as the value it got.
+    for prefix in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        if let Some(rest) = out.strip_prefix(prefix) {
+            if let Some(hidden) = without_first_quoted(rest) {
+                out = format!("{prefix}{hidden}");
+            }
+        }
+    }
+    out
+}
+
+/// `rest` with its first `…` or "…" quoted part removed.
+fn without_first_quoted(rest: &str) -> Option<String> {
+    let open = rest.find(['`', '"'])?;
+    let quote = rest[open..].chars().next()?;
+    let close = open + 1 + rest[open + 1..].find(quote)?;
+    Some(format!(
+        "{}{}",
+        &rest[..open],
+        rest[close + 1..].trim_start_matches(' ')
+    ))
+}
+
 fn parse_bool(raw: &str) -> Option<bool> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -523,9 +703,9 @@ fn parse_bool(raw: &str) -> Option<bool> {
 }
 
 fn check_url(raw: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(raw).map_err(|e| format!("'{raw}' is not a URL: {e}"))?;
+    let url = reqwest::Url::parse(raw).map_err(|e| format!("is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("'{raw}' must be an http or https URL"));
+        return Err("must be an http or https URL".into());
     }
     if url.query().is_some()
         || url.fragment().is_some()
@@ -616,5 +796,117 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.problem.contains("empty"));
+    }
+
+    #[test]
+    fn environment_values_take_the_settings_type_and_errors_never_show_values() {
+        // A digit-only secret stays text; numbers are numbers.
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("GATEWAY__UPSTREAM__API_KEY", "0123456789"),
+                ("GATEWAY__UPSTREAM__MAX_RESPONSE_BYTES", "65536"),
+                ("GATEWAY__BREAKER__FAILURE_RATE", "1"),
+                ("GATEWAY__LOG__FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.upstream.api_key.unwrap().expose_secret(), "0123456789");
+        assert_eq!(c.upstream.max_response_bytes, 65536);
+        assert_eq!(c.breaker.failure_rate, 1.0);
+
+        for (var, value) in [
+            ("GATEWAY__UPSTREAM__MAX_RESPONSE_BYTES", "sk_live_9q8w7e"),
+            ("GATEWAY__UPSTREAM__AUTH_SCHEME", "sk_live_9q8w7e"),
+            ("GATEWAY__STATE__REDIS_URL", "sk_live_9q8w7e"),
+            ("GATEWAY__UPSTREAM__DEFAULT_DEADLINE", "sk_live_9q8w7e"),
+            ("IMPRINT_API_BASE_URL", "sk_live_9q8w7e"),
+            ("GATEWAY_GRPC_ADDR", "sk_live_9q8w7e"),
+        ] {
+            let e = Config::load_with_env(None, env(&[(var, value)])).unwrap_err();
+            let shown = e.to_string();
+            assert!(!shown.contains("9q8w7e"), "{var}: {shown}");
+            let named = var
+                .trim_start_matches("GATEWAY__")
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            assert!(
+                shown.contains(var) || shown.contains(&named) || shown.contains("REDIS_URL"),
+                "{var}: {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_value_of_the_wrong_type_is_named_not_shown() {
+        let dir = std::env::temp_dir().join(format!("igw-cfg-type-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[upstream]\napi_key = 987654321\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert!(e.setting.starts_with("upstream.api_key"), "{e}");
+        assert!(!e.to_string().contains("987654321"), "{e}");
+        std::fs::write(&file, "[upstream]\nauth_scheme = \"hunter2\"\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(
+            e.to_string().contains("basic"),
+            "the allowed values are still said: {e}"
+        );
+    }
+
+    #[test]
+    fn a_key_has_one_source() {
+        let dir = std::env::temp_dir().join(format!("igw-cfg-both-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "sk_from_file\n").unwrap();
+        let e = Config::load_with_env(
+            None,
+            env(&[
+                ("IMPRINT_API_KEY", "sk_from_env"),
+                ("IMPRINT_API_KEY_FILE", key.to_str().unwrap()),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "upstream.api_key");
+        assert!(!e.to_string().contains("sk_from"), "{e}");
+    }
+
+    #[test]
+    fn the_masked_rendering_is_derived_from_the_settings() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("IMPRINT_API_KEY", "sk_live_supersecret"),
+                ("GATEWAY_REDIS_URL", "redis://:pw_secret@127.0.0.1:6379/0"),
+            ]),
+        )
+        .unwrap();
+        let shown = c.render_masked();
+        // Every section and setting appears, secrets only as fingerprints.
+        let back: toml::Table = shown.parse().unwrap();
+        for section in [
+            "server",
+            "auth",
+            "upstream",
+            "retry",
+            "breaker",
+            "limits",
+            "idempotency",
+            "state",
+            "log",
+        ] {
+            assert!(back.contains_key(section), "{section} missing: {shown}");
+        }
+        assert!(back["idempotency"].get("memory_max_entries").is_some());
+        assert!(
+            !shown.contains("supersecret") && !shown.contains("pw_secret"),
+            "{shown}"
+        );
+        assert!(back["upstream"]["api_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("[redacted sha256:"));
     }
 }

@@ -268,24 +268,33 @@ impl Running {
         self.http_addr
     }
 
-    /// Re-reads the API key file and caller tokens file (SIGHUP). Calls in
-    /// flight finish with what they started with; a bad file changes nothing.
+    /// Re-reads the API key file and caller tokens file (SIGHUP), all or
+    /// nothing: every source is read and validated first, then they are
+    /// swapped together; a bad source changes nothing and says why. The key
+    /// file is read by the same function as at start. Calls in flight
+    /// finish with what they started with.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        if let Some(path) = &config.upstream.api_key_file {
-            let key = read_secret_file(path, "upstream.api_key_file")?;
-            let credential = Credential::new(
-                key,
-                config.upstream.merchant_key.clone(),
-                config.upstream.auth_scheme,
-            )?;
+        let credential = match &config.upstream.api_key_file {
+            Some(path) => {
+                let key = read_secret_file(path, "upstream.api_key_file")?;
+                Some(Credential::new(
+                    key,
+                    config.upstream.merchant_key.clone(),
+                    config.upstream.auth_scheme,
+                )?)
+            }
+            None => None,
+        };
+        let table = callers_from(config)?;
+
+        if let Some(credential) = credential {
             tracing::info!(
                 fingerprint = credential.fingerprint(),
                 "Imprint credential reloaded"
             );
             self.shared.credentials.replace(credential);
         }
-        let table = callers_from(config)?;
         tracing::info!(callers = table.len(), "caller tokens reloaded");
         self.shared.callers.replace(table);
         Ok(())

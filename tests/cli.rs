@@ -44,7 +44,7 @@ fn check_config_masks_secrets() {
         stdout.contains("grpc_addr = \"127.0.0.1:7001\""),
         "{stdout}"
     );
-    assert!(stdout.contains("api_key = [redacted sha256:"), "{stdout}");
+    assert!(stdout.contains("api_key = \"[redacted sha256:"), "{stdout}");
     assert!(!stdout.contains("do_not_print") && !stderr.contains("do_not_print"));
 }
 
@@ -72,6 +72,69 @@ fn check_config_names_the_bad_setting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("default_deadline"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn secrets_given_through_gateway_variables_never_show() {
+    // A digit-only secret is a string setting, not a number.
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY__UPSTREAM__API_KEY", "4242424242")
+        .env("GATEWAY__UPSTREAM__MERCHANT_KEY", "0000777700")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(
+        !all.contains("4242424242") && !all.contains("0000777700"),
+        "{all}"
+    );
+    // An invalid value: refused, the setting named, the value never shown.
+    for (var, value) in [
+        ("GATEWAY__UPSTREAM__AUTH_SCHEME", "sk_live_leak_me"),
+        ("GATEWAY__UPSTREAM__API_KEY", "[not toml"),
+        ("GATEWAY__UPSTREAM__ATTEMPT_TIMEOUT", "sk_live_leak_me"),
+        ("GATEWAY_REDIS_URL", "sk_live_leak_me"),
+    ] {
+        // An accepted key would make `serve` run: check-config alone.
+        let cmds: &[&str] = if var.ends_with("API_KEY") {
+            &["check-config"]
+        } else {
+            &["check-config", "serve"]
+        };
+        for cmd in cmds {
+            let mut c = bin();
+            c.arg(cmd).env(var, value);
+            if !var.ends_with("API_KEY") {
+                c.env("IMPRINT_API_KEY", "k");
+            }
+            let out = c.output().unwrap();
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if var.ends_with("API_KEY") {
+                // Any text is a valid key: accepted, and still not printed.
+                assert!(!all.contains(value), "{cmd} {var}: {all}");
+                continue;
+            }
+            assert_eq!(out.status.code(), Some(2), "{cmd} {var}: {all}");
+            assert!(!all.contains("leak_me"), "{cmd} {var}: {all}");
+            let named = var
+                .trim_start_matches("GATEWAY__")
+                .to_ascii_lowercase()
+                .replacen("__", ".", 1);
+            assert!(
+                all.contains(var) || all.contains(&named),
+                "{cmd} {var}: {all}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 pub use layer::{Credentials, CredentialsLayer};
 
 /// How the key is presented to Imprint; Imprint accepts both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthScheme {
     /// `Authorization: Basic base64(<key>:)`, the key as user name.

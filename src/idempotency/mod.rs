@@ -40,7 +40,7 @@ pub use memory::MemoryStore;
 use crate::upstream::ApiError;
 
 /// Settings of the idempotency layer (`[idempotency]` in the configuration file).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     /// How long a recorded outcome answers duplicates.

@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 use super::{UpstreamError, UpstreamRequest};
 
 /// Breaker settings (`[breaker]` in the configuration file).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Rolling window over which the failure rate is computed.

@@ -28,7 +28,7 @@ use tower::{
 use super::{UpstreamError, UpstreamRequest};
 
 /// Retry settings (`[retry]` in the configuration file).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts per call, the first included.

@@ -258,6 +258,52 @@ async fn reload_swaps_the_key_and_the_caller_tokens_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_reload_with_one_bad_source_changes_nothing() {
+    use crate::harness::{tempdir, API_KEY, TOKENS_FILE};
+    let up = FakeUpstream::start().await;
+    let dir = tempdir::Dir::new();
+    let key_file = dir.0.join("api-key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
+    let tokens = dir.0.join("callers.toml");
+    std::fs::write(&tokens, TOKENS_FILE).unwrap();
+    let (key_path, tokens_path) = (key_file.display().to_string(), tokens.display().to_string());
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("IMPRINT_API_KEY", ""),
+            ("IMPRINT_API_KEY_FILE", &key_path),
+            ("GATEWAY_CALLER_TOKENS_FILE", &tokens_path),
+        ],
+    )
+    .await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    let call = || {
+        req(GetCustomerRequest {
+            customer_id: "C1".into(),
+        })
+    };
+    let mut c = CustomerServiceClient::new(gw.channel.clone());
+
+    // A good new key, but a broken caller tokens file: neither is taken.
+    std::fs::write(&key_file, "sk_would_be_new\n").unwrap();
+    std::fs::write(&tokens, "[[callers]]\nname = \"x\"\n").unwrap();
+    let e = gw.running.as_ref().unwrap().reload().unwrap_err();
+    assert!(format!("{e:#}").contains("caller tokens"), "{e:#}");
+    c.get_customer(call()).await.unwrap();
+    let sent = up.only_request();
+    use base64::Engine as _;
+    let old = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY}:"))
+    );
+    assert_eq!(
+        sent.header("authorization"),
+        Some(old.as_str()),
+        "the old key is still used"
+    );
+}
+
+#[tokio::test]
 async fn oversized_messages_are_refused_before_any_upstream_call() {
     let up = FakeUpstream::start().await;
     let gw =
