@@ -27,6 +27,7 @@ fn request() -> UpstreamRequest {
             method: Method::GET,
             path_and_query: "/v2/customers/9B5E1EE0".into(),
             body: None,
+            sensitive: Vec::new(),
         },
         headers: HeaderMap::new(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(10)),

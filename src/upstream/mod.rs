@@ -215,6 +215,7 @@ pub(crate) mod test_support {
                 method: http::Method::GET,
                 path_and_query: "/v2/customers/c1".into(),
                 body: None,
+                sensitive: Vec::new(),
             },
             headers: HeaderMap::new(),
             deadline: None,
