@@ -303,12 +303,14 @@ fn path_params(path: &str) -> Result<Vec<String>, String> {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
             if !plain {
                 return Err(format!(
-                    "path segment {segment:?}: only whole-segment `{{field}}` variables are supported"
+                    "path segment {segment:?}: only literal segments and whole-segment `{{field}}` variables are supported"
                 ));
             }
             params.push(name.to_owned());
         } else if segment.contains(['{', '}', '*', ':']) || segment.is_empty() {
-            return Err(format!("path segment {segment:?} is not supported"));
+            return Err(format!(
+                "path segment {segment:?}: only literal segments and whole-segment `{{field}}` variables are supported"
+            ));
         }
     }
     Ok(params)

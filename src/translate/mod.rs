@@ -14,6 +14,8 @@
 #[cfg(test)]
 #[allow(dead_code)]
 mod generate;
+#[cfg(test)]
+mod generate_tests;
 mod split;
 
 use bytes::Bytes;
@@ -227,6 +229,47 @@ mod tests {
         .unwrap();
         assert!(!format!("{call:?}").contains("4111"));
         assert!(!call.path_and_query.contains("4111"));
+    }
+
+    #[test]
+    fn the_set_sensitive_values_are_handed_over_and_never_printed() {
+        use secrecy::ExposeSecret;
+        let request = SearchCustomersRequest {
+            ssn: Some("123456789".into()),
+            date_of_birth: Some(DateOfBirth {
+                year: Some(1990),
+                month: Some(1),
+                day: Some(2),
+            }),
+            partner_customer_id: Some("P1".into()),
+            ..Default::default()
+        };
+        let call = build(&request).unwrap();
+        let values: Vec<&str> = call.sensitive.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(values, ["123456789", "1990-01-02"]);
+        for printed in [format!("{call:?}"), format!("{request:?}")] {
+            assert!(!printed.contains("123456789"), "{printed}");
+            assert!(!printed.contains("1990"), "{printed}");
+        }
+        assert!(format!("{request:?}").contains("P1"));
+
+        // A partial date of birth is not a date; unset fields give nothing.
+        let call = build(&SearchCustomersRequest {
+            date_of_birth: Some(DateOfBirth {
+                year: Some(1990),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(call.sensitive.is_empty());
+        let call = build(&ListPaymentMethodsRequest {
+            customer_id: "C1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(call.sensitive.is_empty());
+        assert_eq!(call.method, Method::GET);
     }
 
     #[test]
