@@ -13,6 +13,7 @@ mod auth;
 mod deadlines;
 mod errors;
 mod idempotency;
+mod required_presence;
 mod resilience;
 mod rpc_customers;
 mod rpc_links_sessions;
