@@ -15,6 +15,7 @@ mod errors;
 mod idempotency;
 mod required_presence;
 mod resilience;
+mod routes;
 mod rpc_customers;
 mod rpc_links_sessions;
 mod rpc_orders;
