@@ -65,8 +65,11 @@ fn check_lines(
     if lines.is_empty() {
         return Ok(());
     }
-    let sum: i64 = lines.iter().map(|l| l.rate * l.quantity).sum();
-    let rewards_sum: i64 = lines.iter().map(|l| l.rewards_rate * l.quantity).sum();
+    let line = |rate: Option<i64>, l: &pb::OrderLine| {
+        rate.unwrap_or_default() * l.quantity.unwrap_or_default()
+    };
+    let sum: i64 = lines.iter().map(|l| line(l.rate, l)).sum();
+    let rewards_sum: i64 = lines.iter().map(|l| line(l.rewards_rate, l)).sum();
     let mut problems = Vec::new();
     if sum != amount {
         problems.push(format!(

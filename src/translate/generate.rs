@@ -49,6 +49,9 @@ pub(crate) struct Rpc {
     pub(crate) sensitive: Vec<String>,
     /// Response fields (at any depth) marked sensitive.
     pub(crate) secret_response: Vec<String>,
+    /// Rust statements checking the `REQUIRED` fields of nested request
+    /// messages (e.g. each `order_lines[i].quantity`); empty when none.
+    pub(crate) nested_required: String,
     /// Whether the call changes state (every rule but GET).
     pub(crate) mutating: bool,
 }
@@ -266,6 +269,18 @@ fn rpc(ann: &Annotations, package: &str, m: &MethodDescriptor) -> Result<Rpc, Ve
         }
     }
 
+    let mut nested_required = String::new();
+    for f in input.fields() {
+        nested_checks(
+            ann,
+            &f,
+            ("self", "", Vec::new()),
+            0,
+            &mut nested_required,
+            &mut fail,
+        );
+    }
+
     let mut secret_response = Vec::new();
     secret_fields(ann, &output, &mut BTreeSet::new(), &mut secret_response);
 
@@ -285,6 +300,7 @@ fn rpc(ann: &Annotations, package: &str, m: &MethodDescriptor) -> Result<Rpc, Ve
         required,
         sensitive,
         secret_response,
+        nested_required,
         mutating: method != "GET",
     })
 }
@@ -314,6 +330,83 @@ fn path_params(path: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(params)
+}
+
+/// Appends to `out` the checks of the `REQUIRED` fields inside the message
+/// field `f` of `parent` (`(rust expression, path format, path args)`), at
+/// any depth; top-level fields are checked by the serialization pass.
+fn nested_checks(
+    ann: &Annotations,
+    f: &FieldDescriptor,
+    parent: (&str, &str, Vec<String>),
+    depth: usize,
+    out: &mut String,
+    fail: &mut impl FnMut(String),
+) {
+    let Kind::Message(message) = f.kind() else {
+        return;
+    };
+    if f.is_map() || message.full_name().starts_with("google.protobuf.") || depth > 4 {
+        return;
+    }
+    let (expr, path, mut args) = parent;
+    let item = format!("item{depth}");
+    let mut path = format!("{path}{}", f.name());
+    let mut body = String::new();
+    if f.is_list() {
+        path.push_str("[{}]");
+        args.push(format!("i{depth}"));
+    }
+    path.push('.');
+    for inner in message.fields() {
+        if ann.required(&inner) {
+            let name = inner.name();
+            let rust = rust_field(name);
+            let missing = if inner.is_list() || inner.is_map() {
+                format!("{item}.{rust}.is_empty()")
+            } else if inner.supports_presence() {
+                format!("{item}.{rust}.is_none()")
+            } else {
+                match inner.kind() {
+                    Kind::String | Kind::Bytes => format!("{item}.{rust}.is_empty()"),
+                    Kind::Enum(_) => format!("{item}.{rust} == 0"),
+                    _ => {
+                        fail(format!(
+                            "REQUIRED field {}.{name} has no presence, so a missing value would be sent as 0: declare it `optional`",
+                            message.name()
+                        ));
+                        continue;
+                    }
+                }
+            };
+            let field_path = format!("{path}{name}");
+            let args = args.iter().map(|a| format!(", {a}")).collect::<String>();
+            let _ = writeln!(
+                body,
+                "if {missing} {{ let field = format!({field_path:?}{args}); out.push(crate::translate::FieldViolation::new(&field, format!(\"{{field}} is required\"))); }}"
+            );
+        }
+        nested_checks(
+            ann,
+            &inner,
+            (&item, &path, args.clone()),
+            depth + 1,
+            &mut body,
+            fail,
+        );
+    }
+    if body.is_empty() {
+        return;
+    }
+    let rust = rust_field(f.name());
+    if f.is_list() {
+        let _ = writeln!(
+            out,
+            "for (i{depth}, {item}) in {expr}.{rust}.iter().enumerate() {{\n{body}}}"
+        );
+    } else {
+        let _ = writeln!(out, "if let Some({item}) = &{expr}.{rust} {{\n{body}}}");
+    }
 }
 
 /// Names of the fields marked sensitive anywhere in `message`.
@@ -373,6 +466,14 @@ pub(crate) fn render_routes(rpcs: &[Rpc], pb: &str) -> String {
                 rust_field(s)
             );
         }
+        let nested_fn = if r.nested_required.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "    fn nested_violations(&self, out: &mut Vec<crate::translate::FieldViolation>) {{\n{}    }}\n",
+                r.nested_required
+            )
+        };
         let sensitive_fn = if collect.is_empty() {
             String::new()
         } else {
@@ -398,7 +499,7 @@ pub(crate) fn render_routes(rpcs: &[Rpc], pb: &str) -> String {
     fn decode(body: &[u8]) -> Result<Self::Response, serde_json::Error> {{
         crate::services::{decode}(body)
     }}
-{sensitive_fn}}}
+{sensitive_fn}{nested_fn}}}
 
 ",
             input = r.input,

@@ -101,6 +101,7 @@ message DeleteWidgetRequest {{
             required: s(&["shop_id", "widget_id"]),
             sensitive: vec![],
             secret_response: s(&["code"]),
+            nested_required: String::new(),
             mutating: false,
         }
     );

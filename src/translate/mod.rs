@@ -67,6 +67,10 @@ pub trait Endpoint: Serialize + Send + Sync + 'static {
     fn decode(body: &[u8]) -> Result<Self::Response, serde_json::Error>;
     /// Appends the text of every set sensitive field of the request.
     fn sensitive_values(&self, _out: &mut Vec<SecretString>) {}
+    /// Appends a violation for every unset `REQUIRED` field of a nested
+    /// message (`order_lines[0].quantity`); top-level ones are checked by
+    /// the serialization pass.
+    fn nested_violations(&self, _out: &mut Vec<FieldViolation>) {}
 }
 
 /// The text of a set sensitive value, as an upstream error could echo it.
@@ -147,7 +151,16 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Builds the REST call for `request`, or says which fields are invalid.
 pub fn build<E: Endpoint>(request: &E) -> Result<RestCall, Vec<FieldViolation>> {
     let route = &E::ROUTE;
-    let fields = split::split(request, route)?;
+    let mut nested = Vec::new();
+    request.nested_violations(&mut nested);
+    let fields = match split::split(request, route) {
+        Ok(fields) if nested.is_empty() => fields,
+        Ok(_) => return Err(nested),
+        Err(mut violations) => {
+            violations.append(&mut nested);
+            return Err(violations);
+        }
+    };
 
     let mut url = String::with_capacity(route.path.len() + 48);
     let mut rest = route.path;

@@ -90,6 +90,23 @@ async fn a_missing_required_amount_is_refused_without_an_upstream_call() {
 }
 
 #[tokio::test]
+async fn a_missing_required_value_inside_an_order_line_is_refused_too() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&up).await;
+    let mut line = order_line();
+    line.quantity = None;
+    let s = OrderServiceClient::new(gw.channel.clone())
+        .create_order(req(CreateOrderRequest {
+            order_lines: vec![order_line(), line],
+            ..order_request(Some(274999))
+        }))
+        .await
+        .unwrap_err();
+    assert_missing(&s, "order_lines[1].quantity");
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+}
+
+#[tokio::test]
 async fn an_explicit_zero_is_sent_as_zero() {
     let up = FakeUpstream::start().await;
     let gw = TestGateway::start(&up).await;
