@@ -76,6 +76,11 @@ message CreateWidgetRequest {{
   string name = 1 [(google.api.field_behavior) = REQUIRED];
   optional int64 weight = 2 [(google.api.field_behavior) = REQUIRED];
   optional string note = 3;
+  repeated Part parts = 4;
+}}
+message Part {{
+  string sku = 1 [(google.api.field_behavior) = REQUIRED];
+  optional int64 count = 2 [(google.api.field_behavior) = REQUIRED];
 }}
 message DeleteWidgetRequest {{
   string widget_id = 1 [(google.api.field_behavior) = REQUIRED];
@@ -120,6 +125,17 @@ message DeleteWidgetRequest {{
     );
     assert_eq!(create.required, s(&["name", "weight"]));
     assert!(create.query.is_empty());
+    for check in [
+        "for (i0, item0) in self.parts.iter().enumerate() {",
+        "if item0.sku.is_empty() { let field = format!(\"parts[{}].sku\", i0);",
+        "if item0.count.is_none() { let field = format!(\"parts[{}].count\", i0);",
+    ] {
+        assert!(
+            create.nested_required.contains(check),
+            "{check:?} missing from:\n{}",
+            create.nested_required
+        );
+    }
     let delete = rpc("DeleteWidget");
     assert_eq!(
         (delete.method, delete.body, delete.output),
@@ -181,6 +197,15 @@ service Broken {{
   rpc Wildcard(Req) returns (Req) {{
     option (google.api.http) = {{get: "/v2/{{id=things/*}}"}};
   }}
+  rpc NestedWithoutPresence(Outer) returns (Req) {{
+    option (google.api.http) = {{post: "/v2/outer", body: "*"}};
+  }}
+}}
+message Outer {{
+  repeated Inner inner = 1;
+}}
+message Inner {{
+  int64 n = 1 [(google.api.field_behavior) = REQUIRED];
 }}
 message Req {{
   string id = 1;
@@ -214,6 +239,10 @@ message Amount {{
         ("PostWithoutBody", "REQUIRED field amount has no presence"),
         ("Custom", "needs one of get, put, post, delete, patch"),
         ("Wildcard", "whole-segment `{field}` variables"),
+        (
+            "NestedWithoutPresence",
+            "REQUIRED field Inner.n has no presence",
+        ),
     ] {
         let prefix = format!("rpc throwaway.v1.Broken/{rpc}: ");
         assert!(
@@ -223,7 +252,7 @@ message Amount {{
             "no error {prefix}…{reason} in {errors:#?}"
         );
     }
-    assert_eq!(errors.len(), 9, "{errors:#?}");
+    assert_eq!(errors.len(), 10, "{errors:#?}");
 }
 
 #[test]
