@@ -9,13 +9,16 @@
 //!   without the enum's prefix);
 //! - the route table (`routes.rs`): one `Endpoint` and tonic method per RPC,
 //!   from `google.api.http`, `google.api.field_behavior` and
-//!   `imprint.gateway.v1.sensitive` (see `src/translate/generate.rs`);
+//!   `imprint.gateway.v1.sensitive` (see `src/translate/generate.rs`
+//!   and `generate_render.rs`);
 //! - the redacted `Debug` of every message with a sensitive field.
 //!
 //! A missing or inconsistent annotation fails the build with the RPC's name.
 
 #[path = "src/translate/generate.rs"]
 mod generate;
+#[path = "src/translate/generate_render.rs"]
+mod generate_render;
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -58,10 +61,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rpcs = generate::rpcs(&pool, "imprint.v2").map_err(annotation_errors)?;
     std::fs::write(
         out.join("routes.rs"),
-        generate::render_routes(&rpcs, "crate::pb::imprint::v2"),
+        generate_render::render_routes(&rpcs, "crate::pb::imprint::v2"),
     )?;
     let (redacted, debug) =
-        generate::render_redacted_debug(&pool, "imprint.v2").map_err(annotation_errors)?;
+        generate_render::render_redacted_debug(&pool, "imprint.v2").map_err(annotation_errors)?;
     std::fs::write(out.join("redacted_debug.rs"), debug)?;
 
     let mut builder = tonic_prost_build::configure()

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 
 use prost_reflect::DescriptorPool;
 
-use super::generate::{render_redacted_debug, render_routes, rpcs, snake, Rpc};
+use super::{
+    generate::{rpcs, Rpc},
+    generate_render::{render_redacted_debug, render_routes, snake},
+};
 
 /// Compiles `source` as `throwaway/v1/test.proto` next to the real `proto/`.
 fn compile(name: &str, source: &str) -> DescriptorPool {

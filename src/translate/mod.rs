@@ -15,6 +15,8 @@
 #[allow(dead_code)]
 mod generate;
 #[cfg(test)]
+mod generate_render;
+#[cfg(test)]
 mod generate_tests;
 mod split;
 
