@@ -1,13 +1,24 @@
 //! Compiles `proto/` with protox (pure Rust: no system `protoc` needed) and
-//! tonic-prost-build, and derives the REST JSON mapping for every
-//! `imprint.v2` message from the descriptors themselves.
+//! tonic-prost-build, and derives from the descriptors themselves:
 //!
-//! Why here rather than by hand: the JSON names are the proto field names
-//! (the contract), so the descriptor already says everything the serde
-//! attributes need. Each field gets a lenient deserializer chosen by its
-//! kind (unknown enum values become UNSPECIFIED, malformed values are left
-//! unset) and a serializer that omits unset fields; each enum gets its REST
-//! spelling (the value name without the enum's prefix).
+//! - the REST JSON mapping of every `imprint.v2` message: the JSON names are
+//!   the proto field names (the contract), so each field gets a lenient
+//!   deserializer chosen by its kind (unknown enum values become
+//!   UNSPECIFIED, malformed values are left unset) and a serializer that
+//!   omits unset fields; each enum gets its REST spelling (the value name
+//!   without the enum's prefix);
+//! - the route table (`routes.rs`): one `Endpoint` and tonic method per RPC,
+//!   from `google.api.http`, `google.api.field_behavior` and
+//!   `imprint.gateway.v1.sensitive` (see `src/translate/generate.rs`
+//!   and `generate_render.rs`);
+//! - the redacted `Debug` of every message with a sensitive field.
+//!
+//! A missing or inconsistent annotation fails the build with the RPC's name.
+
+#[path = "src/translate/generate.rs"]
+mod generate;
+#[path = "src/translate/generate_render.rs"]
+mod generate_render;
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -15,14 +26,6 @@ use prost_types::{
     field_descriptor_proto::{Label, Type},
     DescriptorProto, FieldDescriptorProto, FileDescriptorSet,
 };
-
-/// Messages holding secrets: their `Debug` is written by hand (redacted).
-const REDACTED_DEBUG: &[&str] = &[
-    ".imprint.v2.CustomerSession",
-    ".imprint.v2.SearchCustomersRequest",
-    ".imprint.v2.ListPaymentMethodsRequest",
-    ".imprint.v2.PciDetails",
-];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files: Vec<PathBuf> = Vec::new();
@@ -40,17 +43,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     println!("cargo:rerun-if-changed=proto");
 
-    let fds = protox::compile(&files, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
+    let fds = compiler.file_descriptor_set();
+    let pool = compiler.descriptor_pool();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Served by reflection: the encoded form keeps the annotations (extension
+    // options), which the prost_types structs would drop.
     std::fs::write(
         out.join("imprint_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )?;
+
+    let rpcs = generate::rpcs(&pool, "imprint.v2").map_err(annotation_errors)?;
+    std::fs::write(
+        out.join("routes.rs"),
+        generate_render::render_routes(&rpcs, "crate::pb::imprint::v2"),
+    )?;
+    let (redacted, debug) =
+        generate_render::render_redacted_debug(&pool, "imprint.v2").map_err(annotation_errors)?;
+    std::fs::write(out.join("redacted_debug.rs"), debug)?;
 
     let mut builder = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .skip_debug(REDACTED_DEBUG.iter().copied());
+        .skip_debug(redacted);
     let mut enums = String::new();
     for file in fds.file.iter().filter(|f| f.package() == "imprint.v2") {
         for message in &file.message_type {
@@ -63,6 +83,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("rest_enums.rs"), enums)?;
     builder.compile_fds(fds)?;
     Ok(())
+}
+
+/// Prints every broken annotation, one per line (each names its RPC or
+/// message), and fails the build.
+fn annotation_errors(errors: Vec<String>) -> Box<dyn std::error::Error> {
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    format!(
+        "{} inconsistent proto annotation(s), listed above",
+        errors.len()
+    )
+    .into()
 }
 
 /// Adds serde derives and one attribute per field of `.imprint.v2.<message>`.

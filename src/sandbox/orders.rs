@@ -68,8 +68,13 @@ fn check_lines(
     }
     let mut problems = Vec::new();
     // A total out of range is reported as such; comparing it would only add noise.
-    let sum = lines_total(lines, |l| l.rate, "rate", &mut problems);
-    let rewards_sum = lines_total(lines, |l| l.rewards_rate, "rewards_rate", &mut problems);
+    let sum = lines_total(lines, |l| l.rate.unwrap_or_default(), "rate", &mut problems);
+    let rewards_sum = lines_total(
+        lines,
+        |l| l.rewards_rate.unwrap_or_default(),
+        "rewards_rate",
+        &mut problems,
+    );
     if let Some(sum) = sum.filter(|s| *s != amount) {
         problems.push(format!(
             "{}: must equal the sum of order line rates ({sum})",
@@ -99,7 +104,7 @@ fn lines_total(
 ) -> Option<i64> {
     let mut each = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
-        let Some(total) = amount::mul(rate(line), line.quantity) else {
+        let Some(total) = amount::mul(rate(line), line.quantity.unwrap_or_default()) else {
             problems.push(format!(
                 "order_lines[{i}]: {rate_name} × quantity {}",
                 range_text()

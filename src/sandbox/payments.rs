@@ -223,7 +223,8 @@ pub(super) async fn create_intent(
         id: emu.store().id(),
         customer_id: request.customer_id,
         payment_method_id: request.payment_method_id,
-        amount: request.amount,
+        // validate_body checked that `amount` is present.
+        amount: request.amount.unwrap_or_default(),
         currency: request.currency,
         status: pb::TransactionIntentStatus::Confirmed as i32,
         network_transaction_id: request.network_transaction_id,
@@ -297,7 +298,7 @@ pub(super) async fn update_intent(
     let updated = emu.store().with(|w| {
         let i = find_mut(&mut w.intents, &ctx.product.name, |i| i.id == id)?;
         i.customer_id = u.customer_id;
-        i.amount = u.amount;
+        i.amount = u.amount.unwrap_or_default();
         i.status = u.status;
         i.created_at = u.created_at;
         if u.currency.is_some() {

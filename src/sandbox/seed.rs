@@ -300,9 +300,9 @@ pub(crate) fn populate(store: &Store) {
                 order_lines: vec![pb::OrderLine {
                     name: "Couch Supreme".into(),
                     product_url: Some("www.restassured.com/couch-supreme".into()),
-                    quantity: 1,
-                    rate: 274_999,
-                    rewards_rate: 2500,
+                    quantity: Some(1),
+                    rate: Some(274_999),
+                    rewards_rate: Some(2500),
                 }],
                 total_order_amount: 274_999,
                 total_rewards_amount: Some(2500),

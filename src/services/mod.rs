@@ -1,19 +1,9 @@
-//! The gRPC services of `imprint.v2`, one file per Imprint resource.
+//! The gRPC services of `imprint.v2`.
 //!
-//! Each file is a route table: one line per RPC saying how it maps onto
-//! REST. The pipeline that runs a call is written once, in [`Gateway::call`].
-
-mod customer_links;
-mod customer_sessions;
-mod customers;
-mod offers;
-mod order_events;
-mod orders;
-mod payment_methods;
-mod rewards;
-mod sandbox;
-mod transaction_intents;
-mod transactions;
+//! Nothing here is per RPC: `build.rs` generates, from the proto's
+//! annotations, one [`Endpoint`] impl per request message (its [`Route`](translate::Route))
+//! and the tonic service impls, each method calling the one pipeline,
+//! [`Gateway::call`]. [`ROUTES`] lists every route.
 
 use std::{sync::Arc, time::Duration};
 
@@ -124,7 +114,7 @@ impl Gateway {
             request_id: ctx.request_id,
             caller: ctx.caller,
             idempotency_key: ctx.idempotency_key,
-            mutating: E::ROUTE.method != http::Method::GET,
+            mutating: E::ROUTE.mutating,
             secret_fields: E::ROUTE.secret_response_fields,
             stats: ctx.stats,
         };
@@ -218,78 +208,9 @@ pub(crate) fn no_body(_: &[u8]) -> Result<(), serde_json::Error> {
     Ok(())
 }
 
-/// Declares RPCs: their [`Endpoint`] routes and the tonic service impl.
-///
-/// ```ignore
-/// rpcs! {
-///     service CustomerService(customer_service_server::CustomerService) {
-///         GetCustomer(get_customer): GetCustomerRequest => Customer, json,
-///             GET "/v2/customers/{customer_id}", query [], required ["customer_id"], body_only [];
-///     }
-/// }
-/// ```
-macro_rules! rpcs {
-    (
-        service $service:ident ($server_trait:path) {
-            $(
-                $rpc:ident($fn_name:ident): $req:ident => $resp:ty, $decode:ident,
-                $method:ident $path:literal,
-                query [$($q:literal),*], required [$($r:literal),*], body_only [$($b:literal),*]
-                $(, secrets [$($sf:literal),*])?;
-            )*
-        }
-    ) => {
-        $(
-            impl $crate::translate::Endpoint for $req {
-                type Response = $resp;
-                const ROUTE: $crate::translate::Route = $crate::translate::Route {
-                    rpc: concat!("imprint.v2.", stringify!($service), "/", stringify!($rpc)),
-                    method: http::Method::$method,
-                    path: $path,
-                    query: &[$($q),*],
-                    required: &[$($r),*],
-                    body_only: &[$($b),*],
-                    secret_response_fields: &[$($($sf),*)?],
-                };
-                fn decode(body: &[u8]) -> Result<$resp, serde_json::Error> {
-                    $crate::services::$decode(body)
-                }
-            }
-        )*
-
-        #[tonic::async_trait]
-        impl $server_trait for $crate::services::Gateway {
-            $(
-                async fn $fn_name(
-                    &self,
-                    request: tonic::Request<$req>,
-                ) -> Result<tonic::Response<$resp>, tonic::Status> {
-                    self.call(request).await
-                }
-            )*
-        }
-    };
-}
-pub(crate) use rpcs;
-
-/// Calls `$m!($($args)* ; <each imprint.v2 server type>)`: the one list of
-/// served services, so registration and health status cannot drift apart.
-macro_rules! each_service {
-    ($m:ident!($($args:tt)*)) => {
-        $m!($($args)*;
-            customer_service_server::CustomerServiceServer,
-            customer_link_service_server::CustomerLinkServiceServer,
-            customer_session_service_server::CustomerSessionServiceServer,
-            payment_method_service_server::PaymentMethodServiceServer,
-            transaction_intent_service_server::TransactionIntentServiceServer,
-            transaction_service_server::TransactionServiceServer,
-            reward_service_server::RewardServiceServer,
-            offer_service_server::OfferServiceServer,
-            order_service_server::OrderServiceServer,
-            order_event_service_server::OrderEventServiceServer,
-            sandbox_service_server::SandboxServiceServer)
-    };
-}
+// The generated route table: `Endpoint` impls, tonic service impls,
+// `ROUTES` and the `each_service!` macro (the one list of served services).
+include!(concat!(env!("OUT_DIR"), "/routes.rs"));
 
 /// Registers every `imprint.v2` service of `gateway` on a tonic router.
 pub fn add_services<L>(

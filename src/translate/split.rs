@@ -37,7 +37,7 @@ pub(super) struct Fields {
     pub(super) query: Vec<(&'static str, String)>,
     /// `{...}`: every set non-path field as JSON.
     pub(super) body: Vec<u8>,
-    pub(super) body_only_set: bool,
+    pub(super) sensitive_set: bool,
 }
 
 impl Fields {
@@ -56,7 +56,7 @@ pub(super) fn split<T: Serialize>(value: &T, route: &Route) -> Result<Fields, Ve
             path: Vec::new(),
             query: Vec::new(),
             body: Vec::with_capacity(128),
-            body_only_set: false,
+            sensitive_set: false,
         },
         required_seen: 0,
         violations: Vec::new(),
@@ -132,8 +132,8 @@ impl SerializeStruct for &mut Pass<'_> {
         if let Some(i) = route.required.iter().position(|r| *r == key) {
             self.required_seen |= 1 << i;
         }
-        if route.body_only.contains(&key) {
-            self.fields.body_only_set = true;
+        if route.sensitive_request_fields.contains(&key) {
+            self.fields.sensitive_set = true;
         }
         if is_path_param(route.path, key) {
             let json = serde_json::to_vec(value).map_err(ser::Error::custom)?;

@@ -333,9 +333,9 @@ pub fn order_line() -> OrderLine {
     OrderLine {
         name: "Couch Supreme".into(),
         product_url: s("www.restassured.com/couch"),
-        quantity: 1,
-        rate: 274999,
-        rewards_rate: 2500,
+        quantity: Some(1),
+        rate: Some(274999),
+        rewards_rate: Some(2500),
     }
 }
 

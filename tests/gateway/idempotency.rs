@@ -19,7 +19,7 @@ use crate::{
 fn create(amount: i64, key: &str) -> tonic::Request<CreateTransactionIntentRequest> {
     let mut r = req(CreateTransactionIntentRequest {
         customer_id: "9B5E1EE0".into(),
-        amount,
+        amount: Some(amount),
         currency: "USD".into(),
         ..Default::default()
     });
@@ -295,7 +295,7 @@ async fn without_redis_keyed_calls_are_refused_and_nothing_is_sent() {
     // Unkeyed calls do not need the store.
     let mut plain = req(CreateTransactionIntentRequest {
         customer_id: "9B5E1EE0".into(),
-        amount: 7,
+        amount: Some(7),
         currency: "USD".into(),
         ..Default::default()
     });

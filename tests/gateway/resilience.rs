@@ -26,7 +26,7 @@ fn get_c1() -> tonic::Request<GetCustomerRequest> {
 fn intent() -> CreateTransactionIntentRequest {
     CreateTransactionIntentRequest {
         customer_id: "C1".into(),
-        amount: 100,
+        amount: Some(100),
         currency: "USD".into(),
         ..Default::default()
     }

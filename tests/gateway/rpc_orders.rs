@@ -66,7 +66,7 @@ async fn create_order() {
             merchant_name: s("Rest Assured"),
             merchant_address: vec![address()],
             order_lines: vec![order_line()],
-            total_order_amount: 274999,
+            total_order_amount: Some(274999),
             total_rewards_amount: Some(2500),
             currency: s("USD"),
         }))
@@ -95,7 +95,7 @@ async fn update_order_is_a_put() {
             merchant_name: s("Rest Assured"),
             merchant_address: vec![address()],
             order_lines: vec![order_line()],
-            total_order_amount: 274999,
+            total_order_amount: Some(274999),
             total_rewards_amount: Some(2500),
             currency: s("USD"),
         }))
@@ -181,7 +181,7 @@ async fn create_order_event() {
             order_id: "77f60af4".into(),
             partner_event_id: s("pe-1"),
             r#type: OrderEventType::Refunded as i32,
-            amount: 274999,
+            amount: Some(274999),
             rewards_amount: Some(2500),
             currency: s("USD"),
             network_transaction_id: "615e3ba0".into(),

@@ -113,7 +113,7 @@ async fn create_transaction_intent() {
         .create_transaction_intent(req(CreateTransactionIntentRequest {
             customer_id: "9B5E1EE0".into(),
             payment_method_id: s("DCBFC736"),
-            amount: 10000,
+            amount: Some(10000),
             currency: "USD".into(),
             network_transaction_id: None,
             merchant_name: s("walmart"),
@@ -206,7 +206,7 @@ async fn update_transaction_intent() {
         .update_transaction_intent(req(UpdateTransactionIntentRequest {
             intent_id: "5B30532B".into(),
             customer_id: "9B5E1EE0".into(),
-            amount: 100,
+            amount: Some(100),
             status: TransactionIntentStatus::Canceled as i32,
             created_at: ts(T2, 250_000_000),
             currency: s("USD"),

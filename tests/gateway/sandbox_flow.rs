@@ -85,7 +85,7 @@ async fn session_to_refund_with_rewards() {
         .create_transaction_intent(req(CreateTransactionIntentRequest {
             customer_id: customer_id.clone(),
             payment_method_id: Some(card.id.clone()),
-            amount: 8000,
+            amount: Some(8000),
             currency: "USD".into(),
             ..Default::default()
         }))

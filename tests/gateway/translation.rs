@@ -75,7 +75,7 @@ async fn missing_required_fields_never_reach_upstream() {
     let s = TransactionIntentServiceClient::new(gw.channel.clone())
         .update_transaction_intent(req(UpdateTransactionIntentRequest {
             intent_id: "I1".into(),
-            amount: 5,
+            amount: Some(5),
             ..Default::default()
         }))
         .await
