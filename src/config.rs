@@ -629,7 +629,14 @@ fn set(tree: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
 fn typed_env_value(raw: &str, default: Option<&toml::Value>) -> Result<toml::Value, String> {
     let trimmed = raw.trim();
     Ok(match default {
-        None | Some(toml::Value::String(_)) => toml::Value::String(raw.to_owned()),
+        // Text as is; a TOML-quoted string ("5s") is unquoted.
+        None | Some(toml::Value::String(_)) => match format!("v = {raw}").parse::<toml::Table>() {
+            Ok(mut t) if raw.trim_start().starts_with('"') => t
+                .remove("v")
+                .filter(toml::Value::is_str)
+                .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+            _ => toml::Value::String(raw.to_owned()),
+        },
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
             trimmed
                 .parse()
