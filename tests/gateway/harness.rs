@@ -453,3 +453,73 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// An upstream that reads each request whole, then resets the connection
+/// (RST, no answer): the request was written, its outcome is unknown.
+pub struct ResetUpstream {
+    pub addr: SocketAddr,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ResetUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let count = count.clone();
+                tokio::spawn(async move {
+                    if read_request(&mut stream).await {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    // Linger 0: close with a reset rather than a FIN.
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                });
+            }
+        });
+        Self { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests read whole before the reset.
+    pub fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Reads one HTTP/1.1 request (headers and a Content-Length body).
+async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(n) = stream.read(&mut chunk).await else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            return true;
+        }
+    }
+}

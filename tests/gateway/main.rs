@@ -12,6 +12,7 @@ mod harness;
 mod auth;
 mod deadlines;
 mod errors;
+mod hardening;
 mod idempotency;
 mod required_presence;
 mod resilience;
