@@ -386,5 +386,19 @@ mod tests {
             assert!(backoff(&c, attempt) <= c.max_backoff);
         }
         assert!(backoff(&c, 1) <= Duration::from_millis(100));
+        // Full jitter: many draws of one attempt spread over [0, cap]. A
+        // constant back-off (or one stuck at either end) fails here.
+        let cap = c.base_backoff.saturating_mul(4).min(c.max_backoff);
+        let draws: Vec<Duration> = (0..400).map(|_| backoff(&c, 3)).collect();
+        let distinct: std::collections::HashSet<_> = draws.iter().collect();
+        assert!(
+            distinct.len() > 300,
+            "only {} distinct waits",
+            distinct.len()
+        );
+        let low = draws.iter().filter(|d| **d < cap / 4).count();
+        let high = draws.iter().filter(|d| **d > cap * 3 / 4).count();
+        // Each quarter holds ~100 of 400 draws; 40 is far in the tail.
+        assert!(low > 40 && high > 40, "low {low}, high {high} of 400");
     }
 }
