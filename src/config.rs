@@ -277,6 +277,7 @@ const NAMED_ENV: &[(&str, &str, &str, Kind)] = &[
         Kind::Text,
     ),
     ("GATEWAY_REDIS_URL", "state", "redis_url", Kind::Text),
+    ("GATEWAY_LOG_FORMAT", "log", "format", Kind::Text),
 ];
 
 #[derive(Clone, Copy)]

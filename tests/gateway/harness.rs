@@ -347,18 +347,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, what: &str) {
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} did not start listening on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A real redis-server of the test's own, on a free loopback port.
+/// A real redis-server of the test's own, on a Unix socket in its own
+/// directory: no port to find first and race for.
 pub struct RedisServer {
     child: std::process::Child,
     pub url: String,
@@ -367,23 +357,41 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        let dir = tempdir::Dir::new();
+        let socket = dir.0.join("redis.sock");
+        Self::start_at(socket, dir)
     }
 
-    /// On a given loopback port.
-    pub fn start_on(port: u16) -> Self {
-        let dir = tempdir::Dir::new();
+    /// The URL a server started with [`RedisServer::start_at`] on `socket`
+    /// will have, known before it runs.
+    pub fn url_for(socket: &std::path::Path) -> String {
+        format!("redis+unix://{}", socket.display())
+    }
+
+    /// On the Unix socket `socket` (its directory owned by `dir`).
+    pub fn start_at(socket: std::path::PathBuf, dir: tempdir::Dir) -> Self {
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700"])
             .arg("--dir")
             .arg(&dir.0)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is required by this test (.ci/run installs it: apt-get install redis-server)");
-        wait_for_port(port, "redis-server");
+        let start = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server did not start on {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Self {
             child,
-            url: format!("redis://127.0.0.1:{port}/0"),
+            url: Self::url_for(&socket),
             _dir: dir,
         }
     }
@@ -413,27 +421,50 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// Starts `serve` on port 0 for both listeners and reads the addresses
+    /// it bound from its start-up log line: nothing to find first and race for.
     pub async fn spawn(upstream_url: &str, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead as _;
         let dir = tempdir::Dir::new();
         let tokens = dir.0.join("callers.toml");
         std::fs::write(&tokens, TOKENS_FILE).unwrap();
-        let (grpc, http) = (free_port(), free_port());
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"));
         cmd.arg("serve")
             .env("IMPRINT_API_BASE_URL", upstream_url)
             .env("IMPRINT_API_KEY", API_KEY)
             .env("IMPRINT_MERCHANT_KEY", MERCHANT_KEY)
             .env("GATEWAY_CALLER_TOKENS_FILE", &tokens)
-            .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-            .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null());
+            .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+            .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
+            .env("GATEWAY_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,imprint_gateway::server=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn the gateway binary");
-        wait_for_port(grpc, "the gateway");
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+        let mut child = cmd.spawn().expect("spawn the gateway binary");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            // Keep draining after the line we want, so the pipe never fills.
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if let Some(addrs) = listening_addrs(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addrs);
+                    }
+                }
+            }
+        });
+        let (grpc, http) = tokio::task::spawn_blocking(move || {
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("the gateway logs the addresses it listens on")
+        })
+        .await
+        .unwrap();
+        let channel = Channel::from_shared(format!("http://{grpc}"))
             .unwrap()
             .connect()
             .await
@@ -441,10 +472,23 @@ impl GatewayProcess {
         Self {
             child,
             channel,
-            http_port: http,
+            http_port: http.port(),
             _dir: dir,
         }
     }
+}
+
+/// `(grpc, http)` from the gateway's JSON "listening" log line.
+fn listening_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let field = |name: &str| {
+        v.get("fields")
+            .and_then(|f| f.get(name))
+            .or_else(|| v.get(name))
+            .and_then(|a| a.as_str())
+            .and_then(|a| a.parse().ok())
+    };
+    Some((field("grpc_addr")?, field("http_addr")?))
 }
 
 impl Drop for GatewayProcess {
@@ -478,6 +522,7 @@ impl ResetUpstream {
                         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                     // Linger 0: close with a reset rather than a FIN.
+                    #[allow(deprecated)] // blocking on drop is the point here: a reset, not a FIN
                     let _ = stream.set_linger(Some(Duration::ZERO));
                     drop(stream);
                 });

@@ -311,8 +311,9 @@ async fn starts_without_redis_and_connects_when_it_comes() {
         "/v2/transaction_intents",
         Reply::ok(intent_json()),
     );
-    let port = crate::harness::free_port();
-    let url = format!("redis://127.0.0.1:{port}/0");
+    let dir = crate::harness::tempdir::Dir::new();
+    let socket = dir.0.join("redis.sock");
+    let url = RedisServer::url_for(&socket);
     // Nothing listens there yet: the gateway starts all the same.
     let gw = GatewayProcess::spawn(&up.url(), &[("GATEWAY_REDIS_URL", url.as_str())]).await;
     let readyz = format!("http://127.0.0.1:{}/readyz", gw.http_port);
@@ -335,7 +336,7 @@ async fn starts_without_redis_and_connects_when_it_comes() {
     assert!(up.requests().iter().all(|r| !r.path.starts_with("/v2/")));
 
     // Redis comes up: the gateway connects in the background.
-    let _redis = RedisServer::start_on(port);
+    let _redis = RedisServer::start_at(socket, dir);
     let healthz = format!("http://127.0.0.1:{}/healthz", gw.http_port);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
