@@ -34,6 +34,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub state: StateSettings,
     pub log: LogConfig,
+    pub events: crate::events::EventsConfig,
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
@@ -264,6 +265,19 @@ const NAMED_ENV: &[(&str, &str, &str, Kind)] = &[
         Kind::Text,
     ),
     ("GATEWAY_REDIS_URL", "state", "redis_url", Kind::Text),
+    (
+        "IMPRINT_WEBHOOK_SECRET",
+        "events",
+        "webhook_secret",
+        Kind::Text,
+    ),
+    (
+        "IMPRINT_WEBHOOK_SECRET_FILE",
+        "events",
+        "webhook_secret_file",
+        Kind::Text,
+    ),
+    ("GATEWAY_DATA_DIR", "events", "data_dir", Kind::Text),
 ];
 
 #[derive(Clone, Copy)]
@@ -362,6 +376,7 @@ impl Config {
                 )
             })?;
         config.validate()?;
+        config.events.validate_and_load()?;
         if let Some(path) = &config.upstream.api_key_file {
             if config.upstream.api_key.is_none() {
                 config.upstream.api_key = Some(read_secret_file(path, "upstream.api_key_file")?);
@@ -459,6 +474,7 @@ impl Config {
                 LogFormat::Json => "json",
             },
         ) + &self.render_resilience()
+            + &self.events.render_masked()
     }
 
     fn render_resilience(&self) -> String {

@@ -16,6 +16,7 @@ use crate::{
     auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
+    events::{Events, NoCache},
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
     pb,
     ratelimit::{RateLimitConfig, RateLimitLayer},
@@ -118,8 +119,15 @@ pub async fn start(
         u.default_deadline,
     );
 
+    // Webhooks → event log → EventService (see events/mod.rs).
+    let events = Events::start(&config, Arc::new(NoCache))
+        .await
+        .context("opening the event log")?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    for name in services::SERVICE_NAMES {
+    for name in services::SERVICE_NAMES
+        .iter()
+        .chain([&Events::SERVICE_NAME])
+    {
         health_reporter
             .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
@@ -154,7 +162,14 @@ pub async fn start(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let router = services::add_services(router, gateway, &limits);
+    let router = services::add_services(router, gateway, &limits).add_service(
+        events
+            .service
+            .clone()
+            .server()
+            .max_decoding_message_size(limits.max_decoding)
+            .max_encoding_message_size(limits.max_encoding),
+    );
 
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -163,10 +178,15 @@ pub async fn start(
         client,
         idempotency,
     });
+    let health_events = events.clone();
     let http_app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|| async move { format!("ok\n{}", health_events.health().await) }),
+        )
         .route("/readyz", get(readyz))
-        .with_state(shared.clone());
+        .with_state(shared.clone())
+        .merge(events.ingest.clone().router());
 
     let (stop, stop_rx) = watch::channel(false);
     let grace = s.shutdown_grace;
