@@ -28,6 +28,9 @@ pub struct EventsConfig {
     pub retention_age: Duration,
     /// At most this many events are kept; the oldest go first.
     pub retention_max_events: u64,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
     /// Durable local state (`GATEWAY_DATA_DIR`): the redb event log.
     pub data_dir: PathBuf,
     /// Events queued per subscriber before it is ended as too slow.
@@ -47,6 +50,7 @@ impl Default for EventsConfig {
             max_body_bytes: 1024 * 1024,
             retention_age: Duration::from_secs(7 * 24 * 3600),
             retention_max_events: 1_000_000,
+            retention_interval: Duration::from_secs(60),
             data_dir: PathBuf::from("./data"),
             subscriber_buffer: 1024,
             redis_wait_aof: false,
@@ -91,6 +95,12 @@ impl EventsConfig {
         }
         if self.retention_age.is_zero() {
             return Err(err("events.retention_age", "must be greater than zero"));
+        }
+        if self.retention_interval.is_zero() {
+            return Err(err(
+                "events.retention_interval",
+                "must be greater than zero",
+            ));
         }
         if self.retention_max_events == 0 {
             return Err(err("events.retention_max_events", "must be at least 1"));
@@ -150,12 +160,13 @@ impl EventsConfig {
         let d = humantime::format_duration;
         let secrets: Vec<String> = self.secrets().iter().map(mask).collect();
         format!(
-            "\n[events]\nwebhook_secrets = [{}]\ntolerance = \"{}\"\nmax_body_bytes = {}\nretention_age = \"{}\"\nretention_max_events = {}\ndata_dir = {:?}\nsubscriber_buffer = {}\nredis_wait_aof = {}\n",
+            "\n[events]\nwebhook_secrets = [{}]\ntolerance = \"{}\"\nmax_body_bytes = {}\nretention_age = \"{}\"\nretention_max_events = {}\nretention_interval = \"{}\"\ndata_dir = {:?}\nsubscriber_buffer = {}\nredis_wait_aof = {}\n",
             secrets.join(", "),
             d(self.tolerance),
             self.max_body_bytes,
             d(self.retention_age),
             self.retention_max_events,
+            d(self.retention_interval),
             self.data_dir.display().to_string(),
             self.subscriber_buffer,
             self.redis_wait_aof,

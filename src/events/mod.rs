@@ -30,12 +30,9 @@ pub use redb_log::RedbLog;
 pub use redis_log::RedisLog;
 pub use service::EventsService;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use secrecy::ExposeSecret as _;
-
-/// How often retention runs.
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// The event machinery of one gateway process.
 #[derive(Clone)]
@@ -75,7 +72,7 @@ impl Events {
         } else {
             Arc::new(RedbLog::open(&e.data_dir, live_capacity)?)
         };
-        service::spawn_retention(&log, e.retention(), RETENTION_EVERY);
+        service::spawn_retention(&log, e.retention(), e.retention_interval);
         service::spawn_invalidation(&log, cache);
         Ok(Self {
             ingest: Arc::new(Ingest::new(e, log.clone())),

@@ -12,6 +12,7 @@ mod harness;
 mod auth;
 mod deadlines;
 mod errors;
+mod events;
 mod idempotency;
 mod resilience;
 mod rpc_customers;
