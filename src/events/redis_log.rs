@@ -103,6 +103,23 @@ impl RedisLog {
             .set_number_of_retries(2)
             .set_max_delay(200);
         let conn = bounded(client.get_connection_manager_with_config(config)).await?;
+        if wait_aof {
+            // WAITAOF is Redis 7.2+: refuse to start rather than 503 every webhook.
+            let mut c = conn.clone();
+            let info: redis::Value = bounded(
+                redis::cmd("COMMAND")
+                    .arg("INFO")
+                    .arg("WAITAOF")
+                    .query_async(&mut c),
+            )
+            .await?;
+            let known = matches!(&info, redis::Value::Array(v) if v.iter().any(|x| !matches!(x, redis::Value::Nil)));
+            if !known {
+                return Err(LogError(
+                    "events.redis_wait_aof needs Redis 7.2 or later (WAITAOF); use appendfsync always instead".into(),
+                ));
+            }
+        }
         let (live, _) = broadcast::channel(live_capacity.max(16));
         let alive = Arc::new(());
         let log = Self {

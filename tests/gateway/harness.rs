@@ -367,10 +367,16 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments (later ones win).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempdir::Dir::new();
         let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(&dir.0)
             .stdout(std::process::Stdio::null())

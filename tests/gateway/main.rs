@@ -13,6 +13,7 @@ mod auth;
 mod deadlines;
 mod errors;
 mod events;
+mod events_durable;
 mod idempotency;
 mod resilience;
 mod rpc_customers;
