@@ -14,6 +14,7 @@ mod deadlines;
 mod errors;
 mod events;
 mod events_durable;
+mod events_sandbox;
 mod idempotency;
 mod resilience;
 mod rpc_customers;
