@@ -179,6 +179,7 @@ pub async fn start(
         idempotency,
     });
     let health_events = events.clone();
+    let stop_events = events.clone();
     let http_app = Router::new()
         .route(
             "/healthz",
@@ -215,6 +216,7 @@ pub async fn start(
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        stop_events.service.stop();
         match tokio::time::timeout(grace, &mut both).await {
             Ok(r) => r,
             Err(_) => {

@@ -326,9 +326,9 @@ fn banner(running: &server::Running, emulator: &str, inspector: &str, tokens: bo
          \n                    {inspector}  (signed with a token generated for this run; printed here)\
          \n\nFirst call, from this repository in another terminal:\
          \n  cargo run --release -- call{addr_flag}{token_flag} imprint.v2.CustomerService/GetCustomer '{{\"customer_id\":\"{john}\"}}'\
-         \n\nWatch Imprint's webhooks arrive as typed events (one JSON object per line):\
-         \n  cargo run --release -- call{addr_flag}{token_flag} imprint.gateway.v1.EventService/Subscribe '{{}}'\
          \n\nEvery method: cargo run --release -- call{addr_flag}{token_flag} --list\
+         \nImprint's webhooks as typed events, one JSON object per line as they arrive:\
+         \n  cargo run --release -- call{addr_flag}{token_flag} imprint.gateway.v1.EventService/Subscribe '{{}}'\
          \nStop with Ctrl-C.",
         http = running.http_addr(),
         john = seed::JOHN,

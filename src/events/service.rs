@@ -27,6 +27,8 @@ const MAX_SCAN: usize = 10_000;
 pub struct EventsService {
     log: Arc<dyn EventLog>,
     subscriber_buffer: usize,
+    /// Set when the gateway stops: open streams end with UNAVAILABLE.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl EventsService {
@@ -34,7 +36,14 @@ impl EventsService {
         Self {
             log,
             subscriber_buffer,
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Ends every open subscription (UNAVAILABLE, naming its last cursor),
+    /// so a graceful shutdown is not held up by streams that never end.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// The tonic server for this service.
@@ -92,7 +101,15 @@ impl EventService for EventsService {
         };
         let (tx, rx) = mpsc::channel(self.subscriber_buffer);
         let filter = Filter::new(&r.kinds, r.customer_id);
-        tokio::spawn(subscribe::run(self.log.clone(), live, filter, after, tx));
+        let stopping = self.stopping.subscribe();
+        tokio::spawn(subscribe::run(
+            self.log.clone(),
+            live,
+            filter,
+            after,
+            tx,
+            stopping,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

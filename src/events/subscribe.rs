@@ -57,6 +57,7 @@ pub(super) async fn run(
     filter: Filter,
     mut after: u64,
     out: Out,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     // The last cursor put in the client's queue (what it will have received).
     let mut delivered = after;
@@ -93,6 +94,12 @@ pub(super) async fn run(
         loop {
             let e = tokio::select! {
                 () = out.closed() => return,
+                _ = stopping.wait_for(|s| *s) => {
+                    let _ = out.try_send(Err(Status::unavailable(format!(
+                        "gateway shutting down; resume after cursor {delivered}"
+                    ))));
+                    return;
+                }
                 r = live.recv() => r,
             };
             match e {

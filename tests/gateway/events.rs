@@ -528,3 +528,26 @@ async fn callers_need_permission_for_event_service() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_subscriptions_promptly() {
+    let (mut gw, _data) = gateway(&[]).await;
+    let mut client = EventServiceClient::new(gw.channel.clone());
+    let mut s = client
+        .subscribe(req(SubscribeRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let running = gw.running.take().unwrap();
+    let stopped = tokio::time::timeout(WAIT, running.shutdown()).await;
+    assert!(stopped.is_ok(), "shutdown waited on the stream");
+    let status = tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("the stream ended")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("resume after cursor"),
+        "{status:?}"
+    );
+}
