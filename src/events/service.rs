@@ -82,7 +82,8 @@ impl EventsService {
 
 #[tonic::async_trait]
 impl EventService for EventsService {
-    type SubscribeStream = ReceiverStream<Result<pb::Event, Status>>;
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
 
     async fn subscribe(
         &self,
@@ -110,7 +111,9 @@ impl EventService for EventsService {
             tx,
             stopping,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        use tokio_stream::StreamExt as _;
+        let stream = ReceiverStream::new(rx).map(|r| r.map(|e| e.event.clone()));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_events(

@@ -14,17 +14,16 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
-use super::{
-    log::{EventLog, StoredEvent},
-    pb,
-};
+use super::log::{EventLog, StoredEvent};
 
 /// Events read from the log per step of a catch-up.
 const PAGE: usize = 256;
 /// How long a slow subscriber's final status may wait for queue room.
 const FINAL_SEND: Duration = Duration::from_secs(30);
 
-pub(super) type Out = mpsc::Sender<Result<pb::Event, Status>>;
+/// The client's queue holds shared events; each is cloned into its proto
+/// only when tonic takes it to encode, so a full queue costs pointers.
+pub(super) type Out = mpsc::Sender<Result<Arc<StoredEvent>, Status>>;
 
 /// Which events a caller wants.
 #[derive(Debug, Clone, Default)]
@@ -80,7 +79,7 @@ pub(super) async fn run(
             for e in page {
                 after = e.cursor;
                 if filter.matches(&e) {
-                    if out.send(Ok(e.event.clone())).await.is_err() {
+                    if out.send(Ok(e.clone())).await.is_err() {
                         return;
                     }
                     delivered = e.cursor;
@@ -109,7 +108,7 @@ pub(super) async fn run(
                     if !filter.matches(&e) {
                         continue;
                     }
-                    match out.try_send(Ok(e.event.clone())) {
+                    match out.try_send(Ok(e.clone())) {
                         Ok(()) => delivered = e.cursor,
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                         Err(mpsc::error::TrySendError::Full(_)) => {
