@@ -173,3 +173,66 @@ impl EventsConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn contract_variables_and_masking() {
+        let dir = std::env::temp_dir().join(format!("igw-evcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secrets");
+        std::fs::write(&file, "whsec_file_one\n# old one below\nwhsec_file_two\n").unwrap();
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("IMPRINT_WEBHOOK_SECRET", "whsec_env_secret"),
+                ("IMPRINT_WEBHOOK_SECRET_FILE", file.to_str().unwrap()),
+                ("GATEWAY_DATA_DIR", "/var/lib/igw"),
+                ("GATEWAY__EVENTS__TOLERANCE", "2m"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.events.secrets().len(), 3);
+        assert_eq!(c.events.data_dir, std::path::PathBuf::from("/var/lib/igw"));
+        assert_eq!(c.events.tolerance, std::time::Duration::from_secs(120));
+        let shown = c.render_masked() + &format!("{c:?}");
+        assert!(!shown.contains("whsec_"), "{shown}");
+        assert!(shown.contains("[events]"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_not_the_value() {
+        for (var, value, setting) in [
+            ("GATEWAY__EVENTS__TOLERANCE", "0s", "events.tolerance"),
+            (
+                "GATEWAY__EVENTS__MAX_BODY_BYTES",
+                "10",
+                "events.max_body_bytes",
+            ),
+            (
+                "GATEWAY__EVENTS__SUBSCRIBER_BUFFER",
+                "0",
+                "events.subscriber_buffer",
+            ),
+            (
+                "GATEWAY__EVENTS__RETENTION_MAX_EVENTS",
+                "0",
+                "events.retention_max_events",
+            ),
+            ("IMPRINT_WEBHOOK_SECRET", "   ", "IMPRINT_WEBHOOK_SECRET"),
+        ] {
+            let e = Config::load_with_env(None, env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.setting, setting, "{e}");
+        }
+    }
+}
