@@ -34,6 +34,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub state: StateSettings,
     pub log: LogConfig,
+    pub events: crate::events::EventsConfig,
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
@@ -239,11 +240,19 @@ pub fn mask(secret: &SecretString) -> String {
 
 /// Serializes a secret as its masked fingerprint: how `check-config`
 /// shows it, derived from the settings types like every other field.
-fn masked<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn masked<S: Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match secret {
         Some(secret) => s.serialize_str(&mask(secret)),
         None => s.serialize_none(),
     }
+}
+
+/// Serializes a list of secrets as their masked fingerprints.
+pub(crate) fn masked_all<S: Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(secrets.iter().map(mask))
 }
 
 /// The contract's environment variables: (variable, section, key, kind).
@@ -278,6 +287,19 @@ const NAMED_ENV: &[(&str, &str, &str, Kind)] = &[
     ),
     ("GATEWAY_REDIS_URL", "state", "redis_url", Kind::Text),
     ("GATEWAY_LOG_FORMAT", "log", "format", Kind::Text),
+    (
+        "IMPRINT_WEBHOOK_SECRET",
+        "events",
+        "webhook_secret",
+        Kind::Text,
+    ),
+    (
+        "IMPRINT_WEBHOOK_SECRET_FILE",
+        "events",
+        "webhook_secret_file",
+        Kind::Text,
+    ),
+    ("GATEWAY_DATA_DIR", "events", "data_dir", Kind::Text),
 ];
 
 #[derive(Clone, Copy)]
@@ -372,6 +394,7 @@ impl Config {
             )
         })?;
         config.validate()?;
+        config.events.validate_and_load()?;
         if let Some(path) = &config.upstream.api_key_file {
             if config.upstream.api_key.is_none() {
                 config.upstream.api_key = Some(read_secret_file(path, "upstream.api_key_file")?);

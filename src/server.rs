@@ -16,6 +16,7 @@ use crate::{
     auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
+    events::{Events, NoCache},
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
     pb,
     ratelimit::{RateLimitConfig, RateLimitLayer},
@@ -41,6 +42,8 @@ struct Shared {
     callers: Arc<CallerRegistry>,
     client: HttpClient,
     idempotency: Arc<dyn IdempotencyStore>,
+    /// Webhook ingestion and the event log (its state goes to `/healthz`).
+    events: Events,
     /// True once shutdown began: readiness turns 503 so balancers drain us.
     stopping: watch::Receiver<bool>,
 }
@@ -126,8 +129,15 @@ pub async fn start(
         u.default_deadline,
     );
 
+    // Webhooks → event log → EventService (see events/mod.rs).
+    let events = Events::start(&config, Arc::new(NoCache))
+        .await
+        .context("opening the event log")?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    for name in services::SERVICE_NAMES {
+    for name in services::SERVICE_NAMES
+        .iter()
+        .chain([&Events::SERVICE_NAME])
+    {
         health_reporter
             .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
@@ -164,7 +174,14 @@ pub async fn start(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let router = services::add_services(router, gateway, &limits);
+    let router = services::add_services(router, gateway, &limits).add_service(
+        events
+            .service
+            .clone()
+            .server()
+            .max_decoding_message_size(limits.max_decoding)
+            .max_encoding_message_size(limits.max_encoding),
+    );
 
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -173,12 +190,15 @@ pub async fn start(
         callers,
         client,
         idempotency,
+        events: events.clone(),
         stopping: stop_rx.clone(),
     });
+    let stop_events = events.clone();
     let http_app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(shared.clone());
+        .with_state(shared.clone())
+        .merge(events.ingest.clone().router());
 
     let grace = s.shutdown_grace;
     let task = tokio::spawn(async move {
@@ -206,6 +226,7 @@ pub async fn start(
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        stop_events.service.stop();
         match tokio::time::timeout(grace, &mut both).await {
             Ok(r) => r,
             Err(_) => {
@@ -329,9 +350,10 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
 /// Process up (always 200 while it answers); the body tells people and
 /// dashboards how each dependency is doing.
 async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
-    let (imprint, store) = tokio::join!(
+    let (imprint, store, event_log) = tokio::join!(
         shared.client.probe(Duration::from_secs(2)),
-        shared.idempotency.ping()
+        shared.idempotency.ping(),
+        shared.events.health()
     );
     let state = |r: Result<(), String>| match r {
         Ok(()) => serde_json::json!({ "ok": true }),
@@ -346,6 +368,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json::Va
         "dependencies": {
             "imprint": state(imprint),
             "state_store": state(store.map_err(|e| e.to_string())),
+            "event_log": event_log,
         },
         "credential": { "loaded": credential.is_some(), "fingerprint": credential },
     }))

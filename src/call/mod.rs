@@ -45,6 +45,13 @@ async fn connect(opts: &CallOptions) -> anyhow::Result<Channel> {
 fn request<T>(message: T, opts: &CallOptions) -> anyhow::Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(message);
     req.set_timeout(opts.timeout);
+    with_metadata(req, opts)
+}
+
+fn with_metadata<T>(
+    mut req: tonic::Request<T>,
+    opts: &CallOptions,
+) -> anyhow::Result<tonic::Request<T>> {
     let md = req.metadata_mut();
     if let Some(token) = &opts.token {
         md.insert(
@@ -92,8 +99,15 @@ pub async fn list(opts: &CallOptions) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Calls `service/Method` with a JSON request; returns the JSON response.
-pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String, CallError> {
+/// A resolved call: channel, method, request message, path.
+struct Prepared {
+    channel: Channel,
+    desc: MethodDescriptor,
+    message: DynamicMessage,
+    path: http::uri::PathAndQuery,
+}
+
+async fn prepare(opts: &CallOptions, method: &str, json: &str) -> Result<Prepared, CallError> {
     let channel = connect(opts).await.map_err(CallError::Other)?;
     let (service, name) = method.rsplit_once('/').ok_or_else(|| {
         CallError::Other(anyhow!(
@@ -109,9 +123,9 @@ pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String
         .methods()
         .find(|m| m.name() == name)
         .ok_or_else(|| CallError::Other(anyhow!("{service} has no method {name}")))?;
-    if desc.is_client_streaming() || desc.is_server_streaming() {
+    if desc.is_client_streaming() {
         return Err(CallError::Other(anyhow!(
-            "{method} is a streaming method; call supports unary methods"
+            "{method} is a client-streaming method; call supports unary and server-streaming methods"
         )));
     }
     let json = if json.trim().is_empty() { "{}" } else { json };
@@ -125,32 +139,92 @@ pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String
         ))
     })?;
 
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| CallError::Other(anyhow!("connection not ready: {e}")))?;
     let path = http::uri::PathAndQuery::try_from(format!("/{service}/{name}"))
         .map_err(|e| CallError::Other(anyhow!("bad method path: {e}")))?;
-    let codec = codec::DynamicCodec::new(desc.output());
-    let response = grpc
-        .unary(
-            request(message, opts).map_err(CallError::Other)?,
-            path,
-            codec,
-        )
+    Ok(Prepared {
+        channel,
+        desc,
+        message,
+        path,
+    })
+}
+
+/// Whether `service/Method` is server streaming (per reflection).
+pub async fn is_server_streaming(opts: &CallOptions, method: &str) -> Result<bool, CallError> {
+    // Any problem is reported by the call itself.
+    Ok(prepare(opts, method, "{}")
         .await
-        .map_err(CallError::Status)?;
+        .is_ok_and(|p| p.desc.is_server_streaming()))
+}
+
+/// The response as REST-style JSON.
+fn to_json(
+    desc: &MethodDescriptor,
+    message: DynamicMessage,
+) -> Result<serde_json::Value, CallError> {
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false)
         .skip_default_fields(true);
-    let mut value = response
-        .into_inner()
+    let mut value = message
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| CallError::Other(anyhow!("cannot print the response: {e}")))?;
     enums::rewrite(&desc.output(), &mut value, enums::Direction::ToRest);
+    Ok(value)
+}
+
+/// Calls unary `service/Method` with a JSON request; returns the JSON response.
+pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String, CallError> {
+    let p = prepare(opts, method, json).await?;
+    if p.desc.is_server_streaming() {
+        return Err(CallError::Other(anyhow!(
+            "{method} is server streaming: use call_streaming"
+        )));
+    }
+    let mut grpc = tonic::client::Grpc::new(p.channel);
+    grpc.ready()
+        .await
+        .map_err(|e| CallError::Other(anyhow!("connection not ready: {e}")))?;
+    let codec = codec::DynamicCodec::new(p.desc.output());
+    let response = grpc
+        .unary(
+            request(p.message, opts).map_err(CallError::Other)?,
+            p.path,
+            codec,
+        )
+        .await
+        .map_err(CallError::Status)?;
+    let value = to_json(&p.desc, response.into_inner())?;
     serde_json::to_string_pretty(&value)
         .map_err(|e| CallError::Other(anyhow!("cannot print the response: {e}")))
+}
+
+/// Calls server-streaming `service/Method`; hands each message, as one
+/// line of compact JSON, to `each` as it arrives, until the server ends
+/// the stream. No deadline: a subscription runs until ended or interrupted.
+pub async fn call_streaming(
+    opts: &CallOptions,
+    method: &str,
+    json: &str,
+    mut each: impl FnMut(String),
+) -> Result<(), CallError> {
+    let p = prepare(opts, method, json).await?;
+    let mut grpc = tonic::client::Grpc::new(p.channel);
+    grpc.ready()
+        .await
+        .map_err(|e| CallError::Other(anyhow!("connection not ready: {e}")))?;
+    let codec = codec::DynamicCodec::new(p.desc.output());
+    let req = with_metadata(tonic::Request::new(p.message), opts).map_err(CallError::Other)?;
+    let mut stream = grpc
+        .server_streaming(req, p.path, codec)
+        .await
+        .map_err(CallError::Status)?
+        .into_inner();
+    while let Some(message) = stream.message().await.map_err(CallError::Status)? {
+        let value = to_json(&p.desc, message)?;
+        each(value.to_string());
+    }
+    Ok(())
 }
 
 /// A failed call: a gRPC status from the server, or a local problem.

@@ -57,7 +57,7 @@ struct CallArgs {
     /// Extra metadata, `name: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
-    /// Deadline of the call.
+    /// Deadline of a unary call (a server stream runs until it ends).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 }
@@ -179,9 +179,26 @@ fn call(args: CallArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    match rt.block_on(crate::call::call(&opts, &method, &json)) {
+    let result = rt.block_on(async {
+        if crate::call::is_server_streaming(&opts, &method).await? {
+            // One JSON object per line, printed as each message arrives.
+            crate::call::call_streaming(&opts, &method, &json, |line| {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            })
+            .await
+            .map(|()| String::new())
+        } else {
+            crate::call::call(&opts, &method, &json).await
+        }
+    });
+    match result {
         Ok(text) => {
-            println!("{text}");
+            if !text.is_empty() {
+                println!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -175,6 +175,36 @@ pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow
     });
     let inspector = inspect_webhooks(hooks.secret.clone()).await?;
     hooks.urls.insert(0, inspector.clone());
+    // The gateway's own webhook endpoint, with the run's secret: simulate →
+    // webhook → event, end to end. Listeners first, so the URL is known.
+    let grpc = TcpListener::bind(config.server.grpc_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding gRPC address {} (GATEWAY_GRPC_ADDR)",
+                config.server.grpc_addr
+            )
+        })?;
+    let http = TcpListener::bind(config.server.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding HTTP address {} (GATEWAY_HTTP_ADDR)",
+                config.server.http_addr
+            )
+        })?;
+    hooks
+        .urls
+        .insert(0, format!("http://{}/webhooks/imprint", http.local_addr()?));
+    config.events.webhook_secrets.push(hooks.secret.clone());
+    // A log of this run's own: the emulator's ids repeat from run to run
+    // (same seed), and a persistent log would take them for duplicates.
+    let run_dir = config
+        .events
+        .data_dir
+        .join(format!("sandbox-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    config.events.data_dir = run_dir.clone();
     let mut emulator_config = EmulatorConfig {
         seed: args.seed,
         api_keys: vec![api_key.clone()],
@@ -199,11 +229,12 @@ pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow
     config.auth.allow_loopback_unauthenticated = true;
     let tokens = config.auth.caller_tokens_file.is_some();
 
-    let mut running = server::bind_and_start(config).await?;
+    let mut running = server::start(config, grpc, http).await?;
     println!("{}", banner(&running, &emulator.url(), &inspector, tokens));
     signals.wait(Some(&mut running)).await?;
-    running.shutdown().await?;
-    Ok(())
+    let stopped = running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&run_dir);
+    stopped
 }
 
 /// Receives the emulator's webhooks during a sandbox run: verifies each
@@ -291,10 +322,13 @@ fn banner(running: &server::Running, emulator: &str, inspector: &str, tokens: bo
          \n  gRPC gateway      {grpc}  ({auth})\
          \n  HTTP probes       http://{http}/healthz\
          \n  Imprint emulator  {emulator}  (key and merchant key generated for this run)\
-         \n  Webhooks          {inspector}  (signed with a token generated for this run; printed here)\
+         \n  Webhooks          http://{http}/webhooks/imprint  (the gateway's own endpoint: stored as events)\
+         \n                    {inspector}  (signed with a token generated for this run; printed here)\
          \n\nFirst call, from this repository in another terminal:\
          \n  cargo run --release -- call{addr_flag}{token_flag} imprint.v2.CustomerService/GetCustomer '{{\"customer_id\":\"{john}\"}}'\
          \n\nEvery method: cargo run --release -- call{addr_flag}{token_flag} --list\
+         \nImprint's webhooks as typed events, one JSON object per line as they arrive:\
+         \n  cargo run --release -- call{addr_flag}{token_flag} imprint.gateway.v1.EventService/Subscribe '{{}}'\
          \nStop with Ctrl-C.",
         http = running.http_addr(),
         john = seed::JOHN,

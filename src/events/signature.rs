@@ -83,6 +83,28 @@ pub fn verify(
     Err(SignatureError::Mismatch)
 }
 
+/// Checks `header` against each of `secrets` (several during a rotation);
+/// accepted when any one matches. Every comparison is constant time; a
+/// refusal never says which secret was tried.
+pub fn verify_any<S: AsRef<[u8]>>(
+    secrets: &[S],
+    header: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+    tolerance: Duration,
+) -> Result<(), SignatureError> {
+    let mut last = SignatureError::Mismatch;
+    for secret in secrets {
+        match verify(secret.as_ref(), header, body, now, tolerance) {
+            Ok(()) => return Ok(()),
+            Err(SignatureError::Mismatch) => last = SignatureError::Mismatch,
+            // Missing, malformed or stale: the same for every secret.
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 /// The body re-serialised compactly with sorted keys (serde_json's maps are
 /// sorted without the `preserve_order` feature).
 fn canonical(body: &[u8]) -> Option<Vec<u8>> {
@@ -121,6 +143,21 @@ mod tests {
         assert_eq!(
             verify(SECRET, Some(&h), BODY, now(), Duration::from_secs(300)),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn any_of_several_secrets_during_a_rotation() {
+        let tol = Duration::from_secs(300);
+        let t = "1760000000";
+        let h = format!("t={t},s={}", sign(b"new", t, BODY));
+        assert_eq!(
+            verify_any(&[b"old".as_slice(), b"new"], Some(&h), BODY, now(), tol),
+            Ok(())
+        );
+        assert_eq!(
+            verify_any(&[b"old".as_slice()], Some(&h), BODY, now(), tol),
+            Err(SignatureError::Mismatch)
         );
     }
 

@@ -357,9 +357,14 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments (later ones win).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempdir::Dir::new();
         let socket = dir.0.join("redis.sock");
-        Self::start_at(socket, dir)
+        Self::start_at_with(socket, dir, extra)
     }
 
     /// The URL a server started with [`RedisServer::start_at`] on `socket`
@@ -370,11 +375,16 @@ impl RedisServer {
 
     /// On the Unix socket `socket` (its directory owned by `dir`).
     pub fn start_at(socket: std::path::PathBuf, dir: tempdir::Dir) -> Self {
+        Self::start_at_with(socket, dir, &[])
+    }
+
+    fn start_at_with(socket: std::path::PathBuf, dir: tempdir::Dir, extra: &[&str]) -> Self {
         let child = std::process::Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .args(["--unixsocketperm", "700"])
+            .args(extra)
             .arg("--dir")
             .arg(&dir.0)
             .stdout(std::process::Stdio::null())

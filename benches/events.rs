@@ -1,0 +1,286 @@
+//! Webhook ingest and event fan-out, measured against the real gateway
+//! binary (a separate process, so its RSS is its own) on loopback.
+//!
+//! 1. Ingest: 32 concurrent senders POST signed TRANSACTION webhooks (redb,
+//!    fsync on) — webhooks/s and p99 time to the 2xx.
+//! 2. Fan-out: N concurrent `Subscribe` streams (1 000, then 10 000); one
+//!    sender posts events at a steady pace — p99 from the POST to each
+//!    subscriber's receipt, and the gateway's RSS (peak).
+//!
+//! Every loop is bounded by a count and a time limit. Not a test.
+//! Run: `cargo bench --bench events`. Results: docs/BENCHMARKS.md.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use imprint_gateway::{
+    events::pb::{event_service_client::EventServiceClient, SubscribeRequest},
+    sandbox::sign,
+};
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+const SECRET: &str = "whsec_bench";
+const INGEST_SENDERS: usize = 32;
+const INGEST_MAX: usize = 20_000;
+const INGEST_TIME: Duration = Duration::from_secs(10);
+const FANOUT_EVENTS: usize = 100;
+const FANOUT_PACE: Duration = Duration::from_millis(20);
+const PHASE_LIMIT: Duration = Duration::from_secs(60);
+
+struct Gateway {
+    child: Child,
+    grpc: u16,
+    http: u16,
+    _dir: std::path::PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_gateway() -> Gateway {
+    let dir = std::env::temp_dir().join(format!("igw-bench-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (grpc, http) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_imprint-gateway"))
+        .arg("serve")
+        .env("IMPRINT_API_BASE_URL", "http://127.0.0.1:9")
+        .env("IMPRINT_API_KEY", "sk_bench")
+        .env("IMPRINT_WEBHOOK_SECRET", SECRET)
+        .env("GATEWAY_DATA_DIR", &dir)
+        .env("GATEWAY_ALLOW_UNAUTHENTICATED", "true")
+        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("GATEWAY__LIMITS__CALLER_RATE_PER_SEC", "0")
+        .env("GATEWAY__SERVER__MAX_CONCURRENT_STREAMS", "20000")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn the gateway");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Gateway {
+        child,
+        grpc,
+        http,
+        _dir: dir,
+    }
+}
+
+/// VmRSS and VmHWM (peak) of `pid`, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn body(id: &str) -> String {
+    serde_json::json!({
+        "object": "TRANSACTION",
+        "data": {
+            "merchant_key": "MERCHANT_ABC", "transaction_id": format!("t-{id}"), "event_id": id,
+            "customer_id": "2EE24580-B97B-4949-A65C-929CCB9B9B8D", "status": "APPROVED",
+            "amount": 5000, "currency": "USD", "created_at": "2025-02-27T18:11:32.358Z",
+            "merchant": {"name": "Target", "category_code": "5411"},
+        }
+    })
+    .to_string()
+}
+
+async fn post(client: &reqwest::Client, http: u16, id: &str) -> bool {
+    let b = body(id);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let sig = format!("t={t},s={}", sign(SECRET.as_bytes(), &t, b.as_bytes()));
+    client
+        .post(format!("http://127.0.0.1:{http}/webhooks/imprint"))
+        .header("content-type", "application/json")
+        .header("X-IMPRINT-HMAC-SIGNATURE", sig)
+        .body(b)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+fn p(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+async fn ingest(gw: &Gateway) {
+    let client = reqwest::Client::new();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(INGEST_MAX)));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..INGEST_SENDERS)
+        .map(|s| {
+            let (client, sent, latencies, http) =
+                (client.clone(), sent.clone(), latencies.clone(), gw.http);
+            tokio::spawn(async move {
+                loop {
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    if n >= INGEST_MAX || start.elapsed() > INGEST_TIME {
+                        return;
+                    }
+                    let t0 = Instant::now();
+                    let ok = post(&client, http, &format!("ingest-{s}-{n}")).await;
+                    assert!(ok, "webhook refused");
+                    latencies.lock().push(t0.elapsed());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let mut l = latencies.lock().clone();
+    l.sort();
+    println!(
+        "ingest: {} webhooks in {:.2?} by {INGEST_SENDERS} senders = {:.0}/s; to 2xx p50 {:.2?} p99 {:.2?} max {:.2?}",
+        l.len(),
+        elapsed,
+        l.len() as f64 / elapsed.as_secs_f64(),
+        p(&l, 0.50),
+        p(&l, 0.99),
+        l.last().copied().unwrap_or_default()
+    );
+}
+
+async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
+    // At most ~1000 streams per HTTP/2 connection.
+    let mut channels: Vec<Channel> = Vec::new();
+    for _ in 0..subscribers.div_ceil(1000) {
+        channels.push(
+            Endpoint::from_shared(format!("http://127.0.0.1:{}", gw.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; FANOUT_EVENTS]));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(subscribers * FANOUT_EVENTS)));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let setup = Instant::now();
+    let mut tasks = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        let ch = channels[i % channels.len()].clone();
+        let (sent_at, latencies, ready) = (sent_at.clone(), latencies.clone(), ready.clone());
+        let prefix = format!("fan{round}-");
+        tasks.push(tokio::spawn(async move {
+            let mut s = EventServiceClient::new(ch)
+                .subscribe(SubscribeRequest::default())
+                .await
+                .expect("subscribe")
+                .into_inner();
+            ready.fetch_add(1, Ordering::Relaxed);
+            let mut mine = Vec::with_capacity(FANOUT_EVENTS);
+            let deadline = Instant::now() + PHASE_LIMIT;
+            while mine.len() < FANOUT_EVENTS && Instant::now() < deadline {
+                let Ok(Ok(Some(e))) =
+                    tokio::time::timeout(Duration::from_secs(10), s.message()).await
+                else {
+                    break;
+                };
+                let now = Instant::now();
+                if let Some(n) = e
+                    .event_id
+                    .strip_prefix(&prefix)
+                    .and_then(|n| n.parse::<usize>().ok())
+                {
+                    if let Some(Some(t)) = sent_at.lock().get(n).copied() {
+                        mine.push(now - t);
+                    }
+                }
+            }
+            latencies.lock().extend(mine);
+        }));
+    }
+    while ready.load(Ordering::Relaxed) < subscribers {
+        assert!(
+            setup.elapsed() < PHASE_LIMIT,
+            "subscribers did not all start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let setup_time = setup.elapsed();
+    let (rss_idle, _) = rss_mib(gw.child.id());
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(FANOUT_PACE);
+    for n in 0..FANOUT_EVENTS {
+        tick.tick().await;
+        sent_at.lock()[n] = Some(Instant::now());
+        assert!(post(&client, gw.http, &format!("fan{round}-{n}")).await);
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (rss, peak) = rss_mib(gw.child.id());
+    let mut l = latencies.lock().clone();
+    l.sort();
+    println!(
+        "fan-out to {subscribers} subscribers ({} streams set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB",
+        subscribers,
+        l.len(),
+        subscribers * FANOUT_EVENTS,
+        p(&l, 0.50),
+        p(&l, 0.99),
+        l.last().copied().unwrap_or_default(),
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing to run.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let gw = spawn_gateway();
+        ingest(&gw).await;
+        for (round, n) in [1_000, 10_000].into_iter().enumerate() {
+            fanout(&gw, n, round).await;
+        }
+    });
+}

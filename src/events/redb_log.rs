@@ -1,0 +1,362 @@
+//! The embedded event log: one redb file, one writer thread, group commit.
+//!
+//! Appends queue to the writer thread, which takes every append waiting,
+//! writes them in one transaction and commits once (redb's default
+//! `Durability::Immediate`: fsync before `commit` returns). Each append's
+//! caller is answered only after that commit, so concurrent webhooks share
+//! one fsync and none is acknowledged before it is on disk.
+
+use std::{path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use redb::{
+    Database, ReadableTable as _, ReadableTableMetadata as _, TableDefinition, WriteTransaction,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::log::{now_ms, Appended, Bounds, EventLog, LogError, NewEvent, Retention, StoredEvent};
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const HEAD: &str = "head";
+const TRIMMED: &str = "trimmed_through";
+/// Appends committed together at most (bounds one transaction's size).
+const MAX_BATCH: usize = 512;
+
+enum Op {
+    Append(Box<NewEvent>, oneshot::Sender<Result<Appended, LogError>>),
+    Trim(Retention, oneshot::Sender<Result<u64, LogError>>),
+}
+
+/// See the module docs.
+pub struct RedbLog {
+    db: Arc<Database>,
+    ops: mpsc::Sender<Op>,
+    live: broadcast::Sender<Arc<StoredEvent>>,
+    what: String,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbLog {
+    /// Closes the queue and waits for the writer to finish its last commit,
+    /// so the file is released (and can be reopened) when this returns.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.ops, closed));
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> LogError {
+    LogError(e.to_string())
+}
+
+impl RedbLog {
+    /// Opens (or creates) `<dir>/events.redb`.
+    pub fn open(dir: &Path, live_capacity: usize) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogError(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join("events.redb");
+        let db = Database::create(&path)
+            .map_err(|e| LogError(format!("opening {}: {e}", path.display())))?;
+        Self::start(db, live_capacity, format!("redb {}", path.display()))
+    }
+
+    /// A log in memory (no webhook secret configured: nothing can be
+    /// ingested, but EventService still answers).
+    pub fn in_memory(live_capacity: usize) -> Result<Self, LogError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(err)?;
+        Self::start(db, live_capacity, "in memory (no webhook secret)".into())
+    }
+
+    fn start(db: Database, live_capacity: usize, what: String) -> Result<Self, LogError> {
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(EVENTS).map_err(err)?;
+        txn.open_table(DEDUPE).map_err(err)?;
+        txn.open_table(META).map_err(err)?;
+        txn.commit().map_err(err)?;
+        let db = Arc::new(db);
+        let (ops, rx) = mpsc::channel(MAX_BATCH * 4);
+        let (live, _) = broadcast::channel(live_capacity.max(16));
+        let writer = Writer {
+            db: db.clone(),
+            live: live.clone(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("event-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError(format!("starting the writer thread: {e}")))?;
+        Ok(Self {
+            db,
+            ops,
+            live,
+            what,
+            writer: Some(writer),
+        })
+    }
+}
+
+#[async_trait]
+impl EventLog for RedbLog {
+    async fn append(&self, event: NewEvent) -> Result<Appended, LogError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Append(Box::new(event), tx))
+            .await
+            .map_err(|_| LogError("writer stopped".into()))?;
+        rx.await.map_err(|_| LogError("writer stopped".into()))?
+    }
+
+    async fn read_after(&self, after: u64, max: usize) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = db.begin_read().map_err(err)?;
+            let t = r.open_table(EVENTS).map_err(err)?;
+            let mut out = Vec::with_capacity(max.min(1024));
+            for item in t.range(after.saturating_add(1)..).map_err(err)?.take(max) {
+                let (k, v) = item.map_err(err)?;
+                out.push(Arc::new(StoredEvent::decode(k.value(), v.value())?));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(err)?
+    }
+
+    async fn bounds(&self) -> Result<Bounds, LogError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = db.begin_read().map_err(err)?;
+            let m = r.open_table(META).map_err(err)?;
+            let get = |k| -> Result<u64, LogError> {
+                Ok(m.get(k).map_err(err)?.map_or(0, |v| v.value()))
+            };
+            Ok(Bounds {
+                trimmed_through: get(TRIMMED)?,
+                head: get(HEAD)?,
+            })
+        })
+        .await
+        .map_err(err)?
+    }
+
+    async fn trim(&self, retention: Retention) -> Result<u64, LogError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Trim(retention, tx))
+            .await
+            .map_err(|_| LogError("writer stopped".into()))?;
+        rx.await.map_err(|_| LogError("writer stopped".into()))?
+    }
+
+    fn live(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.live.subscribe()
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+// === impl Writer ===
+
+struct Writer {
+    db: Arc<Database>,
+    live: broadcast::Sender<Arc<StoredEvent>>,
+}
+
+type Waiter = oneshot::Sender<Result<Appended, LogError>>;
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut appends: Vec<(Box<NewEvent>, Waiter)> = Vec::new();
+            let mut pending = Some(first);
+            // Everything already waiting joins this commit.
+            while let Some(op) = pending.take() {
+                match op {
+                    Op::Append(e, w) => appends.push((e, w)),
+                    Op::Trim(r, w) => {
+                        self.commit(&mut appends);
+                        let _ = w.send(self.trim(r));
+                    }
+                }
+                if appends.len() < MAX_BATCH {
+                    pending = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut appends);
+        }
+    }
+
+    /// One transaction, one fsync, for every append in `batch`.
+    fn commit(&self, batch: &mut Vec<(Box<NewEvent>, Waiter)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let result = self.db.begin_write().map_err(err).and_then(|txn| {
+            write_all(&txn, batch).and_then(|r| txn.commit().map(|()| r).map_err(err))
+        });
+        match result {
+            Ok(results) => {
+                for ((_, waiter), r) in batch.drain(..).zip(results) {
+                    if let Appended::New(ev) = &r {
+                        // Published after the commit: a subscriber never sees
+                        // an event the log could still lose.
+                        let _ = self.live.send(ev.clone());
+                    }
+                    let _ = waiter.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event log commit failed");
+                for (_, waiter) in batch.drain(..) {
+                    let _ = waiter.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn trim(&self, retention: Retention) -> Result<u64, LogError> {
+        let cutoff = now_ms()
+            .saturating_sub(i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX));
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut removed = 0u64;
+        {
+            let mut events = txn.open_table(EVENTS).map_err(err)?;
+            let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
+            let mut meta = txn.open_table(META).map_err(err)?;
+            let mut len = events.len().map_err(err)?;
+            let mut last_removed = None;
+            loop {
+                let Some((cursor, ev)) = (match events.first().map_err(err)? {
+                    Some((k, v)) => Some((k.value(), StoredEvent::decode(k.value(), v.value())?)),
+                    None => None,
+                }) else {
+                    break;
+                };
+                if len <= retention.max_events && ev.received_at_ms() >= cutoff {
+                    break;
+                }
+                events.remove(cursor).map_err(err)?;
+                dedupe.remove(ev.event.event_id.as_str()).map_err(err)?;
+                last_removed = Some(cursor);
+                len -= 1;
+                removed += 1;
+            }
+            if let Some(c) = last_removed {
+                meta.insert(TRIMMED, c).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)?;
+        Ok(removed)
+    }
+}
+
+fn write_all(
+    txn: &WriteTransaction,
+    batch: &[(Box<NewEvent>, Waiter)],
+) -> Result<Vec<Appended>, LogError> {
+    let mut events = txn.open_table(EVENTS).map_err(err)?;
+    let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
+    let mut meta = txn.open_table(META).map_err(err)?;
+    let mut head = meta.get(HEAD).map_err(err)?.map_or(0, |v| v.value());
+    let mut out = Vec::with_capacity(batch.len());
+    for (new, _) in batch {
+        let id = new.event.event_id.as_str();
+        if let Some(existing) = dedupe.get(id).map_err(err)? {
+            out.push(Appended::Duplicate(existing.value()));
+            continue;
+        }
+        head += 1;
+        events.insert(head, new.encode().as_slice()).map_err(err)?;
+        dedupe.insert(id, head).map_err(err)?;
+        out.push(Appended::New(Arc::new(StoredEvent::new(
+            head,
+            new.event.clone(),
+        ))));
+    }
+    meta.insert(HEAD, head).map_err(err)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::pb;
+
+    fn new(id: &str) -> NewEvent {
+        NewEvent {
+            event: pb::Event {
+                event_id: id.into(),
+                kind: pb::EventKind::Transaction as i32,
+                received_at: Some(prost_types::Timestamp {
+                    seconds: now_ms() / 1000,
+                    nanos: 0,
+                }),
+                raw_json: format!("{{\"id\":\"{id}\"}}"),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn append_dedupe_read_trim_reopen() {
+        let dir = std::env::temp_dir().join(format!("igw-redb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let log = RedbLog::open(&dir, 64).unwrap();
+            let mut live = log.live();
+            let a = log.append(new("a")).await.unwrap();
+            assert!(matches!(a, Appended::New(ref e) if e.cursor == 1));
+            assert!(matches!(
+                log.append(new("a")).await.unwrap(),
+                Appended::Duplicate(1)
+            ));
+            // Concurrent appends share commits and get distinct cursors.
+            let all =
+                futures::future::join_all((0..20).map(|i| log.append(new(&format!("c{i}"))))).await;
+            assert!(all.iter().all(|r| matches!(r, Ok(Appended::New(_)))));
+            assert_eq!(live.recv().await.unwrap().cursor, 1);
+            assert_eq!(
+                log.bounds().await.unwrap(),
+                Bounds {
+                    trimmed_through: 0,
+                    head: 21
+                }
+            );
+            let page = log.read_after(1, 5).await.unwrap();
+            assert_eq!(
+                page.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+                vec![2, 3, 4, 5, 6]
+            );
+            let removed = log
+                .trim(Retention {
+                    max_age: std::time::Duration::from_secs(3600),
+                    max_events: 15,
+                })
+                .await
+                .unwrap();
+            assert_eq!(removed, 6);
+            // "a" left retention: it may be stored again.
+            assert!(
+                matches!(log.append(new("a")).await.unwrap(), Appended::New(ref e) if e.cursor == 22)
+            );
+        }
+        let log = RedbLog::open(&dir, 64).unwrap();
+        assert_eq!(
+            log.bounds().await.unwrap(),
+            Bounds {
+                trimmed_through: 6,
+                head: 22
+            }
+        );
+        assert_eq!(log.read_after(0, 1).await.unwrap()[0].cursor, 7);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,200 @@
+//! `imprint.gateway.v1.EventService`: Subscribe and ListEvents over the log.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    invalidate::{self, CacheInvalidator},
+    log::{Bounds, EventLog, Retention},
+    pb::{
+        self, event_service_server::EventService, ListEventsRequest, ListEventsResponse,
+        StartPosition, SubscribeRequest,
+    },
+    subscribe::{self, Filter},
+};
+
+/// Default and largest ListEvents page.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+/// Events ListEvents looks at per call at most (filters may skip many).
+const MAX_SCAN: usize = 10_000;
+
+/// The EventService implementation.
+#[derive(Clone)]
+pub struct EventsService {
+    log: Arc<dyn EventLog>,
+    subscriber_buffer: usize,
+    /// Set when the gateway stops: open streams end with UNAVAILABLE.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl EventsService {
+    pub fn new(log: Arc<dyn EventLog>, subscriber_buffer: usize) -> Self {
+        Self {
+            log,
+            subscriber_buffer,
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Ends every open subscription (UNAVAILABLE, naming its last cursor),
+    /// so a graceful shutdown is not held up by streams that never end.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// The tonic server for this service.
+    pub fn server(self) -> pb::event_service_server::EventServiceServer<Self> {
+        pb::event_service_server::EventServiceServer::new(self)
+    }
+
+    /// Checks `cursor` against the log: OUT_OF_RANGE when events after it
+    /// were removed by retention (or it is ahead of the log).
+    fn position(cursor: &str, bounds: Bounds) -> Result<u64, Status> {
+        let c: u64 = cursor.trim().parse().map_err(|_| {
+            Status::invalid_argument(format!("after_cursor {cursor:?} is not a cursor"))
+        })?;
+        if c < bounds.trimmed_through {
+            return Err(Status::out_of_range(format!(
+                "cursor {c} is older than retention; the oldest cursor available is {} (resubscribe with start OLDEST)",
+                bounds.trimmed_through + 1
+            )));
+        }
+        if c > bounds.head {
+            return Err(Status::out_of_range(format!(
+                "cursor {c} is ahead of the log, whose newest cursor is {}",
+                bounds.head
+            )));
+        }
+        Ok(c)
+    }
+
+    async fn bounds(&self) -> Result<Bounds, Status> {
+        self.log
+            .bounds()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+#[tonic::async_trait]
+impl EventService for EventsService {
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        // Live first, then the position: nothing stored in between is missed.
+        let live = self.log.live();
+        let bounds = self.bounds().await?;
+        let after = match &r.after_cursor {
+            Some(c) => Self::position(c, bounds)?,
+            None => match StartPosition::try_from(r.start).unwrap_or(StartPosition::Unspecified) {
+                StartPosition::Oldest => bounds.trimmed_through,
+                StartPosition::Now | StartPosition::Unspecified => bounds.head,
+            },
+        };
+        let (tx, rx) = mpsc::channel(self.subscriber_buffer);
+        let filter = Filter::new(&r.kinds, r.customer_id);
+        let stopping = self.stopping.subscribe();
+        tokio::spawn(subscribe::run(
+            self.log.clone(),
+            live,
+            filter,
+            after,
+            tx,
+            stopping,
+        ));
+        use tokio_stream::StreamExt as _;
+        let stream = ReceiverStream::new(rx).map(|r| r.map(|e| e.event.clone()));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT as i32).contains(&n) => n as usize,
+            Some(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "limit must be between 1 and {MAX_LIMIT}"
+                )))
+            }
+        };
+        let bounds = self.bounds().await?;
+        let mut after = match &r.after_cursor {
+            Some(c) => Self::position(c, bounds)?,
+            None => bounds.trimmed_through,
+        };
+        let filter = Filter::new(&r.kinds, r.customer_id);
+        let mut data = Vec::new();
+        let mut scanned = 0;
+        'scan: while scanned < MAX_SCAN {
+            let page = self
+                .log
+                .read_after(after, (limit * 2).min(MAX_SCAN - scanned))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                scanned += 1;
+                after = e.cursor;
+                if filter.matches(&e) {
+                    data.push(e.event.clone());
+                    if data.len() == limit {
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        let head = self.bounds().await?.head;
+        Ok(Response::new(ListEventsResponse {
+            data,
+            has_more: after < head,
+            next_cursor: after.to_string(),
+        }))
+    }
+}
+
+/// Runs retention every `every`, for the life of the process.
+/// Holds the log weakly: stops once the gateway has dropped it.
+pub fn spawn_retention(log: &Arc<dyn EventLog>, retention: Retention, every: Duration) {
+    let log = Arc::downgrade(log);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(log) = log.upgrade() else { return };
+            match log.trim(retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "event retention"),
+                Err(e) => tracing::warn!(error = %e, "event retention failed"),
+            }
+        }
+    });
+}
+
+/// Tells `cache` about every event stored, for the life of the process.
+pub fn spawn_invalidation(log: &Arc<dyn EventLog>, cache: Arc<dyn CacheInvalidator>) {
+    let mut live = log.live();
+    tokio::spawn(async move {
+        loop {
+            match live.recv().await {
+                Ok(e) => cache.invalidate(&invalidate::resources(&e)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cache.invalidate_all(),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
