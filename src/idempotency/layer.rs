@@ -208,87 +208,156 @@ where
             let mut inner = inner;
             return Box::pin(inner.call(req));
         };
-        let store = self.store.clone();
-        let config = self.config.clone();
-        Box::pin(async move {
-            let key = format!("{}:{}", req.caller, idem_key);
-            let fp = fingerprint(&req);
-            let token = uuid::Uuid::new_v4().to_string();
-            let claim = Record {
-                fingerprint: fp.clone(),
+        let keyed = Keyed {
+            key: format!("{}:{}", req.caller, idem_key),
+            claim: Record {
+                fingerprint: fingerprint(&req),
                 rpc: req.rpc.to_string(),
-                token: token.clone(),
+                token: uuid::Uuid::new_v4().to_string(),
                 claimed_at_ms: now_ms(),
                 state: RecordState::InFlight,
-            };
-            let mut poll = Duration::from_millis(5);
-            loop {
-                let existing = match store
-                    .claim(&key, &claim, config.retention)
-                    .await
-                    .map_err(IdempotencyError::from)?
-                {
-                    None => break,
-                    Some(existing) => existing,
-                };
-                let mut current = Some(existing);
-                // Wait for the first call of this key (maybe on another replica).
-                while let Some(record) = current {
-                    if record.fingerprint != fp {
-                        return Err(mismatch(&record, &req).into());
-                    }
-                    if let Some(answer) = replay(&record, &req) {
-                        return answer;
-                    }
-                    let age = Duration::from_millis(now_ms().saturating_sub(record.claimed_at_ms));
-                    if age > config.in_flight_timeout {
-                        return Err(IdempotencyError::OutcomeUnknown(
-                            "the first call with this key never finished".into(),
-                        )
-                        .into());
-                    }
-                    if req.deadline.is_some_and(|d| Instant::now() + poll >= d) {
-                        return Err(UpstreamError::DeadlineExceeded);
-                    }
-                    tokio::time::sleep(poll).await;
-                    poll = (poll * 2).min(Duration::from_millis(50));
-                    current = store.get(&key).await.map_err(IdempotencyError::from)?;
-                }
-                // Released (nothing was processed): try to claim it ourselves.
+            },
+            store: self.store.clone(),
+            config: self.config.clone(),
+        };
+        Box::pin(async move {
+            match keyed.claim_or_wait(&req).await? {
+                Claimed::Answered(answer) => answer,
+                Claimed::Ours => keyed.run_to_the_end(inner, req).await,
             }
-
-            // We own the key. Run to the end in a task of its own, so the
-            // outcome is recorded even if this caller goes away.
-            let task = tokio::spawn(async move {
-                let result = inner.oneshot(req.clone()).await;
-                let record_result = match outcome(&req, &result) {
-                    Outcome::Release => store.release(&key, &token).await,
-                    Outcome::Record(state) => {
-                        let done = Record {
-                            state: state.clone(),
-                            ..claim
-                        };
-                        let stored = store.complete(&key, &token, &done, config.retention).await;
-                        if let RecordState::Unknown { reason } = state {
-                            if stored.is_ok() && result.is_err() {
-                                return Err(IdempotencyError::OutcomeUnknown(reason).into());
-                            }
-                        }
-                        stored
-                    }
-                };
-                if let Err(e) = record_result {
-                    tracing::error!(rpc = req.rpc, "could not record an idempotent outcome: {e}");
-                }
-                result
-            });
-            task.await.unwrap_or_else(|e| {
-                Err(
-                    IdempotencyError::OutcomeUnknown(format!("the call was interrupted: {e}"))
-                        .into(),
-                )
-            })
         })
+    }
+}
+
+/// One keyed call: its key, the claim it makes, where records live.
+struct Keyed {
+    key: String,
+    claim: Record,
+    store: Arc<dyn IdempotencyStore>,
+    config: IdempotencyConfig,
+}
+
+/// How claiming the key ended.
+enum Claimed {
+    /// The key is ours: run the call.
+    Ours,
+    /// Another call of this key answered (recorded, or refused).
+    Answered(Result<UpstreamResponse, UpstreamError>),
+}
+
+// === impl Keyed ===
+
+impl Keyed {
+    /// Claims the key; if another call holds it, waits for that call's
+    /// outcome (maybe on another replica) and answers with it. A claim
+    /// released meanwhile (nothing was processed) is tried again.
+    async fn claim_or_wait(&self, req: &UpstreamRequest) -> Result<Claimed, UpstreamError> {
+        let mut poll = Duration::from_millis(5);
+        loop {
+            let claimed = self
+                .store
+                .claim(&self.key, &self.claim, self.config.retention)
+                .await
+                .map_err(IdempotencyError::from)?;
+            let mut current = match claimed {
+                None => return Ok(Claimed::Ours),
+                Some(existing) => Some(existing),
+            };
+            while let Some(record) = current {
+                if let Some(answer) = self.answer_from(&record, req) {
+                    return Ok(Claimed::Answered(answer));
+                }
+                if req.deadline.is_some_and(|d| Instant::now() + poll >= d) {
+                    return Ok(Claimed::Answered(Err(UpstreamError::DeadlineExceeded)));
+                }
+                tokio::time::sleep(poll).await;
+                poll = (poll * 2).min(Duration::from_millis(50));
+                current = self
+                    .store
+                    .get(&self.key)
+                    .await
+                    .map_err(IdempotencyError::from)?;
+            }
+        }
+    }
+
+    /// What a duplicate gets from the record another call left, or `None`
+    /// while that call is still running.
+    fn answer_from(
+        &self,
+        record: &Record,
+        req: &UpstreamRequest,
+    ) -> Option<Result<UpstreamResponse, UpstreamError>> {
+        if record.fingerprint != self.claim.fingerprint {
+            return Some(Err(mismatch(record, req).into()));
+        }
+        if let Some(answer) = replay(record, req) {
+            return Some(answer);
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(record.claimed_at_ms));
+        (age > self.config.in_flight_timeout).then(|| {
+            Err(IdempotencyError::OutcomeUnknown(
+                "the first call with this key never finished".into(),
+            )
+            .into())
+        })
+    }
+
+    /// Runs the call in a task of its own, so its outcome is recorded even
+    /// if this caller goes away, then records (or releases) it.
+    async fn run_to_the_end<S>(
+        self,
+        inner: S,
+        req: UpstreamRequest,
+    ) -> Result<UpstreamResponse, UpstreamError>
+    where
+        S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let task = tokio::spawn(async move {
+            let result = inner.oneshot(req.clone()).await;
+            self.settle(&req, result).await
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(IdempotencyError::OutcomeUnknown(format!("the call was interrupted: {e}")).into())
+        })
+    }
+
+    /// Records what is final, releases what provably was not processed,
+    /// and turns an unknown outcome into the error every duplicate gets.
+    async fn settle(
+        self,
+        req: &UpstreamRequest,
+        result: Result<UpstreamResponse, UpstreamError>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let token = self.claim.token.clone();
+        let stored = match outcome(req, &result) {
+            Outcome::Release => self.store.release(&self.key, &token).await,
+            Outcome::Record(state) => {
+                let unknown = match &state {
+                    RecordState::Unknown { reason } => Some(reason.clone()),
+                    _ => None,
+                };
+                let done = Record {
+                    state,
+                    ..self.claim
+                };
+                let stored = self
+                    .store
+                    .complete(&self.key, &token, &done, self.config.retention)
+                    .await;
+                if let (Some(reason), Ok(()), Err(_)) = (unknown, &stored, &result) {
+                    return Err(IdempotencyError::OutcomeUnknown(reason).into());
+                }
+                stored
+            }
+        };
+        if let Err(e) = stored {
+            tracing::error!(rpc = req.rpc, "could not record an idempotent outcome: {e}");
+        }
+        result
     }
 }
 
