@@ -259,8 +259,8 @@ pub fn stack_config(config: &Config) -> StackConfig {
     }
 }
 
-/// Binds the configured addresses and starts.
-pub async fn bind_and_start(config: Config) -> anyhow::Result<Running> {
+/// Binds the configured gRPC and HTTP addresses, naming the setting on error.
+pub async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
     let grpc = TcpListener::bind(config.server.grpc_addr)
         .await
         .with_context(|| {
@@ -277,6 +277,12 @@ pub async fn bind_and_start(config: Config) -> anyhow::Result<Running> {
                 config.server.http_addr
             )
         })?;
+    Ok((grpc, http))
+}
+
+/// Binds the configured addresses and starts.
+pub async fn bind_and_start(config: Config) -> anyhow::Result<Running> {
+    let (grpc, http) = bind(&config).await?;
     start(config, grpc, http).await
 }
 

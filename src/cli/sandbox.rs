@@ -177,22 +177,7 @@ pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow
     hooks.urls.insert(0, inspector.clone());
     // The gateway's own webhook endpoint, with the run's secret: simulate →
     // webhook → event, end to end. Listeners first, so the URL is known.
-    let grpc = TcpListener::bind(config.server.grpc_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding gRPC address {} (GATEWAY_GRPC_ADDR)",
-                config.server.grpc_addr
-            )
-        })?;
-    let http = TcpListener::bind(config.server.http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding HTTP address {} (GATEWAY_HTTP_ADDR)",
-                config.server.http_addr
-            )
-        })?;
+    let (grpc, http) = server::bind(&config).await?;
     hooks
         .urls
         .insert(0, format!("http://{}/webhooks/imprint", http.local_addr()?));
