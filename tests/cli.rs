@@ -154,26 +154,43 @@ fn free_port() -> u16 {
 
 #[test]
 fn sigterm_stops_serve_cleanly() {
-    let (grpc, http) = (free_port(), free_port());
+    use std::io::{BufRead as _, BufReader};
+    // Port 0: the gateway picks free ports and logs them; nothing to race for.
     let mut child = bin()
         .arg("serve")
         .env("IMPRINT_API_KEY", "sk_test")
         .env("IMPRINT_API_BASE_URL", "http://127.0.0.1:9")
-        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("RUST_LOG", "warn")
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn,imprint_gateway::server=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "serve did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("\"http_addr\"") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let listening = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve logs the addresses it listens on");
+    let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let http: std::net::SocketAddr = v["fields"]["http_addr"]
+        .as_str()
+        .or(v["http_addr"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        std::net::TcpStream::connect(http).is_ok(),
+        "listening on {http}"
+    );
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -215,11 +232,11 @@ fn the_example_config_is_valid() {
 #[test]
 fn sandbox_prints_a_first_call_that_works() {
     use std::io::{BufRead as _, BufReader};
-    let (grpc, http) = (free_port(), free_port());
+    // Port 0: the banner prints the addresses the sandbox really bound.
     let mut child = bin()
         .arg("sandbox")
-        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
