@@ -585,10 +585,22 @@ impl Config {
                 "must be greater than 0 and at most 1",
             ));
         }
-        if !(l.caller_rate_per_sec.is_finite() && l.caller_rate_per_sec >= 0.0) {
+        let rate = l.caller_rate_per_sec;
+        if !(rate == 0.0 || (rate.is_finite() && (0.001..=1e9).contains(&rate))) {
             return Err(err(
                 "limits.caller_rate_per_sec",
-                "must be 0 (unlimited) or a positive number",
+                "must be 0 (unlimited) or between 0.001 and 1000000000",
+            ));
+        }
+        if l.caller_burst > 1e9 {
+            return Err(err("limits.caller_burst", "must be at most 1000000000"));
+        }
+        if i.in_flight_timeout <= u.default_deadline {
+            // A call still legitimately running must not be reported as
+            // dead to its duplicates.
+            return Err(err(
+                "idempotency.in_flight_timeout",
+                "must be longer than upstream.default_deadline",
             ));
         }
         if l.caller_rate_per_sec > 0.0 && !(l.caller_burst.is_finite() && l.caller_burst >= 1.0) {
@@ -598,6 +610,9 @@ impl Config {
             // The URL may hold a password: name the problem, never the URL.
             let u = reqwest::Url::parse(url.expose_secret())
                 .map_err(|_| err("GATEWAY_REDIS_URL", "is not a URL"))?;
+            // What `serve` will do with it (no I/O): a URL it refuses is refused here.
+            redis::Client::open(url.expose_secret())
+                .map_err(|_| err("GATEWAY_REDIS_URL", "is not a Redis URL the client accepts"))?;
             if !matches!(u.scheme(), "redis" | "rediss" | "redis+unix") {
                 return Err(err(
                     "GATEWAY_REDIS_URL",

@@ -140,8 +140,17 @@ pub fn rate_limited(caller: &str, retry_after: Duration) -> tonic::Status {
 /// PATCH) without an `idempotency-key`: when such a call may have executed,
 /// the answer is UNKNOWN, never UNAVAILABLE, because stock gRPC retry
 /// policies re-send UNAVAILABLE and one purchase would become two.
-pub fn upstream_status(rpc: &str, resend_unsafe: bool, err: &UpstreamError) -> tonic::Status {
-    if resend_unsafe && err.may_have_executed() {
+///
+/// `sent` says a request of this call went on the wire: a mutation cut by
+/// the deadline after that may have executed too.
+pub fn upstream_status(
+    rpc: &str,
+    resend_unsafe: bool,
+    sent: bool,
+    err: &UpstreamError,
+) -> tonic::Status {
+    let cut_after_sending = sent && matches!(err, UpstreamError::DeadlineExceeded);
+    if resend_unsafe && (err.may_have_executed() || cut_after_sending) {
         return outcome_unknown(err);
     }
     match err {
@@ -201,7 +210,10 @@ pub fn upstream_status(rpc: &str, resend_unsafe: bool, err: &UpstreamError) -> t
         }
         UpstreamError::Decode(e) => RichStatus::new(
             Code::Internal,
-            format!("Imprint's answer could not be decoded: {e}"),
+            format!(
+                "Imprint's answer could not be decoded: {}",
+                crate::upstream::decode_where(e)
+            ),
         )
         .error_info("UPSTREAM_DECODE", GATEWAY_DOMAIN, [])
         .into_status(),

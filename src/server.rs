@@ -46,6 +46,8 @@ struct Shared {
     events: Events,
     /// True once shutdown began: readiness turns 503 so balancers drain us.
     stopping: watch::Receiver<bool>,
+    /// The last dependency state, for `/healthz`.
+    health: parking_lot::Mutex<Option<serde_json::Value>>,
 }
 
 /// Builds the credential described by `config`, if it names a key.
@@ -192,7 +194,9 @@ pub async fn start(
         idempotency,
         events: events.clone(),
         stopping: stop_rx.clone(),
+        health: parking_lot::Mutex::new(None),
     });
+    spawn_health_refresh(shared.clone());
     let stop_events = events.clone();
     let http_app = Router::new()
         .route("/healthz", get(healthz))
@@ -354,8 +358,20 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
 }
 
 /// Process up (always 200 while it answers); the body tells people and
-/// dashboards how each dependency is doing.
+/// dashboards how each dependency is doing. The state is refreshed in the
+/// background, so a liveness probe of `/healthz` never waits on Imprint or
+/// Redis (and nobody can make the gateway call Imprint by polling it).
 async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
+    let cached = shared.health.lock().clone();
+    let dependencies = match cached {
+        Some(d) => d,
+        None => refresh_health(&shared).await,
+    };
+    axum::Json(serde_json::json!({ "status": "up", "dependencies": dependencies }))
+}
+
+/// Probes every dependency once and keeps the result for `/healthz`.
+async fn refresh_health(shared: &Shared) -> serde_json::Value {
     let (imprint, store, event_log) = tokio::join!(
         shared.client.probe(Duration::from_secs(2)),
         shared.idempotency.ping(),
@@ -365,17 +381,29 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json::Va
         Ok(()) => serde_json::json!({ "ok": true }),
         Err(e) => serde_json::json!({ "ok": false, "error": e }),
     };
-    let credential = shared
-        .credentials
-        .current()
-        .map(|c| c.fingerprint().to_owned());
-    axum::Json(serde_json::json!({
-        "status": "up",
-        "dependencies": {
-            "imprint": state(imprint),
-            "state_store": state(store.map_err(|e| e.to_string())),
-            "event_log": event_log,
-        },
-        "credential": { "loaded": credential.is_some(), "fingerprint": credential },
-    }))
+    let dependencies = serde_json::json!({
+        "imprint": state(imprint),
+        "state_store": state(store.map_err(|e| e.to_string())),
+        "event_log": event_log,
+    });
+    *shared.health.lock() = Some(dependencies.clone());
+    dependencies
 }
+
+/// Refreshes `/healthz`'s dependency state every [`HEALTH_EVERY`] until
+/// shutdown.
+fn spawn_health_refresh(shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.clone();
+    tokio::spawn(async move {
+        loop {
+            refresh_health(&shared).await;
+            tokio::select! {
+                _ = tokio::time::sleep(HEALTH_EVERY) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
+    });
+}
+
+/// How often `/healthz`'s dependency state is refreshed.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);

@@ -121,7 +121,9 @@ fn outcome(req: &UpstreamRequest, result: &Result<UpstreamResponse, UpstreamErro
                     .into(),
             }),
         },
-        Err(e) if e.never_sent() || e.refused_unprocessed() => Outcome::Release,
+        // Released only when no attempt may have executed: a retried PUT
+        // whose first attempt timed out and whose last got a 503 may have run.
+        Err(e) if e.not_processed() && req.stats.nothing_processed() => Outcome::Release,
         Err(UpstreamError::Status {
             status,
             error,
@@ -131,7 +133,11 @@ fn outcome(req: &UpstreamRequest, result: &Result<UpstreamResponse, UpstreamErro
             error: error.clone(),
             retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
         }),
-        Err(UpstreamError::Status { status, .. }) if status.is_client_error() => Outcome::Release,
+        Err(UpstreamError::Status { status, .. })
+            if status.is_client_error() && req.stats.nothing_processed() =>
+        {
+            Outcome::Release
+        }
         // Cut by the deadline: unknown only if some attempt may have been
         // processed (not when it fired while backing off after a 503).
         Err(UpstreamError::DeadlineExceeded) if req.stats.nothing_processed() => Outcome::Release,
@@ -220,11 +226,21 @@ where
             store: self.store.clone(),
             config: self.config.clone(),
         };
-        Box::pin(async move {
+        // Claim and run in one task of its own: a caller that goes away
+        // after the claim was stored cannot leave it in flight for good.
+        let task = tokio::spawn(async move {
             match keyed.claim_or_wait(&req).await? {
                 Claimed::Answered(answer) => answer,
                 Claimed::Ours => keyed.run_to_the_end(inner, req).await,
             }
+        });
+        Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                Err(
+                    IdempotencyError::OutcomeUnknown(format!("the call was interrupted: {e}"))
+                        .into(),
+                )
+            })
         })
     }
 }
@@ -303,8 +319,8 @@ impl Keyed {
         })
     }
 
-    /// Runs the call in a task of its own, so its outcome is recorded even
-    /// if this caller goes away, then records (or releases) it.
+    /// Runs the call (already in a task of its own, so its outcome is
+    /// recorded even if the caller goes away), then records or releases it.
     async fn run_to_the_end<S>(
         self,
         inner: S,
@@ -316,13 +332,8 @@ impl Keyed {
             + 'static,
         S::Future: Send + 'static,
     {
-        let task = tokio::spawn(async move {
-            let result = inner.oneshot(req.clone()).await;
-            self.settle(&req, result).await
-        });
-        task.await.unwrap_or_else(|e| {
-            Err(IdempotencyError::OutcomeUnknown(format!("the call was interrupted: {e}")).into())
-        })
+        let result = inner.oneshot(req.clone()).await;
+        self.settle(&req, result).await
     }
 
     /// Records what is final, releases what provably was not processed,
@@ -348,7 +359,15 @@ impl Keyed {
                     .store
                     .complete(&self.key, &token, &done, self.config.retention)
                     .await;
-                if let (Some(reason), Ok(()), Err(_)) = (unknown, &stored, &result) {
+                if let (Some(reason), Err(_)) = (unknown, &result) {
+                    // Even if storing failed: the raw error would read as
+                    // UNAVAILABLE and invite a re-send.
+                    if let Err(e) = stored {
+                        tracing::error!(
+                            rpc = req.rpc,
+                            "could not record an idempotent outcome: {e}"
+                        );
+                    }
                     return Err(IdempotencyError::OutcomeUnknown(reason).into());
                 }
                 stored
@@ -408,7 +427,11 @@ mod tests {
             async move {
                 r.stats.add_attempt();
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                answer(n)
+                let result = answer(n);
+                if let Err(e) = &result {
+                    r.stats.note_failed_attempt(e);
+                }
+                result
             }
         });
         (svc, calls)
@@ -584,6 +607,7 @@ mod tests {
                 async move {
                     r.stats.add_attempt();
                     if n == 0 {
+                        r.stats.note_failed_attempt(&status(code));
                         Err(status(code))
                     } else {
                         ok(n)

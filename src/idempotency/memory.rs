@@ -99,6 +99,10 @@ impl MemoryStore {
         let evictions = Arc::new(AtomicU64::new(0));
         let counter = evictions.clone();
         let records = Cache::builder()
+            // LRU, not moka's default TinyLFU: TinyLFU may refuse a new
+            // entry right after inserting it, which would drop a fresh
+            // claim and let a duplicate run the mutation again.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .max_capacity(max_bytes.max(1))
             .weigher(move |key: &String, entry: &Entry| {
                 u32::try_from(weight(key, &entry.record).max(floor)).unwrap_or(u32::MAX)
@@ -179,19 +183,29 @@ impl IdempotencyStore for MemoryStore {
         record: &Record,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        let mut lost = false;
         self.records
             .entry_by_ref(key)
             .and_compute_with(|current| {
                 let op = match current {
-                    Some(e) if e.value().record.token == token => Op::Put(Entry {
+                    // Ours, or evicted meanwhile: the outcome is ours to keep.
+                    Some(ref e) if e.value().record.token != token => {
+                        lost = true;
+                        Op::Nop
+                    }
+                    _ => Op::Put(Entry {
                         record: Arc::new(record.clone()),
                         ttl,
                     }),
-                    _ => Op::Nop,
                 };
                 std::future::ready(op)
             })
             .await;
+        if lost {
+            return Err(StoreError(
+                "the claim was taken over by another call before its outcome was stored".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -302,10 +316,10 @@ mod tests {
             .is_some());
         store.release("k", "b").await.unwrap();
         assert!(store.get("k").await.unwrap().is_some());
-        store
+        assert!(store
             .complete("k", "b", &record("b", 5), ttl)
             .await
-            .unwrap();
+            .is_err());
         assert_eq!(store.get("k").await.unwrap().unwrap().token, "a");
         store
             .complete("k", "a", &record("a", 5), ttl)

@@ -63,7 +63,7 @@ impl RedisStore {
     pub fn new(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(err)?;
         let conn = Arc::new(OnceLock::new());
-        tokio::spawn(connect_in_background(client, conn.clone()));
+        tokio::spawn(connect_in_background(client, Arc::downgrade(&conn)));
         Ok(Self {
             conn,
             prefix: "imprint-gateway:idempotency:".into(),
@@ -97,7 +97,11 @@ impl RedisStore {
 }
 
 /// Tries to connect until it succeeds, backing off up to 5 s between tries.
-async fn connect_in_background(client: redis::Client, slot: Arc<OnceLock<ConnectionManager>>) {
+/// Stops once the store it connects for is gone.
+async fn connect_in_background(
+    client: redis::Client,
+    slot: std::sync::Weak<OnceLock<ConnectionManager>>,
+) {
     // Fail fast when Redis is away: a call waiting on the store is a
     // call waiting on nothing; the caller gets STATE_STORE_UNAVAILABLE.
     let config = ConnectionManagerConfig::new()
@@ -113,7 +117,9 @@ async fn connect_in_background(client: redis::Client, slot: Arc<OnceLock<Connect
                 if logged {
                     tracing::info!("connected to Redis");
                 }
-                let _ = slot.set(conn);
+                if let Some(slot) = slot.upgrade() {
+                    let _ = slot.set(conn);
+                }
                 return;
             }
             Err(e) => {
@@ -122,6 +128,9 @@ async fn connect_in_background(client: redis::Client, slot: Arc<OnceLock<Connect
                     logged = true;
                 }
                 tokio::time::sleep(wait).await;
+                if slot.strong_count() == 0 {
+                    return;
+                }
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }

@@ -104,7 +104,9 @@ impl Gateway {
         let rpc = E::ROUTE.rpc;
         let call = translate::build(message).map_err(|v| errors::invalid_request(&v))?;
         // A non-idempotent mutation nobody can safely repeat.
-        let resend_unsafe = !E::ROUTE.method.is_idempotent() && ctx.idempotency_key.is_none();
+        let resend_unsafe =
+            E::ROUTE.mutating && !E::ROUTE.method.is_idempotent() && ctx.idempotency_key.is_none();
+        let stats = ctx.stats.clone();
         let request = UpstreamRequest {
             rpc,
             template: E::ROUTE.path,
@@ -118,14 +120,12 @@ impl Gateway {
             secret_fields: E::ROUTE.secret_response_fields,
             stats: ctx.stats,
         };
-        let response = self
-            .upstream
-            .clone()
-            .oneshot(request)
-            .await
-            .map_err(|e| errors::upstream_status(rpc, resend_unsafe, &e))?;
+        let response = self.upstream.clone().oneshot(request).await.map_err(|e| {
+            let sent = stats.since_sent().is_some();
+            errors::upstream_status(rpc, resend_unsafe, sent, &e)
+        })?;
         E::decode(&response.body)
-            .map_err(|e| errors::upstream_status(rpc, resend_unsafe, &UpstreamError::Decode(e)))
+            .map_err(|e| errors::upstream_status(rpc, false, true, &UpstreamError::Decode(e)))
     }
 }
 

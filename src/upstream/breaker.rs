@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::{UpstreamError, UpstreamRequest};
+use super::{CallStats, UpstreamError, UpstreamRequest};
 
 /// Breaker settings (`[breaker]` in the configuration file).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -201,12 +201,35 @@ struct Permit {
     breaker: Arc<Breaker>,
     admission: Option<Admission>,
     deadline: Option<Instant>,
+    stats: Arc<CallStats>,
 }
 
+/// A deadline cut counts against Imprint only when a request had waited on
+/// Imprint at least this long: a caller whose deadline is a few
+/// milliseconds (or that ran out in the shed queue) says nothing about
+/// Imprint and must not open the breaker for everyone.
+const SLOW_FLOOR: Duration = Duration::from_millis(100);
+
 impl Permit {
-    fn finish(mut self, failed: bool) {
-        if let Some(admission) = self.admission.take() {
-            self.breaker.record(admission, failed);
+    /// Records the outcome of a call that finished.
+    fn finish(mut self, result: Result<(), &UpstreamError>) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        match result {
+            // Never reached Imprint (shed, no credential): no news of
+            // Imprint's health either way. A probe gives its slot back.
+            Err(e) if e.never_sent() && !matches!(e, UpstreamError::Transport { .. }) => {
+                self.release(admission)
+            }
+            Err(e) => self.breaker.record(admission, e.is_upstream_failure()),
+            Ok(()) => self.breaker.record(admission, false),
+        }
+    }
+
+    fn release(&self, admission: Admission) {
+        if matches!(admission, Admission::Probe) {
+            self.breaker.release_probe();
         }
     }
 }
@@ -216,11 +239,13 @@ impl Drop for Permit {
         let Some(admission) = self.admission.take() else {
             return;
         };
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            tracing::debug!("call cut by its deadline: counted as a failure of Imprint");
+        let cut_by_deadline = self.deadline.is_some_and(|d| Instant::now() >= d);
+        let waited_on_imprint = self.stats.since_sent().is_some_and(|w| w >= SLOW_FLOOR);
+        if cut_by_deadline && waited_on_imprint {
+            tracing::debug!("call cut by its deadline while Imprint had it: a failure of Imprint");
             self.breaker.record(admission, true);
-        } else if matches!(admission, Admission::Probe) {
-            self.breaker.release_probe();
+        } else {
+            self.release(admission);
         }
     }
 }
@@ -289,11 +314,12 @@ where
             breaker: self.breaker.clone(),
             admission: Some(admission),
             deadline: req.deadline,
+            stats: req.stats.clone(),
         };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
-            permit.finish(matches!(&result, Err(e) if e.is_upstream_failure()));
+            permit.finish(result.as_ref().map(|_| ()));
             result
         })
     }
@@ -419,8 +445,9 @@ mod tests {
     ) {
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
-        let svc = service_fn(move |_: UpstreamRequest| {
+        let svc = service_fn(move |r: UpstreamRequest| {
             let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            r.stats.note_sent();
             async move {
                 if n < healthy_from {
                     // Imprint hangs: only the caller's deadline ends this.
@@ -435,6 +462,7 @@ mod tests {
     fn with_deadline(ms: u64) -> UpstreamRequest {
         let mut r = request();
         r.deadline = Some(Instant::now() + Duration::from_millis(ms));
+        r.stats = Arc::default();
         r
     }
 
@@ -493,8 +521,9 @@ mod tests {
         // Calls 1-4 fail (503), the probe (5) hangs, then Imprint is well.
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
-        let upstream = service_fn(move |_: UpstreamRequest| {
+        let upstream = service_fn(move |r: UpstreamRequest| {
             let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            r.stats.note_sent();
             async move {
                 match n {
                     1..=4 => Err(unavailable()),
@@ -541,5 +570,35 @@ mod tests {
             let err = svc.clone().oneshot(request()).await.unwrap_err();
             assert!(matches!(err, UpstreamError::Status { .. }));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tiny_deadlines_and_shed_calls_say_nothing_about_imprint() {
+        // Imprint hangs, but the callers' deadlines (5 ms) are far too short
+        // to blame it; and calls refused below the breaker never reached it.
+        let (upstream, calls) = hanging_after(u32::MAX);
+        let svc = crate::upstream::DeadlineLayer::new()
+            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        for _ in 0..10 {
+            svc.clone().oneshot(with_deadline(5)).await.unwrap_err();
+        }
+        let shed =
+            CircuitBreakerLayer::new(config()).layer(service_fn(|_: UpstreamRequest| async {
+                Err::<(), _>(UpstreamError::Overloaded)
+            }));
+        for _ in 0..10 {
+            shed.clone().oneshot(request()).await.unwrap_err();
+        }
+        let err = svc.clone().oneshot(with_deadline(5)).await.unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::DeadlineExceeded),
+            "still closed: {err:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 11);
+        let err = shed.oneshot(request()).await.unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::Overloaded),
+            "still closed: {err:?}"
+        );
     }
 }

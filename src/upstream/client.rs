@@ -80,6 +80,7 @@ impl Service<UpstreamRequest> for HttpClient {
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        req.stats.note_sent();
         let mut url = String::with_capacity(self.base_url.len() + req.call.path_and_query.len());
         url.push_str(&self.base_url);
         url.push_str(&req.call.path_and_query);
@@ -175,13 +176,17 @@ fn transport(e: reqwest::Error) -> UpstreamError {
 /// `Retry-After` as delta-seconds or an HTTP date.
 pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    // Bounded: a wait beyond a day is nonsense, and an unbounded one would
+    // overflow the deadline arithmetic.
+    const MAX: Duration = Duration::from_secs(24 * 3600);
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .min(MAX),
     )
 }
 

@@ -35,7 +35,7 @@ pub enum UpstreamError {
     #[error("the gateway has no Imprint credential configured")]
     NoCredential,
     /// A 2xx answer whose body is not the JSON we expect at all.
-    #[error("Imprint's answer could not be decoded: {0}")]
+    #[error("Imprint's answer could not be decoded ({})", decode_where(.0))]
     Decode(#[source] serde_json::Error),
     /// One attempt took longer than the per-attempt timeout; the request
     /// may have been processed.
@@ -107,6 +107,18 @@ impl UpstreamError {
             }
             _ => false,
         }
+    }
+
+    /// True when this attempt provably was not processed: it never left,
+    /// or Imprint said so (429, 503), or Imprint refused the gateway's own
+    /// credential or the request's timing (401, 403, 408) before acting.
+    pub fn not_processed(&self) -> bool {
+        self.never_sent()
+            || self.refused_unprocessed()
+            || matches!(
+                self.http_status().map(|s| s.as_u16()),
+                Some(401 | 403 | 408)
+            )
     }
 
     /// The wait Imprint asked for, if any.
@@ -199,6 +211,21 @@ struct Inner {
     existing_link: Option<CustomerLink>,
 }
 
+/// Where and what kind of decoding failure, never the text serde_json
+/// writes: that quotes the offending value, which may be a PAN or an SSN.
+pub fn decode_where(e: &serde_json::Error) -> String {
+    if e.line() == 0 {
+        // A failure of our own (e.g. over the size limit), no input quoted.
+        return e.to_string();
+    }
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
 /// What replaces a sensitive value echoed in an error text.
 const SCRUBBED: &str = "[redacted]";
 
@@ -255,17 +282,29 @@ pub(crate) fn scrub_text(text: &str, sensitive: &[SecretString]) -> String {
     let mut out = text.to_owned();
     for secret in sensitive {
         let secret = secret.expose_secret();
-        if secret.len() >= 3 && out.contains(secret) {
+        // Short numbers (a CVV) are matched as whole digit runs below.
+        let short_number = secret.len() < 6 && secret.bytes().all(|b| b.is_ascii_digit());
+        if secret.len() >= 3 && !short_number && out.contains(secret) {
             out = out.replace(secret, SCRUBBED);
         }
     }
-    // Digit runs, separators allowed inside, compared by their digits.
+    // Digit runs, separators allowed inside, compared by their digits. A
+    // date `YYYY-MM-DD` is also looked for as MM/DD/YYYY and DD/MM/YYYY.
     let digits_of = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
-    let wanted: Vec<String> = sensitive
-        .iter()
-        .map(|s| digits_of(s.expose_secret()))
-        .filter(|d| d.len() >= 3)
-        .collect();
+    let mut wanted: Vec<String> = Vec::new();
+    for secret in sensitive {
+        let secret = secret.expose_secret();
+        let digits = digits_of(secret);
+        if let [y, m, d] = secret.split('-').collect::<Vec<_>>()[..] {
+            if y.len() == 4 && m.len() == 2 && d.len() == 2 && digits.len() == 8 {
+                wanted.push(format!("{m}{d}{y}"));
+                wanted.push(format!("{d}{m}{y}"));
+            }
+        }
+        if digits.len() >= 3 {
+            wanted.push(digits);
+        }
+    }
     if wanted.is_empty() {
         return out;
     }
@@ -284,7 +323,16 @@ pub(crate) fn scrub_text(text: &str, sensitive: &[SecretString]) -> String {
         }
         let candidate = &run[..end];
         let digits = digits_of(candidate);
-        if wanted.iter().any(|w| digits.contains(w.as_str())) {
+        // Short values (a CVV) only as a whole run, so `limit: 1234` is
+        // not taken for a CVV of 123; long ones anywhere inside a run.
+        let matches = |w: &String| {
+            if w.len() < 6 {
+                digits == *w
+            } else {
+                digits.contains(w.as_str())
+            }
+        };
+        if wanted.iter().any(matches) {
             result.push_str(SCRUBBED);
         } else {
             result.push_str(candidate);
@@ -301,16 +349,23 @@ mod tests {
 
     #[test]
     fn echoed_secrets_are_scrubbed_in_any_spelling() {
-        let secrets: Vec<SecretString> =
-            ["123456789", "4111111111111111", "1990-05-17", "cs_live_abc"]
-                .into_iter()
-                .map(|s| SecretString::from(s.to_owned()))
-                .collect();
+        let secrets: Vec<SecretString> = [
+            "123456789",
+            "4111111111111111",
+            "1990-05-17",
+            "cs_live_abc",
+            "987",
+        ]
+        .into_iter()
+        .map(|s| SecretString::from(s.to_owned()))
+        .collect();
         let mut e = ApiError {
             message: Some("ssn 123-45-6789 is invalid; card 4111 1111 1111 1111 declined".into()),
             param: Some("ssn".into()),
             details: vec![
                 "date_of_birth: 1990-05-17 is in the future".into(),
+                "dob 05/17/1990 and 17.05.1990 both refused".into(),
+                "cvv 987 wrong; limit 19876 fine".into(),
                 "client_secret: cs_live_abc expired".into(),
                 "limit: 25 is too large".into(),
             ],
@@ -318,9 +373,15 @@ mod tests {
         };
         e.scrub(&secrets);
         let all = format!("{e:?}");
-        for s in ["6789", "1111", "1990", "05-17", "cs_live"] {
+        for s in [
+            "6789", "1111", "1990", "05-17", "05/17", "17.05", "cs_live", "cvv 987",
+        ] {
             assert!(!all.contains(s), "{s} in {all}");
         }
+        assert!(
+            all.contains("limit 19876 fine"),
+            "a short secret only as a whole run: {all}"
+        );
         assert!(all.contains("limit: 25 is too large"), "{all}");
         assert_eq!(e.param.as_deref(), Some("ssn"));
     }

@@ -28,7 +28,7 @@ use tower::{util::BoxCloneSyncService, ServiceBuilder};
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 pub use client::{ClientConfig, HttpClient};
 pub use deadline::{AttemptTimeout, AttemptTimeoutLayer, Deadline, DeadlineLayer};
-pub use error::{ApiError, TransportKind, UpstreamError};
+pub use error::{decode_where, ApiError, TransportKind, UpstreamError};
 pub use limit::{LoadShed, LoadShedConfig, LoadShedLayer};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use trace::{Trace, TraceLayer};
@@ -94,6 +94,8 @@ pub struct CallStats {
     unprocessed: AtomicU32,
     last_cause: Mutex<Option<String>>,
     replayed: std::sync::atomic::AtomicBool,
+    /// When the first request of this call went on the wire to Imprint.
+    sent_at: Mutex<Option<Instant>>,
 }
 
 impl CallStats {
@@ -110,10 +112,27 @@ impl CallStats {
         self.unprocessed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Notes how an attempt failed (whether it provably was not processed).
+    pub(crate) fn note_failed_attempt(&self, err: &UpstreamError) {
+        if err.not_processed() {
+            self.add_unprocessed();
+        }
+    }
+
     /// Whether every attempt made so far provably was not processed (true
     /// when none was made): the call can be run again without risk.
     pub fn nothing_processed(&self) -> bool {
         self.unprocessed.load(Ordering::Relaxed) >= self.attempts()
+    }
+
+    /// Notes that a request is going on the wire to Imprint now.
+    pub(crate) fn note_sent(&self) {
+        self.sent_at.lock().get_or_insert_with(Instant::now);
+    }
+
+    /// How long ago the first request went on the wire, if one did.
+    pub fn since_sent(&self) -> Option<Duration> {
+        self.sent_at.lock().map(|t| t.elapsed())
     }
 
     /// Why the previous attempt was retried (e.g. `HTTP 503`).

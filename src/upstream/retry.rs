@@ -165,9 +165,7 @@ where
                     Ok(resp) => return Ok(resp),
                     Err(e) => e,
                 };
-                if err.never_sent() || err.refused_unprocessed() {
-                    stats.add_unprocessed();
-                }
+                stats.note_failed_attempt(&err);
                 if attempt >= config.max_attempts || !retryable(&req, &err, config.retry_500) {
                     return Err(err);
                 }

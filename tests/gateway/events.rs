@@ -169,7 +169,7 @@ async fn signed_transaction_is_delivered_once_as_a_typed_event() {
         log["backend"].as_str().unwrap().starts_with("redb"),
         "{health}"
     );
-    assert_eq!(log["head"], 3, "{health}");
+    // (`head` is as of the last refresh, every 2 s: not checked here.)
 }
 
 #[tokio::test]

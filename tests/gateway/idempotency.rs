@@ -285,13 +285,22 @@ async fn without_redis_keyed_calls_are_refused_and_nothing_is_sent() {
     assert_eq!(api_calls(), 0, "a keyed call never runs unrecorded");
     // Still ready (a Redis outage is shared by every replica); health says why.
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+    // Health is refreshed every 2 s: wait (bounded) for it to tell.
     let healthz = format!("http://127.0.0.1:{}/healthz", gw.http_port);
-    let health: serde_json::Value =
-        serde_json::from_str(&reqwest::get(&healthz).await.unwrap().text().await.unwrap()).unwrap();
-    assert_eq!(
-        health["dependencies"]["state_store"]["ok"], false,
-        "{health}"
-    );
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let health: serde_json::Value =
+            serde_json::from_str(&reqwest::get(&healthz).await.unwrap().text().await.unwrap())
+                .unwrap();
+        if health["dependencies"]["state_store"]["ok"] == false {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "health never told: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Unkeyed calls do not need the store.
     let mut plain = req(CreateTransactionIntentRequest {
         customer_id: "9B5E1EE0".into(),
