@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
+    cache::CacheConfig,
     credentials::{fingerprint, AuthScheme},
     idempotency::IdempotencyConfig,
     upstream::{BreakerConfig, LoadShedConfig, RetryConfig},
@@ -34,6 +35,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub state: StateSettings,
     pub log: LogConfig,
+    pub cache: CacheConfig,
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
@@ -470,6 +472,12 @@ impl Config {
                 Duration::from_secs(1),
                 DAY,
             ),
+            (
+                "cache.not_found_ttl",
+                self.cache.not_found_ttl,
+                Duration::ZERO,
+                DAY,
+            ),
         ];
         for (setting, value, min, max) in durations {
             if value < min || value > max {
@@ -538,11 +546,13 @@ impl Config {
                 1024,
                 1 << 40,
             ),
+            ("cache.max_bytes", self.cache.max_bytes, 1024, 1 << 40),
         ]) {
             if value < min || value > max {
                 return Err(err(setting, format!("must be between {min} and {max}")));
             }
         }
+        self.cache.validate().map_err(|(s, p)| err(s, p))?;
         if r.max_backoff < r.base_backoff {
             return Err(err(
                 "retry.max_backoff",

@@ -7,6 +7,7 @@
 //! become gRPC statuses in exactly one place, [`errors`].
 
 pub mod auth;
+pub mod cache;
 pub mod call;
 pub mod cli;
 pub mod config;

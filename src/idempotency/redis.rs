@@ -97,7 +97,10 @@ impl RedisStore {
 }
 
 /// Tries to connect until it succeeds, backing off up to 5 s between tries.
-async fn connect_in_background(client: redis::Client, slot: Arc<OnceLock<ConnectionManager>>) {
+pub(crate) async fn connect_in_background(
+    client: redis::Client,
+    slot: Arc<OnceLock<ConnectionManager>>,
+) {
     // Fail fast when Redis is away: a call waiting on the store is a
     // call waiting on nothing; the caller gets STATE_STORE_UNAVAILABLE.
     let config = ConnectionManagerConfig::new()
@@ -132,7 +135,7 @@ async fn connect_in_background(client: redis::Client, slot: Arc<OnceLock<Connect
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs a Redis operation within [`OP_TIMEOUT`].
-async fn bounded<T, E: std::fmt::Display>(
+pub(crate) async fn bounded<T, E: std::fmt::Display>(
     op: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(OP_TIMEOUT, op).await {

@@ -280,6 +280,8 @@ impl TestGateway {
                 "GATEWAY_CALLER_TOKENS_FILE".into(),
                 tokens.display().to_string(),
             ),
+            // Off unless a test is about it: most tests count upstream calls.
+            ("GATEWAY__CACHE__ENABLED".into(), "false".into()),
         ];
         for (k, v) in env {
             vars.retain(|(name, _)| name != k);
@@ -427,6 +429,7 @@ impl GatewayProcess {
             .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
             .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
             .env("RUST_LOG", "warn")
+            .env("GATEWAY__CACHE__ENABLED", "false")
             .stdout(std::process::Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
