@@ -6,6 +6,7 @@
 //! decodes the JSON answer with the mapping in [`json`]. Upstream failures
 //! become gRPC statuses in exactly one place, [`errors`].
 
+pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod call;

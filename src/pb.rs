@@ -18,6 +18,19 @@ pub mod imprint {
     }
 }
 
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::derive_partial_eq_without_eq
+)]
+pub mod gateway {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/imprint.gateway.v1.rs"));
+    }
+}
+
 /// The encoded descriptors of every served proto (annotations included),
 /// for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

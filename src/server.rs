@@ -171,6 +171,7 @@ pub async fn start(
             per_second: config.limits.caller_rate_per_sec,
             burst: config.limits.caller_burst,
         }))
+        .add_service(crate::admin::Admin::new(cache.clone()).into_server())
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

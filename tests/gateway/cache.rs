@@ -316,3 +316,83 @@ async fn cache_replicas_share_invalidations_over_redis_and_drop_the_cache_withou
     read_until(&mut cb, "bypass").await;
     assert!(count(&up, Method::GET, &path) > reads);
 }
+
+const ADMIN_TOKENS: &str = r#"
+[[callers]]
+name = "ops"
+token = "caller-token-admin"
+allow = ["imprint.gateway.v1.AdminService/*", "*"]
+
+[[callers]]
+name = "tester"
+token = "caller-token-all"
+allow = ["*"]
+"#;
+
+#[tokio::test]
+async fn cache_admin_purges_and_reports_stats_for_admin_callers_only() {
+    use imprint_gateway::pb::gateway::v1::{
+        admin_service_client::AdminServiceClient, purge_cache_request::Target, GetStatsRequest,
+        PurgeCacheRequest, ResourceRef,
+    };
+
+    use crate::harness::{tempdir::Dir, with_token};
+
+    let dir = Dir::new();
+    let tokens = dir.0.join("admin.toml");
+    std::fs::write(&tokens, ADMIN_TOKENS).unwrap();
+    let up = FakeUpstream::start().await;
+    let path = format!("/v2/customers/{ID}");
+    up.on(Method::GET, &path, Reply::ok(customer_json()));
+    let tokens = tokens.display().to_string();
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("GATEWAY__CACHE__ENABLED", "true"),
+            ("GATEWAY_CALLER_TOKENS_FILE", tokens.as_str()),
+        ],
+    )
+    .await;
+    let mut c = CustomerServiceClient::new(gw.channel.clone());
+    let mut admin = AdminServiceClient::new(gw.channel.clone());
+
+    // `*` is not enough.
+    let denied = admin.get_stats(req(GetStatsRequest {})).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    read(&mut c).await;
+    read(&mut c).await;
+    let stats = admin
+        .get_stats(with_token(GetStatsRequest {}, "caller-token-admin"))
+        .await
+        .unwrap()
+        .into_inner()
+        .cache
+        .unwrap();
+    assert!(stats.enabled);
+    assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+    assert!(stats.bytes > 0);
+
+    let purges = [
+        Target::Resource(ResourceRef {
+            kind: "customer".into(),
+            id: ID.into(),
+        }),
+        Target::Rpc("GetCustomer".into()),
+        Target::All(true),
+    ];
+    for (n, target) in purges.into_iter().enumerate() {
+        admin
+            .purge_cache(with_token(
+                PurgeCacheRequest {
+                    target: Some(target),
+                },
+                "caller-token-admin",
+            ))
+            .await
+            .unwrap();
+        let (_, x) = read(&mut c).await;
+        assert_eq!(x.as_deref(), Some("miss"));
+        assert_eq!(count(&up, Method::GET, &path), n + 2);
+    }
+}
