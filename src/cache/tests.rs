@@ -178,3 +178,63 @@ async fn invalidation_by_tag_rpc_and_webhook_hook() {
     let s = cache.snapshot().await;
     assert_eq!((s.hits, s.misses, s.entries), (1, 4, 1));
 }
+
+#[tokio::test]
+async fn a_404_is_remembered_only_when_configured() {
+    for (not_found_ttl, expected_calls) in [(0, 2), (60, 1)] {
+        let store = Arc::new(CredentialStore::new(Some(credential("k1", "m1"))));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let config = CacheConfig {
+            not_found_ttl: std::time::Duration::from_secs(not_found_ttl),
+            ..CacheConfig::default()
+        };
+        let counter = calls.clone();
+        let svc = CacheLayer::new(config, store).layer(service_fn(move |_r: UpstreamRequest| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err::<UpstreamResponse, _>(UpstreamError::Status {
+                    status: StatusCode::NOT_FOUND,
+                    error: Box::default(),
+                    retry_after: None,
+                })
+            }
+        }));
+        for _ in 0..2 {
+            let err = svc.clone().oneshot(request()).await.unwrap_err();
+            assert!(matches!(
+                err,
+                UpstreamError::Status { status, .. } if status == StatusCode::NOT_FOUND
+            ));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), expected_calls);
+    }
+}
+
+#[tokio::test]
+async fn errors_are_shared_with_the_flight_but_not_stored() {
+    let store = Arc::new(CredentialStore::new(Some(credential("k1", "m1"))));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = CacheLayer::new(CacheConfig::default(), store).layer(service_fn(
+        move |_r: UpstreamRequest| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err::<UpstreamResponse, _>(UpstreamError::Status {
+                    status: StatusCode::BAD_GATEWAY,
+                    error: Box::default(),
+                    retry_after: None,
+                })
+            }
+        },
+    ));
+    let flight = (0..10).map(|_| svc.clone().oneshot(request()));
+    let results = futures::future::join_all(flight).await;
+    assert!(results.iter().all(|r| matches!(
+        r,
+        Err(UpstreamError::Status { status, .. }) if *status == StatusCode::BAD_GATEWAY
+    )));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let _ = svc.oneshot(request()).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
