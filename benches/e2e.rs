@@ -91,6 +91,9 @@ fn bench(c: &mut Criterion) {
                 ("IMPRINT_API_KEY", "sk_bench".to_string()),
                 ("GATEWAY_ALLOW_UNAUTHENTICATED", "true".to_string()),
                 ("GATEWAY__LIMITS__CALLER_RATE_PER_SEC", "0".to_string()),
+                // Every call goes to Imprint: the cache-hit path is measured by
+                // benches/cache_hit.rs.
+                ("GATEWAY__CACHE__ENABLED", "false".to_string()),
             ]
             .map(|(k, v)| (k.to_string(), v)),
         )

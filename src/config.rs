@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{
+    cache::CacheConfig,
     credentials::{fingerprint, AuthScheme},
     idempotency::IdempotencyConfig,
     upstream::{BreakerConfig, LoadShedConfig, RetryConfig},
@@ -35,6 +36,7 @@ pub struct Config {
     pub state: StateSettings,
     pub log: LogConfig,
     pub events: crate::events::EventsConfig,
+    pub cache: CacheConfig,
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
@@ -494,6 +496,12 @@ impl Config {
                 Duration::from_secs(1),
                 DAY,
             ),
+            (
+                "cache.not_found_ttl",
+                self.cache.not_found_ttl,
+                Duration::ZERO,
+                DAY,
+            ),
         ];
         for (setting, value, min, max) in durations {
             if value < min || value > max {
@@ -562,11 +570,13 @@ impl Config {
                 1024,
                 1 << 40,
             ),
+            ("cache.max_bytes", self.cache.max_bytes, 1024, 1 << 40),
         ]) {
             if value < min || value > max {
                 return Err(err(setting, format!("must be between {min} and {max}")));
             }
         }
+        self.cache.validate().map_err(|(s, p)| err(s, p))?;
         if r.max_backoff < r.base_backoff {
             return Err(err(
                 "retry.max_backoff",

@@ -2,11 +2,13 @@
 //!
 //! The path of a call: a tonic service in [`services`] turns the proto
 //! request into a REST call with [`translate`], sends it through the
-//! [`upstream`] tower stack (trace → deadline → credentials → reqwest), and
+//! [`upstream`] tower stack (trace → cache → idempotency → deadline → … → credentials → reqwest), and
 //! decodes the JSON answer with the mapping in [`json`]. Upstream failures
 //! become gRPC statuses in exactly one place, [`errors`].
 
+pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod call;
 pub mod cli;
 pub mod config;

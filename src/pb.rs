@@ -16,7 +16,16 @@ pub mod imprint {
         include!(concat!(env!("OUT_DIR"), "/rest_enums.rs"));
         include!(concat!(env!("OUT_DIR"), "/redacted_debug.rs"));
     }
+    /// `imprint.gateway.v1`: events, admin, the field options. Nested as
+    /// prost expects, so its `super::super::v2::…` paths resolve.
+    pub mod gateway {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/imprint.gateway.v1.rs"));
+        }
+    }
 }
+
+pub use imprint::gateway;
 
 /// The encoded descriptors of every served proto (annotations included),
 /// for server reflection.

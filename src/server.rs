@@ -14,6 +14,7 @@ use tonic::transport::Server;
 
 use crate::{
     auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
+    cache::{CacheBus, ResponseCache},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
     events::{Events, NoCache},
@@ -33,6 +34,7 @@ pub struct Running {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
+    cache: Option<Arc<ResponseCache>>,
 }
 
 /// State reloaded on SIGHUP.
@@ -120,7 +122,15 @@ pub async fn start(
             config.idempotency.memory_max_bytes,
         )),
     };
-    let stack_config = stack_config(&config);
+    let mut stack_config = stack_config(&config);
+    let cache = config
+        .cache
+        .enabled
+        .then(|| ResponseCache::new(config.cache.clone(), credentials.clone()));
+    if let (Some(cache), Some(url)) = (&cache, &config.state.redis_url) {
+        CacheBus::start(url.expose_secret(), cache).context("GATEWAY_REDIS_URL")?;
+    }
+    stack_config.cache = cache.clone();
     let gateway = Gateway::new(
         upstream::stack(
             client.clone(),
@@ -173,6 +183,7 @@ pub async fn start(
             per_second: config.limits.caller_rate_per_sec,
             burst: config.limits.caller_burst,
         }))
+        .add_service(crate::admin::Admin::new(cache.clone()).into_server())
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -249,6 +260,7 @@ pub async fn start(
         shared,
         stop,
         task,
+        cache,
     })
 }
 
@@ -260,6 +272,7 @@ pub fn stack_config(config: &Config) -> StackConfig {
         load_shed: config.limits.load_shed(),
         idempotency: config.idempotency.clone(),
         attempt_timeout: config.upstream.attempt_timeout,
+        cache: None,
     }
 }
 
@@ -297,6 +310,12 @@ impl Running {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The response cache (None when `cache.enabled = false`): the hook for
+    /// webhook invalidations, and for tests.
+    pub fn cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.cache.as_ref()
     }
 
     /// Re-reads the API key file and caller tokens file (SIGHUP), all or

@@ -39,6 +39,8 @@ pub struct Credential {
     authorization: HeaderValue,
     merchant_header: Option<HeaderValue>,
     fingerprint: String,
+    /// `<key fingerprint>/<merchant key fingerprint or ->`.
+    product_fingerprint: String,
 }
 
 impl std::fmt::Debug for Credential {
@@ -86,7 +88,14 @@ impl Credential {
             None => None,
         };
         let fingerprint = fingerprint(key);
+        let product_fingerprint = format!(
+            "{fingerprint}/{}",
+            merchant_key
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |m| self::fingerprint(m.expose_secret()))
+        );
         Ok(Self {
+            product_fingerprint,
             api_key,
             merchant_key,
             scheme,
@@ -99,6 +108,12 @@ impl Credential {
     /// A short, non-reversible id of the key, safe to log and show.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Fingerprints of the key and of the merchant key: which credential
+    /// and product an answer was fetched with (the response cache's scope).
+    pub fn product_fingerprint(&self) -> &str {
+        &self.product_fingerprint
     }
 
     /// The key itself, for the few places that must compare keys.

@@ -26,7 +26,7 @@
 
 mod layer;
 mod memory;
-mod redis;
+pub(crate) mod redis;
 
 use std::time::Duration;
 

@@ -98,7 +98,7 @@ impl RedisStore {
 
 /// Tries to connect until it succeeds, backing off up to 5 s between tries.
 /// Stops once the store it connects for is gone.
-async fn connect_in_background(
+pub(crate) async fn connect_in_background(
     client: redis::Client,
     slot: std::sync::Weak<OnceLock<ConnectionManager>>,
 ) {
@@ -141,7 +141,7 @@ async fn connect_in_background(
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs a Redis operation within [`OP_TIMEOUT`].
-async fn bounded<T, E: std::fmt::Display>(
+pub(crate) async fn bounded<T, E: std::fmt::Display>(
     op: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(OP_TIMEOUT, op).await {

@@ -57,6 +57,7 @@ impl Gateway {
         let result = match idempotency_key(request.metadata()) {
             Ok(key) => {
                 let ctx = CallContext {
+                    no_cache: no_cache(request.metadata()),
                     deadline,
                     request_id: request_id.clone(),
                     caller,
@@ -79,6 +80,9 @@ impl Gateway {
             .and_then(|c| MetadataValue::try_from(c).ok())
         {
             metadata.insert("x-upstream-retry-cause", cause);
+        }
+        if let Some(cache) = stats.cache() {
+            metadata.insert("x-cache", MetadataValue::from_static(cache.as_str()));
         }
         if stats.replayed() {
             metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
@@ -107,11 +111,20 @@ impl Gateway {
         let resend_unsafe =
             E::ROUTE.mutating && !E::ROUTE.method.is_idempotent() && ctx.idempotency_key.is_none();
         let stats = ctx.stats.clone();
+        let mut headers = HeaderMap::new();
+        if ctx.no_cache {
+            // The caller wants a fresh answer: the cache layer skips its
+            // entry, and Imprint is told the same.
+            headers.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-cache"),
+            );
+        }
         let request = UpstreamRequest {
             rpc,
             template: E::ROUTE.path,
             call,
-            headers: HeaderMap::new(),
+            headers,
             deadline: Some(ctx.deadline),
             request_id: ctx.request_id,
             caller: ctx.caller,
@@ -131,6 +144,8 @@ impl Gateway {
 
 /// What the edge learned about a call before it goes upstream.
 struct CallContext {
+    /// `cache-control: no-cache`: bypass (and refresh) the response cache.
+    no_cache: bool,
     deadline: Instant,
     request_id: Arc<str>,
     caller: Arc<str>,
@@ -154,6 +169,16 @@ fn idempotency_key(metadata: &MetadataMap) -> Result<Option<Arc<str>>, Status> {
             description: "idempotency-key must be 1 to 255 visible ASCII characters".into(),
         }])),
     }
+}
+
+/// Whether the caller sent `cache-control: no-cache`.
+fn no_cache(metadata: &MetadataMap) -> bool {
+    metadata
+        .get_all("cache-control")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
 }
 
 /// The call's request id, settled by [`crate::request_id`] at the edge.

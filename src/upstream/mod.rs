@@ -34,6 +34,7 @@ pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use trace::{Trace, TraceLayer};
 
 use crate::{
+    cache::{CacheLayer, CacheStatus, ResponseCache},
     credentials::{CredentialStore, CredentialsLayer},
     idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore},
     translate::RestCall,
@@ -96,6 +97,8 @@ pub struct CallStats {
     replayed: std::sync::atomic::AtomicBool,
     /// When the first request of this call went on the wire to Imprint.
     sent_at: Mutex<Option<Instant>>,
+    /// What the response cache did (0: not a cacheable call).
+    cache: std::sync::atomic::AtomicU8,
 }
 
 impl CallStats {
@@ -151,6 +154,25 @@ impl CallStats {
     pub(crate) fn set_replayed(&self) {
         self.replayed.store(true, Ordering::Relaxed);
     }
+
+    /// `x-cache`: set on calls to cacheable RPCs only.
+    pub fn cache(&self) -> Option<CacheStatus> {
+        match self.cache.load(Ordering::Relaxed) {
+            1 => Some(CacheStatus::Hit),
+            2 => Some(CacheStatus::Miss),
+            3 => Some(CacheStatus::Bypass),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set_cache(&self, status: CacheStatus) {
+        let v = match status {
+            CacheStatus::Hit => 1,
+            CacheStatus::Miss => 2,
+            CacheStatus::Bypass => 3,
+        };
+        self.cache.store(v, Ordering::Relaxed);
+    }
 }
 
 /// A successful (2xx) answer from Imprint. Non-2xx answers are
@@ -174,6 +196,8 @@ pub struct StackConfig {
     pub idempotency: IdempotencyConfig,
     /// Bounds one attempt; the caller's deadline bounds them all.
     pub attempt_timeout: Duration,
+    /// The response cache; `None` (or `cache.enabled = false`): no cache layer.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// Assembles the upstream stack over the HTTP client.
@@ -205,6 +229,12 @@ where
     let svc = ServiceBuilder::new()
         // One span per call, outermost so its timing covers every layer.
         .layer(TraceLayer::new())
+        // Cached reads are answered here, before anything below spends a
+        // deadline, a breaker probe, a retry token, an in-flight slot or a
+        // request to Imprint; inside the trace so hits are seen. Writes pass
+        // through it to invalidate what they change once they completed.
+        // Above idempotency: keyed calls are writes, never cached.
+        .option_layer(config.cache.clone().map(CacheLayer::over))
         // A keyed mutation runs once per (caller, key); duplicates get its result.
         // Outside the deadline so it sees a timed-out call and records it.
         .layer(IdempotencyLayer::new(
@@ -235,6 +265,7 @@ impl Default for StackConfig {
             load_shed: LoadShedConfig::default(),
             idempotency: IdempotencyConfig::default(),
             attempt_timeout: Duration::from_secs(5),
+            cache: None,
         }
     }
 }

@@ -285,6 +285,8 @@ impl TestGateway {
                 "GATEWAY_CALLER_TOKENS_FILE".into(),
                 tokens.display().to_string(),
             ),
+            // Off unless a test is about it: most tests count upstream calls.
+            ("GATEWAY__CACHE__ENABLED".into(), "false".into()),
         ];
         for (k, v) in env {
             vars.retain(|(name, _)| name != k);
@@ -453,6 +455,7 @@ impl GatewayProcess {
             .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
             .env("GATEWAY_LOG_FORMAT", "json")
             .env("RUST_LOG", "warn,imprint_gateway::server=info")
+            .env("GATEWAY__CACHE__ENABLED", "false")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {

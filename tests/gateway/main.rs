@@ -10,6 +10,7 @@ mod fixtures;
 mod harness;
 
 mod auth;
+mod cache;
 mod deadlines;
 mod errors;
 mod events;

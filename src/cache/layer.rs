@@ -1,0 +1,412 @@
+//! The cache tower layer.
+
+use std::{
+    borrow::Cow,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use http::{header::CACHE_CONTROL, HeaderMap, StatusCode};
+use parking_lot::Mutex;
+use tower::{Layer, Service, ServiceExt};
+
+use super::{rules, CacheConfig, CacheStatus, Entry, Key, ResponseCache};
+use crate::{
+    credentials::CredentialStore,
+    idempotency::IdempotencyError,
+    upstream::{ApiError, UpstreamError, UpstreamRequest, UpstreamResponse},
+};
+
+/// Builds [`Cache`].
+#[derive(Debug, Clone)]
+pub struct CacheLayer {
+    cache: Arc<ResponseCache>,
+}
+
+impl CacheLayer {
+    /// A layer over a new cache; [`CacheLayer::cache`] is its handle.
+    pub fn new(config: CacheConfig, credentials: Arc<CredentialStore>) -> Self {
+        Self::over(ResponseCache::new(config, credentials))
+    }
+
+    /// A layer over an existing cache (shared with the admin service).
+    pub fn over(cache: Arc<ResponseCache>) -> Self {
+        Self { cache }
+    }
+
+    pub fn cache(&self) -> &Arc<ResponseCache> {
+        &self.cache
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+    fn layer(&self, inner: S) -> Cache<S> {
+        Cache {
+            inner,
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// Answers cacheable reads from memory; invalidates on writes.
+#[derive(Debug, Clone)]
+pub struct Cache<S> {
+    inner: S,
+    cache: Arc<ResponseCache>,
+}
+
+impl<S> Service<UpstreamRequest> for Cache<S>
+where
+    S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = UpstreamResponse;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
+
+    /// Always ready: a hit needs nothing below, and a miss readies a clone
+    /// of the inner service itself (`oneshot`).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        Box::pin(serve(self.cache.clone(), self.inner.clone(), req))
+    }
+}
+
+async fn serve<S>(
+    cache: Arc<ResponseCache>,
+    inner: S,
+    req: UpstreamRequest,
+) -> Result<UpstreamResponse, UpstreamError>
+where
+    S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if req.mutating {
+        let tags = rules::lookup(rules::WRITES, req.rpc)
+            .map(|t| rules::tag_strings(t, |name| field(&req, name), false));
+        let result = inner.oneshot(req).await;
+        if may_have_changed(&result) {
+            match tags {
+                Some(tags) => cache.invalidate_tags(tags),
+                // A write nobody declared: drop everything rather than guess.
+                None => cache.purge_all(),
+            }
+        }
+        return result;
+    }
+    let Some(ttl) = cache.config.ttl_of(req.rpc) else {
+        return inner.oneshot(req).await;
+    };
+    // Validation refuses these in `cache.ttl`; checked again per call
+    // since this is the rule that keeps secrets out.
+    if !req.secret_fields.is_empty() {
+        return inner.oneshot(req).await;
+    }
+    let stats = req.stats.clone();
+    let Some(credential) = cache.credentials.current() else {
+        return inner.oneshot(req).await;
+    };
+    // A set sensitive field (SSN, PAN...) would be part of the key.
+    if !req.call.sensitive.is_empty() || !cache.usable() {
+        stats.set_cache(CacheStatus::Bypass);
+        cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+        return inner.oneshot(req).await;
+    }
+    let key = Key {
+        scope: Arc::from(credential.product_fingerprint()),
+        rpc: req.rpc,
+        method: req.call.method.clone(),
+        path_and_query: req.call.path_and_query.clone(),
+        body: req.call.body.clone(),
+    };
+    let ttls = Ttls {
+        ok: ttl,
+        not_found: cache.config.not_found_ttl,
+    };
+    if no_cache(&req.headers) {
+        // Skip the entry, and refresh it with this answer.
+        stats.set_cache(CacheStatus::Bypass);
+        cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+        let epoch = cache.epoch();
+        let tags = read_tags(&req);
+        let result = inner.oneshot(req).await;
+        if let Some(entry) = storable(&result, tags, ttls) {
+            if cache.epoch() == epoch && cache.usable() {
+                cache.entries.insert(key, entry).await;
+            }
+        }
+        return result;
+    }
+    if let Some(entry) = cache.entries.get(&key).await {
+        stats.set_cache(CacheStatus::Hit);
+        cache.stats.hits.fetch_add(1, Ordering::Relaxed);
+        return answer(&entry);
+    }
+
+    // A miss: one upstream call per key however many callers wait on it.
+    let ran = Arc::new(AtomicBool::new(false));
+    let epoch = cache.epoch();
+    let init = {
+        let (cache, ran) = (cache.clone(), ran.clone());
+        let tags = read_tags(&req);
+        async move {
+            ran.store(true, Ordering::SeqCst);
+            // Its own task: if this caller goes away, the call still
+            // finishes for those waiting on it.
+            let result = match tokio::spawn(inner.oneshot(req)).await {
+                Ok(r) => r,
+                Err(_) => Err(UpstreamError::AttemptTimeout),
+            };
+            match storable(&result, tags, ttls) {
+                Some(entry) if cache.epoch() == epoch && cache.usable() => Ok(entry),
+                _ => Err(Flight::new(result)),
+            }
+        }
+    };
+    match cache.entries.try_get_with(key.clone(), init).await {
+        Ok(entry) => {
+            if ran.load(Ordering::SeqCst) {
+                stats.set_cache(CacheStatus::Miss);
+                cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+                // An invalidation between our check and moka's insert.
+                if cache.epoch() != epoch {
+                    cache.entries.invalidate(&key).await;
+                }
+            } else {
+                stats.set_cache(CacheStatus::Hit);
+                cache.stats.hits.fetch_add(1, Ordering::Relaxed);
+            }
+            answer(&entry)
+        }
+        Err(flight) => {
+            stats.set_cache(CacheStatus::Miss);
+            cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+            flight.take()
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ttls {
+    ok: Duration,
+    not_found: Duration,
+}
+
+/// Whether a finished write may have changed something: everything but a
+/// final refusal from Imprint or a call that provably never left.
+fn may_have_changed(result: &Result<UpstreamResponse, UpstreamError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) if e.never_sent() || e.refused_unprocessed() => false,
+        Err(UpstreamError::Status { status, .. }) => !status.is_client_error(),
+        Err(_) => true,
+    }
+}
+
+fn no_cache(headers: &HeaderMap) -> bool {
+    directive(headers, "no-cache")
+}
+
+fn directive(headers: &HeaderMap, name: &str) -> bool {
+    headers.get_all(CACHE_CONTROL).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case(name)))
+    })
+}
+
+/// The entry to store for a result, if it may be stored.
+fn storable(
+    result: &Result<UpstreamResponse, UpstreamError>,
+    tags: Arc<[String]>,
+    ttls: Ttls,
+) -> Option<Entry> {
+    match result {
+        Ok(resp) if resp.status.is_success() && !directive(&resp.headers, "no-store") => {
+            Some(Entry {
+                status: resp.status,
+                body: resp.body.clone(),
+                not_found: None,
+                tags,
+                ttl: ttls.ok,
+            })
+        }
+        Err(UpstreamError::Status { status, error, .. })
+            if *status == StatusCode::NOT_FOUND && !ttls.not_found.is_zero() =>
+        {
+            Some(Entry {
+                status: *status,
+                body: bytes::Bytes::new(),
+                not_found: Some(Arc::new(ApiError::clone(error))),
+                tags,
+                ttl: ttls.not_found.min(ttls.ok),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn answer(entry: &Entry) -> Result<UpstreamResponse, UpstreamError> {
+    match &entry.not_found {
+        Some(error) => Err(UpstreamError::Status {
+            status: entry.status,
+            error: Box::new(ApiError::clone(error)),
+            retry_after: None,
+        }),
+        None => Ok(UpstreamResponse {
+            status: entry.status,
+            headers: HeaderMap::new(),
+            body: entry.body.clone(),
+        }),
+    }
+}
+
+/// The tags an answer to `req` is stored with.
+fn read_tags(req: &UpstreamRequest) -> Arc<[String]> {
+    rules::lookup(rules::READS, req.rpc)
+        .map(|t| rules::tag_strings(t, |name| field(req, name), true))
+        .unwrap_or_default()
+        .into()
+}
+
+/// A request field's value: from the path (by the route template), the
+/// query string, or the top level of the JSON body.
+fn field<'a>(req: &'a UpstreamRequest, name: &str) -> Option<Cow<'a, str>> {
+    let (path, query) = req
+        .call
+        .path_and_query
+        .split_once('?')
+        .unwrap_or((&req.call.path_and_query, ""));
+    let placeholder = format!("{{{name}}}");
+    for (t, v) in req.template.split('/').zip(path.split('/')) {
+        if t == placeholder {
+            return Some(percent_encoding::percent_decode_str(v).decode_utf8_lossy());
+        }
+    }
+    for pair in query.split('&') {
+        if let Some((k, v)) = pair.split_once('=') {
+            if k == name {
+                return Some(percent_encoding::percent_decode_str(v).decode_utf8_lossy());
+            }
+        }
+    }
+    let body = req.call.body.as_ref()?;
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match value.get(name)? {
+        serde_json::Value::String(s) => Some(Cow::Owned(s.clone())),
+        _ => None,
+    }
+}
+
+/// The outcome of a flight that was not stored: the caller that ran it
+/// gets the original, its waiters a copy.
+pub(crate) struct Flight {
+    original: Mutex<Option<Result<UpstreamResponse, UpstreamError>>>,
+    copy: Result<UpstreamResponse, SharedError>,
+}
+
+impl Flight {
+    fn new(result: Result<UpstreamResponse, UpstreamError>) -> Self {
+        let copy = match &result {
+            Ok(r) => Ok(r.clone()),
+            Err(e) => Err(SharedError::from(e)),
+        };
+        Self {
+            original: Mutex::new(Some(result)),
+            copy,
+        }
+    }
+
+    fn take(&self) -> Result<UpstreamResponse, UpstreamError> {
+        if let Some(original) = self.original.lock().take() {
+            return original;
+        }
+        match &self.copy {
+            Ok(r) => Ok(r.clone()),
+            Err(e) => Err(e.to_error()),
+        }
+    }
+}
+
+/// An [`UpstreamError`] that can be handed to several callers. A transport
+/// error (its `reqwest::Error` cannot be copied) reaches waiters as the
+/// attempt timeout: the same status (UNAVAILABLE) and the same facts for a
+/// read.
+#[derive(Clone)]
+enum SharedError {
+    Status {
+        status: StatusCode,
+        error: Box<ApiError>,
+        retry_after: Option<Duration>,
+    },
+    DeadlineExceeded,
+    NoCredential,
+    Decode(String),
+    AttemptTimeout,
+    CircuitOpen(Duration),
+    Overloaded,
+    Idempotency(IdempotencyError),
+}
+
+impl From<&UpstreamError> for SharedError {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Status {
+                status,
+                error,
+                retry_after,
+            } => SharedError::Status {
+                status: *status,
+                error: error.clone(),
+                retry_after: *retry_after,
+            },
+            UpstreamError::Transport { .. } | UpstreamError::AttemptTimeout => {
+                SharedError::AttemptTimeout
+            }
+            UpstreamError::DeadlineExceeded => SharedError::DeadlineExceeded,
+            UpstreamError::NoCredential => SharedError::NoCredential,
+            UpstreamError::Decode(e) => SharedError::Decode(e.to_string()),
+            UpstreamError::CircuitOpen { retry_after } => SharedError::CircuitOpen(*retry_after),
+            UpstreamError::Overloaded => SharedError::Overloaded,
+            UpstreamError::Idempotency(e) => SharedError::Idempotency(e.clone()),
+        }
+    }
+}
+
+impl SharedError {
+    fn to_error(&self) -> UpstreamError {
+        match self {
+            SharedError::Status {
+                status,
+                error,
+                retry_after,
+            } => UpstreamError::Status {
+                status: *status,
+                error: error.clone(),
+                retry_after: *retry_after,
+            },
+            SharedError::DeadlineExceeded => UpstreamError::DeadlineExceeded,
+            SharedError::NoCredential => UpstreamError::NoCredential,
+            SharedError::Decode(m) => {
+                UpstreamError::Decode(<serde_json::Error as serde::de::Error>::custom(m))
+            }
+            SharedError::AttemptTimeout => UpstreamError::AttemptTimeout,
+            SharedError::CircuitOpen(d) => UpstreamError::CircuitOpen { retry_after: *d },
+            SharedError::Overloaded => UpstreamError::Overloaded,
+            SharedError::Idempotency(e) => UpstreamError::Idempotency(e.clone()),
+        }
+    }
+}
