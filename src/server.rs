@@ -17,7 +17,7 @@ use crate::{
     cache::{CacheBus, ResponseCache},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
-    events::{Events, NoCache},
+    events::{CacheInvalidator, Events, NoCache},
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
     pb,
     ratelimit::{RateLimitConfig, RateLimitLayer},
@@ -142,7 +142,12 @@ pub async fn start(
     );
 
     // Webhooks → event log → EventService (see events/mod.rs).
-    let events = Events::start(&config, Arc::new(NoCache))
+    // Verified webhook events invalidate the cache entries they name.
+    let invalidator: Arc<dyn CacheInvalidator> = match &cache {
+        Some(cache) => cache.clone(),
+        None => Arc::new(NoCache),
+    };
+    let events = Events::start(&config, invalidator)
         .await
         .context("opening the event log")?;
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -508,3 +508,26 @@ pub(crate) enum Invalidation {
     Rpc(String),
     Tags(Vec<String>),
 }
+
+// === impl CacheInvalidator for ResponseCache ===
+
+/// Verified webhook events invalidate what they name: every replica reads
+/// every event (through the shared log with Redis), so each drops its own
+/// entries; a lagging feed drops everything.
+impl crate::events::CacheInvalidator for ResponseCache {
+    fn invalidate(&self, resources: &[crate::events::ResourceRef]) {
+        let tags: Vec<String> = resources
+            .iter()
+            .filter_map(|r| Some((ResourceKind::parse(r.kind)?, r.id.as_str())))
+            .flat_map(|(kind, id)| [rules::id_tag(kind, id), rules::list_tag(kind)])
+            .collect();
+        if !tags.is_empty() {
+            // Local only: each replica reads the event itself.
+            self.apply(Invalidation::Tags(tags));
+        }
+    }
+
+    fn invalidate_all(&self) {
+        self.apply(Invalidation::All);
+    }
+}

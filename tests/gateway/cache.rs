@@ -396,3 +396,47 @@ async fn cache_admin_purges_and_reports_stats_for_admin_callers_only() {
         assert_eq!(count(&up, Method::GET, &path), n + 2);
     }
 }
+
+#[tokio::test]
+async fn cache_a_verified_webhook_invalidates_what_it_names() {
+    use crate::{
+        events::{post_signed, transaction, SECRET},
+        harness::tempdir,
+    };
+    let up = FakeUpstream::start().await;
+    let data = tempdir::Dir::new();
+    let dir = data.0.display().to_string();
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("GATEWAY__CACHE__ENABLED", "true"),
+            ("IMPRINT_WEBHOOK_SECRET", SECRET),
+            ("GATEWAY_DATA_DIR", dir.as_str()),
+        ],
+    )
+    .await;
+    let mut c = CustomerServiceClient::new(gw.channel.clone());
+    let path = format!("/v2/customers/{ID}");
+    up.on(Method::GET, &path, Reply::ok(customer_json()));
+    assert_eq!(read(&mut c).await.1.as_deref(), Some("miss"));
+    assert_eq!(read(&mut c).await.1.as_deref(), Some("hit"));
+    assert_eq!(count(&up, Method::GET, &path), 1);
+
+    // Imprint says something happened to this customer: the entry goes.
+    let http = gw.http_addr().to_string();
+    let (code, _) = post_signed(&http, SECRET, &transaction("evt-cache-1", ID)).await;
+    assert_eq!(code, 200);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, x) = read(&mut c).await;
+        if x.as_deref() == Some("miss") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the webhook never invalidated the entry"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&up, Method::GET, &path), 2);
+}
