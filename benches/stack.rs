@@ -78,7 +78,10 @@ fn bench(c: &mut Criterion) {
     let alone = [
         (
             "trace",
-            BoxCloneSyncService::new(upstream::TraceLayer::new().layer(imprint.clone())),
+            BoxCloneSyncService::new(
+                upstream::TraceLayer::new(imprint_gateway::telemetry::Telemetry::disabled())
+                    .layer(imprint.clone()),
+            ),
         ),
         (
             "deadline",

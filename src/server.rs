@@ -21,6 +21,7 @@ use crate::{
     ratelimit::{RateLimitConfig, RateLimitLayer},
     request_id::RequestIdLayer,
     services::{self, Gateway, MessageLimits},
+    telemetry::{RpcTelemetryLayer, Telemetry, TelemetrySettings},
     upstream::{self, ClientConfig, HttpClient, StackConfig},
 };
 use secrecy::ExposeSecret as _;
@@ -32,6 +33,7 @@ pub struct Running {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// State reloaded on SIGHUP.
@@ -43,6 +45,7 @@ struct Shared {
     idempotency: Arc<dyn IdempotencyStore>,
     /// True once shutdown began: readiness turns 503 so balancers drain us.
     stopping: watch::Receiver<bool>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// Builds the credential described by `config`, if it names a key.
@@ -115,7 +118,9 @@ pub async fn start(
             config.idempotency.memory_max_bytes,
         )),
     };
-    let stack_config = stack_config(&config);
+    let telemetry = telemetry_from(&config)?;
+    let mut stack_config = stack_config(&config);
+    stack_config.telemetry = telemetry.clone();
     let gateway = Gateway::new(
         upstream::stack(
             client.clone(),
@@ -156,6 +161,11 @@ pub async fn start(
         .layer(RequestIdLayer)
         // Every call is authenticated and authorized before any service sees it.
         .layer(CallerAuthLayer::new(callers.clone()))
+        // Span, x-trace-id, duration and the call's log line; inside auth so the caller is known.
+        .layer(RpcTelemetryLayer::new(
+            telemetry.clone(),
+            services::ROUTES.iter().map(|r| r.rpc),
+        ))
         // Then held to its caller's rate, so one noisy caller cannot starve others.
         .layer(RateLimitLayer::new(RateLimitConfig {
             per_second: config.limits.caller_rate_per_sec,
@@ -174,10 +184,12 @@ pub async fn start(
         client,
         idempotency,
         stopping: stop_rx.clone(),
+        telemetry: telemetry.clone(),
     });
     let http_app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(shared.clone());
 
     let grace = s.shutdown_grace;
@@ -224,6 +236,21 @@ pub async fn start(
         shared,
         stop,
         task,
+        telemetry,
+    })
+}
+
+/// This instance's tracer and meter, from `[telemetry]` / `OTEL_*`.
+fn telemetry_from(config: &Config) -> anyhow::Result<Arc<Telemetry>> {
+    let t = &config.telemetry;
+    Telemetry::new(&TelemetrySettings {
+        otlp_endpoint: t.otlp_endpoint.clone(),
+        service_name: t.service_name.clone(),
+        metrics_interval: t.metrics_interval,
+        upstream_host: http::Uri::try_from(config.upstream.base_url.as_str())
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned))
+            .unwrap_or_default(),
     })
 }
 
@@ -235,6 +262,7 @@ pub fn stack_config(config: &Config) -> StackConfig {
         load_shed: config.limits.load_shed(),
         idempotency: config.idempotency.clone(),
         attempt_timeout: config.upstream.attempt_timeout,
+        telemetry: Telemetry::disabled(),
     }
 }
 
@@ -304,7 +332,16 @@ impl Running {
     /// period), and returns when both servers are down.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.task.await.context("server task")?
+        let result = self.task.await.context("server task");
+        // Calls are done: their spans and metrics go out before we exit.
+        let flush = self.shared.config.telemetry.flush_timeout;
+        self.telemetry.shutdown(flush).await;
+        result?
+    }
+
+    /// This instance's telemetry (metrics text, tracer).
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// Waits until the servers stop on their own (an error).
@@ -324,6 +361,17 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
     } else {
         (StatusCode::OK, "ready\n")
     }
+}
+
+/// Every metric, in the Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.telemetry.prometheus_text(),
+    )
 }
 
 /// Process up (always 200 while it answers); the body tells people and

@@ -3,6 +3,7 @@
 //! Everything that happens to every upstream call is a layer here, assembled
 //! in one place, [`stack`]; handlers only build an [`UpstreamRequest`].
 
+mod attempt;
 mod breaker;
 mod client;
 mod deadline;
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tower::{util::BoxCloneSyncService, ServiceBuilder};
 
+pub use attempt::{AttemptTelemetry, AttemptTelemetryLayer};
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 pub use client::{ClientConfig, HttpClient};
 pub use deadline::{AttemptTimeout, AttemptTimeoutLayer, Deadline, DeadlineLayer};
@@ -36,6 +38,7 @@ pub use trace::{Trace, TraceLayer};
 use crate::{
     credentials::{CredentialStore, CredentialsLayer},
     idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore},
+    telemetry::Telemetry,
     translate::RestCall,
 };
 
@@ -155,6 +158,8 @@ pub struct StackConfig {
     pub idempotency: IdempotencyConfig,
     /// Bounds one attempt; the caller's deadline bounds them all.
     pub attempt_timeout: Duration,
+    /// Spans and metrics of this gateway instance.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Assembles the upstream stack over the HTTP client.
@@ -185,7 +190,7 @@ where
 {
     let svc = ServiceBuilder::new()
         // One span per call, outermost so its timing covers every layer.
-        .layer(TraceLayer::new())
+        .layer(TraceLayer::new(config.telemetry.clone()))
         // A keyed mutation runs once per (caller, key); duplicates get its result.
         // Outside the deadline so it sees a timed-out call and records it.
         .layer(IdempotencyLayer::new(
@@ -202,6 +207,8 @@ where
         .layer(LoadShedLayer::new(config.load_shed.clone()))
         // One slow attempt must not eat the whole deadline.
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
+        // One CLIENT span and duration per attempt; sends the trace as traceparent.
+        .layer(AttemptTelemetryLayer::new(config.telemetry.clone()))
         // The Imprint key is added last, right before the wire, and nowhere else.
         .layer(CredentialsLayer::new(credentials))
         .service(inner);
@@ -216,6 +223,7 @@ impl Default for StackConfig {
             load_shed: LoadShedConfig::default(),
             idempotency: IdempotencyConfig::default(),
             attempt_timeout: Duration::from_secs(5),
+            telemetry: Telemetry::disabled(),
         }
     }
 }
