@@ -8,6 +8,8 @@
 mod fixtures;
 #[allow(dead_code)]
 mod harness;
+#[allow(dead_code)]
+mod otlp;
 
 mod auth;
 mod deadlines;
@@ -24,4 +26,5 @@ mod rpc_rewards_offers;
 mod rpc_sandbox;
 mod sandbox_flow;
 mod server;
+mod telemetry;
 mod translation;
