@@ -143,7 +143,7 @@ async fn a_caller_without_traceparent_starts_a_new_trace() {
     let collector = Collector::start().await;
     let up = FakeUpstream::start().await;
     let endpoint = collector.endpoint();
-    let gw = TestGateway::start_with(
+    let mut gw = TestGateway::start_with(
         &up.url(),
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
     )
@@ -163,6 +163,8 @@ async fn a_caller_without_traceparent_starts_a_new_trace() {
     assert_ne!(trace_id, "0".repeat(32));
     let tp = up.only_request().header("traceparent").unwrap().to_owned();
     assert!(tp.starts_with(&format!("00-{trace_id}-")), "{tp}");
+    // Exporters stop with the gateway, not with the test's runtime.
+    gw.running.take().unwrap().shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -176,4 +178,176 @@ async fn without_an_endpoint_nothing_is_traced() {
         .unwrap();
     assert!(resp.metadata().get("x-trace-id").is_none());
     assert!(up.only_request().header("traceparent").is_none());
+}
+
+async fn scrape(gw: &TestGateway) -> String {
+    let resp = reqwest::get(format!("http://{}/metrics", gw.http_addr()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+/// The value of the sample `name{labels}` whose labels include all of `with`.
+fn sample(text: &str, name: &str, with: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| with.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic_with_bounded_labels() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("GATEWAY__LIMITS__CALLER_RATE_PER_SEC", "1"),
+            ("GATEWAY__LIMITS__CALLER_BURST", "3"),
+        ],
+    )
+    .await;
+    let unavailable = Reply::json(503, r#"{"error":{"type":"UNAVAILABLE","message":"later"}}"#);
+    up.on(Method::GET, "/v2/customers/C1", unavailable).on(
+        Method::GET,
+        "/v2/customers/C1",
+        Reply::ok(customer_json()),
+    );
+    up.on(
+        Method::GET,
+        "/v2/customers/ID-NEVER-A-LABEL",
+        Reply::ok(customer_json()),
+    );
+    let mut client = CustomerServiceClient::new(gw.channel.clone());
+    client.get_customer(get_c1()).await.unwrap();
+    client
+        .get_customer(req(GetCustomerRequest {
+            customer_id: "ID-NEVER-A-LABEL".into(),
+        }))
+        .await
+        .unwrap();
+    client.get_customer(get_c1()).await.unwrap();
+    // The burst is spent: the fourth call is refused by the rate limit.
+    let refused = client.get_customer(get_c1()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+
+    let text = scrape(&gw).await;
+    let get = r#"rpc_method="imprint.v2.CustomerService/GetCustomer""#;
+    let route = r#"url_template="/v2/customers/{customer_id}""#;
+    assert_eq!(
+        sample(
+            &text,
+            "rpc_server_call_duration_seconds_count",
+            &[get, r#"rpc_response_status_code="OK""#]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "rpc_server_call_duration_seconds_count",
+            &[get, r#"rpc_response_status_code="RESOURCE_EXHAUSTED""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Histogram buckets are in seconds.
+    assert!(
+        text.contains(r#"le="0.005""#) && text.contains(r#"le="30""#),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "http_client_request_duration_seconds_count",
+            &[route, r#"http_response_status_code="200""#]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "http_client_request_duration_seconds_count",
+            &[
+                route,
+                r#"http_response_status_code="503""#,
+                r#"error_type="503""#
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gateway_upstream_attempts_total", &[route]),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_upstream_retries_total",
+            &[route, r#"cause="HTTP 503""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gateway_upstream_in_flight", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_ratelimit_rejected_total",
+            &[r#"caller="tester""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "gateway_decode_anomalies_total",
+            &[r#"kind="malformed""#]
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_build_info",
+            &[&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // Ids never become label values.
+    assert!(!text.contains("ID-NEVER-A-LABEL"), "{text}");
+    assert!(!text.contains("C1\""), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_methods_are_one_label_value() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&up).await;
+    let mut grpc = tonic::client::Grpc::new(gw.channel.clone());
+    grpc.ready().await.unwrap();
+    let path =
+        http::uri::PathAndQuery::from_static("/imprint.v2.CustomerService/NoSuchMethod-ID-42");
+    let mut r = req(GetCustomerRequest::default());
+    r.metadata_mut().remove("grpc-timeout");
+    let err = grpc
+        .unary::<_, GetCustomerRequest, _>(r, path, tonic_prost::ProstCodec::default())
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    let text = scrape(&gw).await;
+    assert!(!text.contains("NoSuchMethod"), "{text}");
+    assert!(text.contains(r#"rpc_method="_OTHER""#), "{text}");
 }
