@@ -251,6 +251,8 @@ fn telemetry_from(config: &Config) -> anyhow::Result<Arc<Telemetry>> {
             .ok()
             .and_then(|u| u.host().map(str::to_owned))
             .unwrap_or_default(),
+        request_log_entries: usize::try_from(t.request_log_entries).unwrap_or(usize::MAX),
+        request_log_max_bytes: usize::try_from(t.request_log_max_bytes).unwrap_or(usize::MAX),
     })
 }
 

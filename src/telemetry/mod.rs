@@ -11,6 +11,7 @@
 
 mod metrics;
 mod propagation;
+pub mod request_log;
 mod rpc;
 
 use std::{sync::Arc, time::Duration};
@@ -28,6 +29,7 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 pub use metrics::Metrics;
 pub use propagation::{extract, inject};
+pub use request_log::RequestLog;
 pub use rpc::{RpcTelemetry, RpcTelemetryLayer};
 
 use crate::config::LogFormat;
@@ -67,6 +69,9 @@ pub struct TelemetrySettings {
     pub metrics_interval: Duration,
     /// The host of Imprint's base URL (`server.address` on client spans).
     pub upstream_host: String,
+    /// Bounds of the request log (0 turns it off).
+    pub request_log_entries: usize,
+    pub request_log_max_bytes: usize,
 }
 
 /// The tracer, meter and registry of one gateway instance.
@@ -77,6 +82,7 @@ pub struct Telemetry {
     registry: prometheus::Registry,
     metrics: Metrics,
     upstream_host: Arc<str>,
+    request_log: RequestLog,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -141,6 +147,10 @@ impl Telemetry {
             registry,
             metrics,
             upstream_host: settings.upstream_host.as_str().into(),
+            request_log: RequestLog::new(
+                settings.request_log_entries,
+                settings.request_log_max_bytes,
+            ),
         }))
     }
 
@@ -154,6 +164,7 @@ impl Telemetry {
             meter_provider,
             registry: prometheus::Registry::new(),
             upstream_host: "".into(),
+            request_log: RequestLog::new(0, 0),
         })
     }
 
@@ -164,6 +175,11 @@ impl Telemetry {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The redacted log of recent upstream calls.
+    pub fn request_log(&self) -> &RequestLog {
+        &self.request_log
     }
 
     pub fn upstream_host(&self) -> &Arc<str> {

@@ -351,3 +351,53 @@ async fn unknown_methods_are_one_label_value() {
     assert!(!text.contains("NoSuchMethod"), "{text}");
     assert!(text.contains(r#"rpc_method="_OTHER""#), "{text}");
 }
+
+#[tokio::test]
+async fn the_request_log_keeps_calls_with_sensitive_fields_redacted() {
+    let up = FakeUpstream::start().await;
+    let gw = TestGateway::start(&up).await;
+    // Imprint's error echoes the SSN back.
+    up.on(
+        Method::POST,
+        "/v2/customers",
+        Reply::json(
+            400,
+            r#"{"error":{"type":"invalid_request","message":"bad ssn 123456789","param":"ssn"}}"#,
+        ),
+    );
+    let err = CustomerServiceClient::new(gw.channel.clone())
+        .search_customers(req(SearchCustomersRequest {
+            ssn: s("123456789"),
+            date_of_birth: Some(DateOfBirth {
+                year: Some(1990),
+                month: Some(1),
+                day: Some(2),
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let log = gw.running.as_ref().unwrap().telemetry().request_log();
+    let (calls, next) = log.list(&imprint_gateway::telemetry::request_log::Query {
+        limit: 10,
+        ..Default::default()
+    });
+    assert_eq!(next, None);
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.rpc, "imprint.v2.CustomerService/SearchCustomers");
+    assert_eq!(call.template, "/v2/customers");
+    assert_eq!(call.status, 400);
+    assert_eq!(call.caller.as_ref(), "tester");
+    assert_eq!(call.attempts, 1);
+    for text in [&call.request_body, &call.response_body] {
+        assert!(!text.contains("123456789"), "{text}");
+        assert!(!text.contains("1990"), "{text}");
+    }
+    assert!(
+        call.request_body.contains("[REDACTED]"),
+        "{}",
+        call.request_body
+    );
+}
