@@ -10,6 +10,8 @@ mod fixtures;
 mod harness;
 #[allow(dead_code)]
 mod otlp;
+#[allow(dead_code)]
+mod secrets_scan;
 
 mod auth;
 mod deadlines;

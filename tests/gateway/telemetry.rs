@@ -401,3 +401,108 @@ async fn the_request_log_keeps_calls_with_sensitive_fields_redacted() {
         call.request_body
     );
 }
+
+#[tokio::test]
+async fn no_secret_reaches_spans_metrics_the_request_log_or_statuses() {
+    use crate::secrets_scan::*;
+    use imprint_gateway::pb::imprint::v2::{
+        customer_session_service_client::CustomerSessionServiceClient,
+        payment_method_service_client::PaymentMethodServiceClient,
+    };
+    let collector = Collector::start().await;
+    let up = FakeUpstream::start().await;
+    let endpoint = collector.endpoint();
+    let mut gw = TestGateway::start_with(
+        &up.url(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+    )
+    .await;
+    // Failures that echo their input.
+    up.on(
+        Method::POST,
+        "/v2/customers",
+        Reply::json(
+            400,
+            format!(r#"{{"error":{{"type":"invalid_request","message":"no customer with ssn {SSN} born {DOB_YEAR}","param":"ssn"}}}}"#),
+        ),
+    );
+    up.on(
+        Method::POST,
+        "/v2/payment_methods",
+        Reply::ok(format!(
+            r#"{{"data":[{{"id":"PM1","pci_details":{{"pan":"{PAN}","cvv":"{CVV}"}}}}],"has_more":false,"total":1}}"#
+        )),
+    );
+    up.on(
+        Method::POST,
+        "/v2/customer_sessions",
+        Reply::ok(session_json()),
+    );
+
+    let mut statuses = String::new();
+    let searched = CustomerServiceClient::new(gw.channel.clone())
+        .search_customers(req(SearchCustomersRequest {
+            ssn: s(SSN),
+            date_of_birth: Some(DateOfBirth {
+                year: Some(DOB_YEAR),
+                month: Some(3),
+                day: Some(14),
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    statuses.push_str(&format!("{searched:?}\n"));
+    PaymentMethodServiceClient::new(gw.channel.clone())
+        .list_payment_methods(req(ListPaymentMethodsRequest {
+            customer_id: "C1".into(),
+            pan: s(PAN),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    CustomerSessionServiceClient::new(gw.channel.clone())
+        .create_customer_session(req(CreateCustomerSessionRequest {
+            customer_id: s("C1"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    // A refused caller token must not echo either.
+    let refused = CustomerServiceClient::new(gw.channel.clone())
+        .get_customer(crate::harness::with_token(
+            GetCustomerRequest {
+                customer_id: "C1".into(),
+            },
+            "caller-token-all-but-wrong",
+        ))
+        .await
+        .unwrap_err();
+    statuses.push_str(&format!("{refused:?}\n"));
+
+    let scraped = scrape(&gw).await;
+    let log = gw.running.as_ref().unwrap().telemetry().request_log();
+    let (calls, _) = log.list(&imprint_gateway::telemetry::request_log::Query {
+        limit: 100,
+        ..Default::default()
+    });
+    assert_eq!(calls.len(), 3);
+    let request_log = format!("{calls:?}");
+    gw.running.take().unwrap().shutdown().await.unwrap();
+    collector
+        .wait_for("spans and metrics", |c| {
+            c.spans().len() >= 4 && !c.metric_names().is_empty()
+        })
+        .await;
+    assert_clean(&[
+        ("exported spans", &collector.traces_text()),
+        ("exported metrics", &collector.metrics_text()),
+        ("GET /metrics", &scraped),
+        ("request log", &request_log),
+        ("error statuses", &statuses),
+    ]);
+    // The scanner does see a secret where one is.
+    let seeded = format!("x {SSN} y");
+    let caught = std::panic::catch_unwind(|| assert_clean(&[("seeded", seeded.as_str())]));
+    assert!(caught.is_err());
+}
