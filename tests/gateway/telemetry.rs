@@ -506,3 +506,113 @@ async fn no_secret_reaches_spans_metrics_the_request_log_or_statuses() {
     let caught = std::panic::catch_unwind(|| assert_clean(&[("seeded", seeded.as_str())]));
     assert!(caught.is_err());
 }
+
+/// The gateway binary with `RUST_LOG=trace`, JSON logs and OTLP export:
+/// every log line of a call carries its trace id, one `call finished` line
+/// per call, SIGTERM flushes spans, and no seeded secret is in the logs.
+#[tokio::test]
+async fn trace_level_json_logs_carry_the_trace_id_and_no_secret() {
+    use crate::secrets_scan::*;
+    let collector = Collector::start().await;
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::POST,
+        "/v2/customers",
+        Reply::json(
+            400,
+            format!(
+                r#"{{"error":{{"type":"invalid_request","message":"ssn {SSN}","param":"ssn"}}}}"#
+            ),
+        ),
+    );
+    let dir = crate::harness::tempdir::Dir::new();
+    let tokens = dir.0.join("callers.toml");
+    std::fs::write(&tokens, crate::harness::TOKENS_FILE).unwrap();
+    let log_path = dir.0.join("stderr.log");
+    let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"))
+        .arg("serve")
+        .env("IMPRINT_API_BASE_URL", up.url())
+        .env("IMPRINT_API_KEY", crate::harness::API_KEY)
+        .env("IMPRINT_MERCHANT_KEY", crate::harness::MERCHANT_KEY)
+        .env("IMPRINT_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("GATEWAY_CALLER_TOKENS_FILE", &tokens)
+        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
+        .env("GATEWAY_LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut channel = None;
+    for _ in 0..100 {
+        match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => {
+                channel = Some(c);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let channel = channel.expect("the gateway listens");
+    let mut request = req(SearchCustomersRequest {
+        ssn: s(SSN),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(format!("00-{TRACE_ID}-{CALLER_SPAN}-01")).unwrap(),
+    );
+    let status = CustomerServiceClient::new(channel)
+        .search_customers(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // SIGTERM: a graceful stop, which flushes the spans.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    collector
+        .wait_for("the call's spans", |c| c.spans().len() >= 2)
+        .await;
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let finished: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["fields"]["message"] == "call finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "{logs}");
+    let line = &finished[0];
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["fields"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(line["span"]["trace_id"], TRACE_ID, "{line}");
+    assert!(line["span"]["request_id"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
+    // Every line logged inside the call has the trace id.
+    let in_call = logs
+        .lines()
+        .filter(|l| l.contains("\"name\":\"rpc\""))
+        .count();
+    assert!(in_call >= 2, "{logs}");
+    assert!(logs
+        .lines()
+        .filter(|l| l.contains("\"name\":\"rpc\""))
+        .all(|l| l.contains(TRACE_ID)));
+    assert_clean(&[("logs at trace level", &logs)]);
+}
