@@ -11,6 +11,11 @@
     clippy::derive_partial_eq_without_eq
 )]
 pub mod imprint {
+    pub mod gateway {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/imprint.gateway.v1.rs"));
+        }
+    }
     pub mod v2 {
         include!(concat!(env!("OUT_DIR"), "/imprint.v2.rs"));
         include!(concat!(env!("OUT_DIR"), "/rest_enums.rs"));

@@ -18,13 +18,17 @@ use crate::{
     credentials::{Credential, CredentialStore},
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
     pb,
+    pb::imprint::gateway::v1::admin_service_server::AdminServiceServer,
     ratelimit::{RateLimitConfig, RateLimitLayer},
     request_id::RequestIdLayer,
     services::{self, Gateway, MessageLimits},
-    telemetry::{RpcTelemetryLayer, Telemetry, TelemetrySettings},
+    telemetry::{Admin, RpcTelemetryLayer, Telemetry, TelemetrySettings},
     upstream::{self, ClientConfig, HttpClient, StackConfig},
 };
 use secrecy::ExposeSecret as _;
+
+/// The admin method the telemetry layer names (its other methods are the cache's).
+const ADMIN_LIST_CALLS: &str = "imprint.gateway.v1.AdminService/ListUpstreamCalls";
 
 /// A running gateway.
 pub struct Running {
@@ -164,7 +168,10 @@ pub async fn start(
         // Span, x-trace-id, duration and the call's log line; inside auth so the caller is known.
         .layer(RpcTelemetryLayer::new(
             telemetry.clone(),
-            services::ROUTES.iter().map(|r| r.rpc),
+            services::ROUTES
+                .iter()
+                .map(|r| r.rpc)
+                .chain([ADMIN_LIST_CALLS]),
         ))
         // Then held to its caller's rate, so one noisy caller cannot starve others.
         .layer(RateLimitLayer::new(RateLimitConfig {
@@ -172,6 +179,7 @@ pub async fn start(
             burst: config.limits.caller_burst,
         }))
         .add_service(health)
+        .add_service(AdminServiceServer::new(Admin::new(telemetry.clone())))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let router = services::add_services(router, gateway, &limits);

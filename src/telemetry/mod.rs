@@ -9,6 +9,7 @@
 //! Metrics are always kept (they back `GET /metrics`) and also pushed over
 //! OTLP when an endpoint is set. Names are in `docs/OBSERVABILITY.md`.
 
+mod admin;
 mod metrics;
 mod propagation;
 pub mod request_log;
@@ -27,6 +28,7 @@ use opentelemetry_sdk::{
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
+pub use admin::Admin;
 pub use metrics::Metrics;
 pub use propagation::{extract, inject};
 pub use request_log::RequestLog;

@@ -616,3 +616,95 @@ async fn trace_level_json_logs_carry_the_trace_id_and_no_secret() {
         .all(|l| l.contains(TRACE_ID)));
     assert_clean(&[("logs at trace level", &logs)]);
 }
+
+#[tokio::test]
+async fn list_upstream_calls_is_for_admin_callers_and_pages() {
+    use imprint_gateway::pb::imprint::gateway::v1::{
+        admin_service_client::AdminServiceClient, ListUpstreamCallsRequest,
+    };
+    const ADMIN_TOKEN: &str = "caller-token-admin";
+    let up = FakeUpstream::start().await;
+    let dir = crate::harness::tempdir::Dir::new();
+    let tokens = dir.0.join("callers-admin.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{}\n[[callers]]\nname = \"ops\"\ntoken = \"{ADMIN_TOKEN}\"\nadmin = true\nallow = [\"imprint.gateway.v1.AdminService/*\"]\n",
+            crate::harness::TOKENS_FILE
+        ),
+    )
+    .unwrap();
+    let tokens = tokens.display().to_string();
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[("GATEWAY_CALLER_TOKENS_FILE", tokens.as_str())],
+    )
+    .await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    up.on(
+        Method::GET,
+        "/v2/customers/C2",
+        Reply::json(404, r#"{"error":{"type":"not_found","message":"no"}}"#),
+    );
+    let mut customers = CustomerServiceClient::new(gw.channel.clone());
+    for id in ["C1", "C2", "C1"] {
+        let _ = customers
+            .get_customer(req(GetCustomerRequest {
+                customer_id: id.into(),
+            }))
+            .await;
+    }
+    let mut admin = AdminServiceClient::new(gw.channel.clone());
+    // allow = ["*"] is not enough: the admin flag is.
+    let refused = admin
+        .list_upstream_calls(req(ListUpstreamCallsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    let page = admin
+        .list_upstream_calls(crate::harness::with_token(
+            ListUpstreamCallsRequest {
+                limit: Some(2),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.data.len(), 2);
+    assert!(page.has_more);
+    assert_eq!(page.data[0].status, 200);
+    assert_eq!(page.data[1].status, 404);
+    assert_eq!(page.data[0].route_template, "/v2/customers/{customer_id}");
+    assert_eq!(page.data[0].caller, "tester");
+    assert_eq!(page.data[0].attempts, 1);
+    let rest = admin
+        .list_upstream_calls(crate::harness::with_token(
+            ListUpstreamCallsRequest {
+                limit: Some(2),
+                cursor: Some(page.next_cursor.clone()),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.data.len(), 1);
+    assert!(!rest.has_more);
+    let only_4xx = admin
+        .list_upstream_calls(crate::harness::with_token(
+            ListUpstreamCallsRequest {
+                status_class: Some(4),
+                ..Default::default()
+            },
+            ADMIN_TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(only_4xx.data.len(), 1);
+    assert_eq!(only_4xx.data[0].status, 404);
+}
