@@ -13,8 +13,15 @@ use http::{HeaderMap, Method, StatusCode};
 use imprint_gateway::{
     credentials::{AuthScheme, Credential, CredentialStore},
     idempotency::MemoryStore,
+    telemetry::{Telemetry, TelemetrySettings},
     translate::RestCall,
     upstream::{self, StackConfig, UpstreamError, UpstreamRequest, UpstreamResponse},
+};
+use opentelemetry::{
+    trace::{
+        FutureExt as _, SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    },
+    Context,
 };
 use secrecy::SecretString;
 use tower::{service_fn, util::BoxCloneSyncService, Layer as _, ServiceExt};
@@ -65,6 +72,7 @@ fn bench(c: &mut Criterion) {
         .unwrap(),
     )));
     let config = StackConfig::default();
+    let on_credentials = credentials.clone();
     let full = rt.block_on(async {
         upstream::stack_over(
             imprint.clone(),
@@ -78,7 +86,10 @@ fn bench(c: &mut Criterion) {
     let alone = [
         (
             "trace",
-            BoxCloneSyncService::new(upstream::TraceLayer::new().layer(imprint.clone())),
+            BoxCloneSyncService::new(
+                upstream::TraceLayer::new(imprint_gateway::telemetry::Telemetry::disabled())
+                    .layer(imprint.clone()),
+            ),
         ),
         (
             "deadline",
@@ -116,6 +127,60 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("full_stack", |b| {
         b.iter(|| rt.block_on(full.clone().oneshot(request())).unwrap())
+    });
+    g.finish();
+
+    // Telemetry off (no endpoint: no spans, metrics only) against on (OTLP
+    // export configured, inside a sampled caller trace), same stack, same run.
+    let on = rt.block_on(async {
+        let telemetry = Telemetry::new(&TelemetrySettings {
+            // Nothing listens: spans are built, batched and their export fails
+            // off the call path, which is what the call itself pays for.
+            otlp_endpoint: Some("http://127.0.0.1:9".into()),
+            service_name: "bench".into(),
+            metrics_interval: Duration::from_secs(3600),
+            upstream_host: "127.0.0.1".into(),
+            ..TelemetrySettings::default()
+        })
+        .unwrap();
+        let config = StackConfig {
+            telemetry,
+            ..StackConfig::default()
+        };
+        upstream::stack_over(
+            imprint.clone(),
+            on_credentials.clone(),
+            Arc::new(MemoryStore::new()),
+            &config,
+        )
+    });
+    let caller_trace = Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    ));
+    let mut g = c.benchmark_group("telemetry");
+    g.bench_function("off", |b| {
+        b.iter(|| {
+            rt.block_on(
+                full.clone()
+                    .oneshot(request())
+                    .with_context(caller_trace.clone()),
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("on_otlp", |b| {
+        b.iter(|| {
+            rt.block_on(
+                on.clone()
+                    .oneshot(request())
+                    .with_context(caller_trace.clone()),
+            )
+            .unwrap()
+        })
     });
     g.finish();
 

@@ -37,6 +37,7 @@ pub struct Config {
     pub log: LogConfig,
     pub events: crate::events::EventsConfig,
     pub cache: CacheConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
@@ -212,6 +213,39 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// `[telemetry]`: trace and metric export, and the request log.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector (`OTEL_EXPORTER_OTLP_ENDPOINT`); unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` (`OTEL_SERVICE_NAME`).
+    pub service_name: String,
+    /// How often metrics are pushed over OTLP.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// How long shutdown waits for the last spans and metrics.
+    #[serde(with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    /// Upstream calls kept in the request log (0 turns it off)...
+    pub request_log_entries: u64,
+    /// ...and at most this many bytes of them.
+    pub request_log_max_bytes: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "imprint-gateway".into(),
+            metrics_interval: Duration::from_secs(60),
+            flush_timeout: Duration::from_secs(5),
+            request_log_entries: 10_000,
+            request_log_max_bytes: 64 << 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -302,6 +336,13 @@ const NAMED_ENV: &[(&str, &str, &str, Kind)] = &[
         Kind::Text,
     ),
     ("GATEWAY_DATA_DIR", "events", "data_dir", Kind::Text),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "telemetry",
+        "otlp_endpoint",
+        Kind::Url,
+    ),
+    ("OTEL_SERVICE_NAME", "telemetry", "service_name", Kind::Text),
 ];
 
 #[derive(Clone, Copy)]
@@ -485,6 +526,18 @@ impl Config {
             ),
             ("limits.queue_timeout", l.queue_timeout, Duration::ZERO, DAY),
             (
+                "telemetry.metrics_interval",
+                self.telemetry.metrics_interval,
+                Duration::from_secs(1),
+                DAY,
+            ),
+            (
+                "telemetry.flush_timeout",
+                self.telemetry.flush_timeout,
+                Duration::ZERO,
+                Duration::from_secs(60),
+            ),
+            (
                 "idempotency.retention",
                 i.retention,
                 Duration::from_secs(1),
@@ -571,6 +624,18 @@ impl Config {
                 1 << 40,
             ),
             ("cache.max_bytes", self.cache.max_bytes, 1024, 1 << 40),
+            (
+                "telemetry.request_log_entries",
+                self.telemetry.request_log_entries,
+                0,
+                1 << 24,
+            ),
+            (
+                "telemetry.request_log_max_bytes",
+                self.telemetry.request_log_max_bytes,
+                0,
+                1 << 34,
+            ),
         ]) {
             if value < min || value > max {
                 return Err(err(setting, format!("must be between {min} and {max}")));

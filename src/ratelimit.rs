@@ -106,6 +106,10 @@ impl<S> Layer<S> for RateLimitLayer {
     }
 }
 
+/// Marks a response as a rate-limit refusal (for metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimited;
+
 /// Refuses a caller's calls beyond its rate; calls without a caller
 /// (health checks) pass.
 #[derive(Debug, Clone)]
@@ -131,7 +135,10 @@ where
         if let Some(caller) = req.extensions().get::<Arc<Caller>>() {
             if let Err(wait) = self.limiter.check(&caller.name) {
                 let status = errors::rate_limited(&caller.name, wait);
-                return Either::Right(future::ready(Ok(status.into_http())));
+                let mut response = status.into_http();
+                // Lets the telemetry layer count refusals per caller.
+                response.extensions_mut().insert(RateLimited);
+                return Either::Right(future::ready(Ok(response)));
             }
         }
         Either::Left(self.inner.call(req))

@@ -23,9 +23,17 @@ use crate::{
     ratelimit::{RateLimitConfig, RateLimitLayer},
     request_id::RequestIdLayer,
     services::{self, Gateway, MessageLimits},
+    telemetry::{RpcTelemetryLayer, Telemetry, TelemetrySettings},
     upstream::{self, ClientConfig, HttpClient, StackConfig},
 };
 use secrecy::ExposeSecret as _;
+
+/// The admin methods, named by the telemetry layer (bounded metric labels).
+const ADMIN_METHODS: [&str; 3] = [
+    "imprint.gateway.v1.AdminService/PurgeCache",
+    "imprint.gateway.v1.AdminService/GetStats",
+    "imprint.gateway.v1.AdminService/ListUpstreamCalls",
+];
 
 /// A running gateway.
 pub struct Running {
@@ -35,6 +43,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
     cache: Option<Arc<ResponseCache>>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// State reloaded on SIGHUP.
@@ -50,6 +59,7 @@ struct Shared {
     stopping: watch::Receiver<bool>,
     /// The last dependency state, for `/healthz`.
     health: parking_lot::Mutex<Option<serde_json::Value>>,
+    telemetry: Arc<Telemetry>,
 }
 
 /// Builds the credential described by `config`, if it names a key.
@@ -122,7 +132,9 @@ pub async fn start(
             config.idempotency.memory_max_bytes,
         )),
     };
+    let telemetry = telemetry_from(&config)?;
     let mut stack_config = stack_config(&config);
+    stack_config.telemetry = telemetry.clone();
     let cache = config
         .cache
         .enabled
@@ -183,12 +195,17 @@ pub async fn start(
         .layer(RequestIdLayer)
         // Every call is authenticated and authorized before any service sees it.
         .layer(CallerAuthLayer::new(callers.clone()))
+        // Span, x-trace-id, duration and the call's log line; inside auth so the caller is known.
+        .layer(RpcTelemetryLayer::new(
+            telemetry.clone(),
+            services::ROUTES.iter().map(|r| r.rpc).chain(ADMIN_METHODS),
+        ))
         // Then held to its caller's rate, so one noisy caller cannot starve others.
         .layer(RateLimitLayer::new(RateLimitConfig {
             per_second: config.limits.caller_rate_per_sec,
             burst: config.limits.caller_burst,
         }))
-        .add_service(crate::admin::Admin::new(cache.clone()).into_server())
+        .add_service(crate::admin::Admin::new(cache.clone(), telemetry.clone()).into_server())
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -211,12 +228,14 @@ pub async fn start(
         events: events.clone(),
         stopping: stop_rx.clone(),
         health: parking_lot::Mutex::new(None),
+        telemetry: telemetry.clone(),
     });
     spawn_health_refresh(shared.clone());
     let stop_events = events.clone();
     let http_app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(shared.clone())
         .merge(events.ingest.clone().router());
 
@@ -266,6 +285,23 @@ pub async fn start(
         stop,
         task,
         cache,
+        telemetry,
+    })
+}
+
+/// This instance's tracer and meter, from `[telemetry]` / `OTEL_*`.
+fn telemetry_from(config: &Config) -> anyhow::Result<Arc<Telemetry>> {
+    let t = &config.telemetry;
+    Telemetry::new(&TelemetrySettings {
+        otlp_endpoint: t.otlp_endpoint.clone(),
+        service_name: t.service_name.clone(),
+        metrics_interval: t.metrics_interval,
+        upstream_host: http::Uri::try_from(config.upstream.base_url.as_str())
+            .ok()
+            .and_then(|u| u.host().map(str::to_owned))
+            .unwrap_or_default(),
+        request_log_entries: usize::try_from(t.request_log_entries).unwrap_or(usize::MAX),
+        request_log_max_bytes: usize::try_from(t.request_log_max_bytes).unwrap_or(usize::MAX),
     })
 }
 
@@ -278,6 +314,7 @@ pub fn stack_config(config: &Config) -> StackConfig {
         idempotency: config.idempotency.clone(),
         attempt_timeout: config.upstream.attempt_timeout,
         cache: None,
+        telemetry: Telemetry::disabled(),
     }
 }
 
@@ -359,7 +396,16 @@ impl Running {
     /// period), and returns when both servers are down.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.task.await.context("server task")?
+        let result = self.task.await.context("server task");
+        // Calls are done: their spans and metrics go out before we exit.
+        let flush = self.shared.config.telemetry.flush_timeout;
+        self.telemetry.shutdown(flush).await;
+        result?
+    }
+
+    /// This instance's telemetry (metrics text, tracer).
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// Waits until the servers stop on their own (an error).
@@ -379,6 +425,17 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
     } else {
         (StatusCode::OK, "ready\n")
     }
+}
+
+/// Every metric, in the Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.telemetry.prometheus_text(),
+    )
 }
 
 /// Process up (always 200 while it answers); the body tells people and

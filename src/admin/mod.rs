@@ -1,46 +1,37 @@
 //! `imprint.gateway.v1.AdminService`: operating the gateway (cache purge,
-//! counters). Admin callers only: the caller's allow list must name the
-//! service; `*` is not enough.
+//! counters, the request log of calls to Imprint). Admin callers only: the
+//! auth layer lets only callers with `admin = true` in (see `auth`).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::{
-    auth::Caller,
     cache::{ResourceKind, ResponseCache},
     pb::gateway::v1::{
         admin_service_server::{self, AdminServiceServer},
         purge_cache_request::Target,
-        CacheStats, GetStatsRequest, GetStatsResponse, PurgeCacheRequest, PurgeCacheResponse,
+        CacheStats, GetStatsRequest, GetStatsResponse, ListUpstreamCallsRequest,
+        ListUpstreamCallsResponse, PurgeCacheRequest, PurgeCacheResponse,
     },
+    telemetry::Telemetry,
 };
 
-const SERVICE: &str = "imprint.gateway.v1.AdminService";
-
 /// Serves [`AdminServiceServer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Admin {
     cache: Option<Arc<ResponseCache>>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Admin {
     /// `cache`: `None` when the cache is off.
-    pub fn new(cache: Option<Arc<ResponseCache>>) -> Self {
-        Self { cache }
+    pub fn new(cache: Option<Arc<ResponseCache>>, telemetry: Arc<Telemetry>) -> Self {
+        Self { cache, telemetry }
     }
 
     pub fn into_server(self) -> AdminServiceServer<Self> {
         AdminServiceServer::new(self)
-    }
-}
-
-fn admin_only<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.extensions().get::<Arc<Caller>>() {
-        Some(caller) if caller.names_service(SERVICE) => Ok(()),
-        _ => Err(Status::permission_denied(
-            "AdminService is for admin callers: the caller's allow list must name it",
-        )),
     }
 }
 
@@ -50,7 +41,6 @@ impl admin_service_server::AdminService for Admin {
         &self,
         request: Request<PurgeCacheRequest>,
     ) -> Result<Response<PurgeCacheResponse>, Status> {
-        admin_only(&request)?;
         let Some(cache) = &self.cache else {
             return Ok(Response::new(PurgeCacheResponse {}));
         };
@@ -74,9 +64,8 @@ impl admin_service_server::AdminService for Admin {
 
     async fn get_stats(
         &self,
-        request: Request<GetStatsRequest>,
+        _request: Request<GetStatsRequest>,
     ) -> Result<Response<GetStatsResponse>, Status> {
-        admin_only(&request)?;
         let cache = match &self.cache {
             Some(cache) => {
                 let s = cache.snapshot().await;
@@ -95,5 +84,12 @@ impl admin_service_server::AdminService for Admin {
             None => CacheStats::default(),
         };
         Ok(Response::new(GetStatsResponse { cache: Some(cache) }))
+    }
+
+    async fn list_upstream_calls(
+        &self,
+        request: Request<ListUpstreamCallsRequest>,
+    ) -> Result<Response<ListUpstreamCallsResponse>, Status> {
+        crate::telemetry::list_upstream_calls(&self.telemetry, request)
     }
 }

@@ -11,7 +11,9 @@
 //! ```
 //!
 //! `token_sha256` keeps plaintext tokens out of the file; `token = "..."` is
-//! accepted too. The registry keeps only digests either way.
+//! accepted too. The registry keeps only digests either way. `admin = true`
+//! (default false) is required, on top of the allow list, for
+//! `imprint.gateway.v1.AdminService/*`.
 
 mod layer;
 
@@ -29,7 +31,12 @@ pub use layer::{CallerAuth, CallerAuthLayer};
 pub struct Caller {
     pub name: String,
     allow: Vec<Pattern>,
+    /// May call admin-only services (`admin = true` in the tokens file).
+    pub admin: bool,
 }
+
+/// Services only admin callers may call, whatever their allow list says.
+const ADMIN_ONLY: &[&str] = &["imprint.gateway.v1.AdminService/"];
 
 impl Caller {
     /// The caller let in by `allow_unauthenticated`: may call anything.
@@ -37,6 +44,7 @@ impl Caller {
         Self {
             name: "anonymous".into(),
             allow: vec![Pattern::Any],
+            admin: false,
         }
     }
 
@@ -54,6 +62,9 @@ impl Caller {
 
     /// Whether this caller may call `method` (`package.Service/Method`).
     pub fn may_call(&self, method: &str) -> bool {
+        if !self.admin && ADMIN_ONLY.iter().any(|svc| method.starts_with(svc)) {
+            return false;
+        }
         self.allow.iter().any(|p| p.matches(method))
     }
 }
@@ -108,6 +119,8 @@ struct CallerEntry {
     #[serde(default)]
     token_sha256: Option<String>,
     allow: Vec<String>,
+    #[serde(default)]
+    admin: bool,
 }
 
 /// Callers by token digest.
@@ -149,6 +162,7 @@ impl CallerTable {
             let caller = Arc::new(Caller {
                 name: entry.name.clone(),
                 allow,
+                admin: entry.admin,
             });
             if by_digest.insert(digest, caller).is_some() {
                 return Err(format!(
@@ -374,5 +388,33 @@ mod tests {
         assert!(
             CallerTable::parse("[[callers]]\nname='a'\ntoken_sha256='zz'\nallow=['*']").is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    fn caller(text: &str) -> Arc<Caller> {
+        let table = CallerTable::parse(text).unwrap();
+        table.by_digest.values().next().unwrap().clone()
+    }
+
+    #[test]
+    fn admin_services_need_the_admin_flag_whatever_the_allow_list() {
+        let plain = caller("[[callers]]\nname = \"a\"\ntoken = \"t\"\nallow = [\"*\"]\n");
+        assert!(!plain.admin);
+        assert!(!plain.may_call("imprint.gateway.v1.AdminService/ListUpstreamCalls"));
+        assert!(plain.may_call("imprint.v2.CustomerService/GetCustomer"));
+        let explicit = caller(
+            "[[callers]]\nname = \"a\"\ntoken = \"t\"\nallow = [\"imprint.gateway.v1.AdminService/*\"]\n",
+        );
+        assert!(!explicit.may_call("imprint.gateway.v1.AdminService/ListUpstreamCalls"));
+        let admin = caller(
+            "[[callers]]\nname = \"ops\"\ntoken = \"t\"\nadmin = true\nallow = [\"imprint.gateway.v1.AdminService/*\"]\n",
+        );
+        assert!(admin.may_call("imprint.gateway.v1.AdminService/ListUpstreamCalls"));
+        assert!(!admin.may_call("imprint.v2.CustomerService/GetCustomer"));
+        assert!(!Caller::anonymous().may_call("imprint.gateway.v1.AdminService/PurgeCache"));
     }
 }

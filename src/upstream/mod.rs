@@ -3,6 +3,7 @@
 //! Everything that happens to every upstream call is a layer here, assembled
 //! in one place, [`stack`]; handlers only build an [`UpstreamRequest`].
 
+mod attempt;
 mod breaker;
 mod client;
 mod deadline;
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tower::{util::BoxCloneSyncService, ServiceBuilder};
 
+pub use attempt::{AttemptTelemetry, AttemptTelemetryLayer};
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 pub use client::{ClientConfig, HttpClient};
 pub use deadline::{AttemptTimeout, AttemptTimeoutLayer, Deadline, DeadlineLayer};
@@ -37,6 +39,7 @@ use crate::{
     cache::{CacheLayer, CacheStatus, ResponseCache},
     credentials::{CredentialStore, CredentialsLayer},
     idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore},
+    telemetry::Telemetry,
     translate::RestCall,
 };
 
@@ -198,6 +201,8 @@ pub struct StackConfig {
     pub attempt_timeout: Duration,
     /// The response cache; `None` (or `cache.enabled = false`): no cache layer.
     pub cache: Option<Arc<ResponseCache>>,
+    /// Spans and metrics of this gateway instance.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Assembles the upstream stack over the HTTP client.
@@ -228,7 +233,7 @@ where
 {
     let svc = ServiceBuilder::new()
         // One span per call, outermost so its timing covers every layer.
-        .layer(TraceLayer::new())
+        .layer(TraceLayer::new(config.telemetry.clone()))
         // Cached reads are answered here, before anything below spends a
         // deadline, a breaker probe, a retry token, an in-flight slot or a
         // request to Imprint; inside the trace so hits are seen. Writes pass
@@ -251,6 +256,8 @@ where
         .layer(LoadShedLayer::new(config.load_shed.clone()))
         // One slow attempt must not eat the whole deadline.
         .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
+        // One CLIENT span and duration per attempt; sends the trace as traceparent.
+        .layer(AttemptTelemetryLayer::new(config.telemetry.clone()))
         // The Imprint key is added last, right before the wire, and nowhere else.
         .layer(CredentialsLayer::new(credentials))
         .service(inner);
@@ -266,6 +273,7 @@ impl Default for StackConfig {
             idempotency: IdempotencyConfig::default(),
             attempt_timeout: Duration::from_secs(5),
             cache: None,
+            telemetry: Telemetry::disabled(),
         }
     }
 }

@@ -1,27 +1,40 @@
-//! One tracing span per upstream call, with the outcome recorded on it.
+//! One tracing span per upstream call, with the outcome recorded on it,
+//! and what the layers below decided without Imprint (breaker rejection,
+//! shedding, idempotent replay or conflict) as span events and counters.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 use tracing::{field, Instrument};
 
+use opentelemetry::{trace::TraceContextExt as _, Context, KeyValue};
+
 use super::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::{
+    idempotency::IdempotencyError,
+    telemetry::{events, Telemetry},
+};
 
 /// Builds [`Trace`].
-#[derive(Debug, Clone, Default)]
-pub struct TraceLayer;
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    telemetry: Arc<Telemetry>,
+}
 
 impl TraceLayer {
-    pub fn new() -> Self {
-        Self
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+        Self { telemetry }
     }
 }
 
 impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
     fn layer(&self, inner: S) -> Trace<S> {
-        Trace { inner }
+        Trace {
+            inner,
+            telemetry: self.telemetry.clone(),
+        }
     }
 }
 
@@ -31,6 +44,7 @@ impl<S> Layer<S> for TraceLayer {
 #[derive(Debug, Clone)]
 pub struct Trace<S> {
     inner: S,
+    telemetry: Arc<Telemetry>,
 }
 
 impl<S> Service<UpstreamRequest> for Trace<S>
@@ -60,6 +74,10 @@ where
             error = field::Empty,
         );
         let start = Instant::now();
+        let stats = req.stats.clone();
+        let rpc = req.rpc;
+        let telemetry = self.telemetry.clone();
+        let logged = telemetry.request_log().enabled().then(|| Logged::of(&req));
         let fut = {
             let _enter = span.enter();
             self.inner.call(req)
@@ -67,6 +85,10 @@ where
         Box::pin(
             async move {
                 let result = fut.await;
+                note_decisions(&telemetry, rpc, stats.replayed(), result.as_ref().err());
+                if let Some(logged) = logged {
+                    logged.record(&telemetry, &result, start.elapsed(), stats.attempts());
+                }
                 let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
                 let span = tracing::Span::current();
                 match &result {
@@ -86,5 +108,143 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Records what a layer decided without Imprint: a span event on the
+/// call's span and a counter.
+fn note_decisions(
+    telemetry: &Telemetry,
+    rpc: &'static str,
+    replayed: bool,
+    err: Option<&UpstreamError>,
+) {
+    let m = telemetry.metrics();
+    let (event, counted) = match err {
+        _ if replayed => {
+            m.idempotency
+                .add(1, &[KeyValue::new("outcome", "replayed")]);
+            (events::IDEMPOTENT_REPLAY, true)
+        }
+        Some(UpstreamError::CircuitOpen { .. }) => {
+            m.rejected.add(
+                1,
+                &[
+                    KeyValue::new("reason", "breaker_open"),
+                    KeyValue::new("rpc.method", rpc),
+                ],
+            );
+            (events::BREAKER_REJECTED, true)
+        }
+        Some(UpstreamError::Overloaded) => {
+            m.rejected.add(
+                1,
+                &[
+                    KeyValue::new("reason", "shed"),
+                    KeyValue::new("rpc.method", rpc),
+                ],
+            );
+            (events::LOAD_SHED, true)
+        }
+        Some(UpstreamError::Idempotency(IdempotencyError::Mismatch(_))) => {
+            m.idempotency
+                .add(1, &[KeyValue::new("outcome", "conflict")]);
+            (events::IDEMPOTENCY_CONFLICT, true)
+        }
+        _ => ("", false),
+    };
+    if counted {
+        let cx = Context::current();
+        if cx.has_active_span() {
+            cx.span().add_event(event, Vec::new());
+        }
+    }
+}
+
+/// What the request log needs from a request, taken before it goes down.
+struct Logged {
+    rpc: &'static str,
+    method: String,
+    template: &'static str,
+    caller: Arc<str>,
+    request_id: Arc<str>,
+    body: Option<bytes::Bytes>,
+    sensitive: Vec<secrecy::SecretString>,
+    secret_fields: &'static [&'static str],
+}
+
+impl Logged {
+    fn of(req: &UpstreamRequest) -> Self {
+        Self {
+            rpc: req.rpc,
+            method: req.call.method.to_string(),
+            template: req.template,
+            caller: req.caller.clone(),
+            request_id: req.request_id.clone(),
+            body: req.call.body.clone(),
+            sensitive: req.call.sensitive.clone(),
+            secret_fields: req.secret_fields,
+        }
+    }
+
+    fn record(
+        self,
+        telemetry: &Telemetry,
+        result: &Result<UpstreamResponse, UpstreamError>,
+        latency: std::time::Duration,
+        attempts: u32,
+    ) {
+        use crate::telemetry::request_log::{redact, UpstreamCall};
+        let request_fields = crate::services::ROUTES
+            .iter()
+            .find(|r| r.rpc == self.rpc)
+            .map_or(&[][..], |r| r.sensitive_request_fields);
+        let fields: Vec<&str> = request_fields
+            .iter()
+            .chain(self.secret_fields)
+            .copied()
+            .collect();
+        let (status, error, response_body) = match result {
+            Ok(resp) => (
+                resp.status.as_u16(),
+                None,
+                redact(&resp.body, &fields, &self.sensitive),
+            ),
+            Err(UpstreamError::Status { status, error, .. }) => {
+                let body = serde_json::to_vec(error).unwrap_or_default();
+                (
+                    status.as_u16(),
+                    None,
+                    redact(&body, &fields, &self.sensitive),
+                )
+            }
+            Err(e) => (0, Some(e.cause()), String::new()),
+        };
+        let cx = Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        telemetry.request_log().record(UpstreamCall {
+            seq: 0,
+            at: std::time::SystemTime::now(),
+            rpc: self.rpc,
+            method: self.method,
+            template: self.template,
+            status,
+            error,
+            latency,
+            attempts,
+            caller: self.caller,
+            request_id: self.request_id,
+            trace_id: if sc.is_valid() {
+                sc.trace_id().to_string()
+            } else {
+                String::new()
+            },
+            request_body: self
+                .body
+                .map(|b| redact(&b, &fields, &self.sensitive))
+                .unwrap_or_default(),
+            response_body,
+        });
     }
 }

@@ -321,7 +321,8 @@ const ADMIN_TOKENS: &str = r#"
 [[callers]]
 name = "ops"
 token = "caller-token-admin"
-allow = ["imprint.gateway.v1.AdminService/*", "*"]
+allow = ["*"]
+admin = true
 
 [[callers]]
 name = "tester"

@@ -8,6 +8,10 @@
 mod fixtures;
 #[allow(dead_code)]
 mod harness;
+#[allow(dead_code)]
+mod otlp;
+#[allow(dead_code)]
+mod secrets_scan;
 
 mod auth;
 mod cache;
@@ -29,4 +33,5 @@ mod rpc_rewards_offers;
 mod rpc_sandbox;
 mod sandbox_flow;
 mod server;
+mod telemetry;
 mod translation;
