@@ -13,9 +13,10 @@ use http::{HeaderMap, Method, StatusCode};
 use imprint_gateway::{
     credentials::{AuthScheme, Credential, CredentialStore},
     idempotency::MemoryStore,
+    stack::{self, StackConfig},
     telemetry::{Telemetry, TelemetrySettings},
     translate::RestCall,
-    upstream::{self, StackConfig, UpstreamError, UpstreamRequest, UpstreamResponse},
+    upstream::{self, UpstreamError, UpstreamRequest, UpstreamResponse},
 };
 use opentelemetry::{
     trace::{
@@ -42,6 +43,7 @@ fn request() -> UpstreamRequest {
         caller: "bench".into(),
         idempotency_key: None,
         mutating: false,
+        sensitive_fields: &[],
         secret_fields: &[],
         stats: Arc::default(),
     }
@@ -74,7 +76,7 @@ fn bench(c: &mut Criterion) {
     let config = StackConfig::default();
     let on_credentials = credentials.clone();
     let full = rt.block_on(async {
-        upstream::stack_over(
+        stack::stack_over(
             imprint.clone(),
             credentials,
             Arc::new(MemoryStore::new()),
@@ -147,7 +149,7 @@ fn bench(c: &mut Criterion) {
             telemetry,
             ..StackConfig::default()
         };
-        upstream::stack_over(
+        stack::stack_over(
             imprint.clone(),
             on_credentials.clone(),
             Arc::new(MemoryStore::new()),

@@ -23,6 +23,7 @@ pub mod request_id;
 pub mod sandbox;
 pub mod server;
 pub mod services;
+pub mod stack;
 pub mod telemetry;
 pub mod translate;
 pub mod upstream;

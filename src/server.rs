@@ -23,8 +23,9 @@ use crate::{
     ratelimit::{RateLimitConfig, RateLimitLayer},
     request_id::RequestIdLayer,
     services::{self, Gateway, MessageLimits},
+    stack::{self, StackConfig},
     telemetry::{RpcTelemetryLayer, Telemetry, TelemetrySettings},
-    upstream::{self, ClientConfig, HttpClient, StackConfig},
+    upstream::{ClientConfig, HttpClient},
 };
 use secrecy::ExposeSecret as _;
 
@@ -144,7 +145,7 @@ pub async fn start(
     }
     stack_config.cache = cache.clone();
     let gateway = Gateway::new(
-        upstream::stack(
+        stack::stack(
             client.clone(),
             credentials.clone(),
             idempotency.clone(),

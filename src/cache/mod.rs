@@ -211,27 +211,7 @@ impl ResourceKind {
     }
 }
 
-/// What the cache did for one call (`x-cache`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    /// Answered from a stored entry (or by joining a flight in progress).
-    Hit,
-    /// Answered by the upstream call this call made.
-    Miss,
-    /// The cache was skipped: `no-cache`, a sensitive request field, or
-    /// the replica lost its invalidation feed.
-    Bypass,
-}
-
-impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Hit => "hit",
-            CacheStatus::Miss => "miss",
-            CacheStatus::Bypass => "bypass",
-        }
-    }
-}
+pub use crate::upstream::CacheStatus;
 
 /// Counters of the cache, readable by metrics and `GetStats`.
 #[derive(Debug, Default)]

@@ -4,7 +4,7 @@
 //! `GATEWAY_DATA_DIR`, group commit) and [`super::RedisLog`] (a Redis stream
 //! shared by every replica). Cursors are dense `u64`s handed out by the log.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use prost::Message as _;
@@ -80,12 +80,7 @@ pub struct Bounds {
     pub head: u64,
 }
 
-/// Retention settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    pub max_age: Duration,
-    pub max_events: u64,
-}
+pub use crate::config::events::Retention;
 
 /// A log failure; never holds secrets.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -10,7 +10,6 @@
 //! Logs: [`RedbLog`] (embedded, under `GATEWAY_DATA_DIR`) and [`RedisLog`]
 //! (a Redis stream every replica shares, with `GATEWAY_REDIS_URL`).
 
-pub mod config;
 pub mod decode;
 pub mod ingest;
 pub mod invalidate;
@@ -22,7 +21,7 @@ pub mod service;
 pub mod signature;
 mod subscribe;
 
-pub use config::EventsConfig;
+pub use crate::config::events::EventsConfig;
 pub use ingest::Ingest;
 pub use invalidate::{CacheInvalidator, NoCache, ResourceRef};
 pub use log::{Appended, Bounds, EventLog, LogError, NewEvent, Retention, StoredEvent};

@@ -38,6 +38,7 @@ pub use layer::{Idempotency, IdempotencyLayer};
 pub use memory::MemoryStore;
 
 use crate::upstream::ApiError;
+pub use crate::upstream::{IdempotencyError, StoreError};
 
 /// Settings of the idempotency layer (`[idempotency]` in the configuration file).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -104,11 +105,6 @@ pub enum RecordState {
     },
 }
 
-/// A state store failure.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("idempotency store: {0}")]
-pub struct StoreError(pub String);
-
 /// Where records live; shared by replicas when backed by Redis.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
@@ -133,18 +129,4 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn release(&self, key: &str, token: &str) -> Result<(), StoreError>;
     /// Whether the store is reachable (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
-}
-
-/// Why the idempotency layer answered instead of Imprint.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum IdempotencyError {
-    #[error("idempotency-key was already used with a different request: {0}")]
-    Mismatch(String),
-    #[error(
-        "the call with this idempotency-key may or may not have reached Imprint ({0}); the gateway will not send it \
-         again: check the resource, then retry with a new key"
-    )]
-    OutcomeUnknown(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }

@@ -130,6 +130,7 @@ impl Gateway {
             caller: ctx.caller,
             idempotency_key: ctx.idempotency_key,
             mutating: E::ROUTE.mutating,
+            sensitive_fields: E::ROUTE.sensitive_request_fields,
             secret_fields: E::ROUTE.secret_response_fields,
             stats: ctx.stats,
         };

@@ -49,7 +49,26 @@ pub enum UpstreamError {
     Overloaded,
     /// Refused or answered by the idempotency layer.
     #[error(transparent)]
-    Idempotency(#[from] crate::idempotency::IdempotencyError),
+    Idempotency(#[from] IdempotencyError),
+}
+
+/// A state store failure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("idempotency store: {0}")]
+pub struct StoreError(pub String);
+
+/// Why the idempotency layer answered instead of Imprint.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdempotencyError {
+    #[error("idempotency-key was already used with a different request: {0}")]
+    Mismatch(String),
+    #[error(
+        "the call with this idempotency-key may or may not have reached Imprint ({0}); the gateway will not send it \
+         again: check the resource, then retry with a new key"
+    )]
+    OutcomeUnknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// How far a failed transport attempt got.

@@ -1,7 +1,11 @@
 //! The REST client for Imprint and the tower stack around it.
 //!
-//! Everything that happens to every upstream call is a layer here, assembled
-//! in one place, [`stack`]; handlers only build an [`UpstreamRequest`].
+//! Everything that happens to every upstream call is a layer, assembled in
+//! one place, [`crate::stack`]; handlers only build an [`UpstreamRequest`].
+//! The request, response and error types here are what every layer shares
+//! (the idempotency, cache and credentials layers included): they import
+//! this module, and only `stack` imports them, so no two modules import
+//! each other.
 
 mod attempt;
 mod breaker;
@@ -24,24 +28,20 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
 use tokio::time::Instant;
-use tower::{util::BoxCloneSyncService, ServiceBuilder};
+use tower::util::BoxCloneSyncService;
 
 pub use attempt::{AttemptTelemetry, AttemptTelemetryLayer};
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer};
 pub use client::{ClientConfig, HttpClient};
 pub use deadline::{AttemptTimeout, AttemptTimeoutLayer, Deadline, DeadlineLayer};
-pub use error::{decode_where, ApiError, TransportKind, UpstreamError};
+pub use error::{
+    decode_where, ApiError, IdempotencyError, StoreError, TransportKind, UpstreamError,
+};
 pub use limit::{LoadShed, LoadShedConfig, LoadShedLayer};
 pub use retry::{Retry, RetryConfig, RetryLayer};
 pub use trace::{Trace, TraceLayer};
 
-use crate::{
-    cache::{CacheLayer, CacheStatus, ResponseCache},
-    credentials::{CredentialStore, CredentialsLayer},
-    idempotency::{IdempotencyConfig, IdempotencyLayer, IdempotencyStore},
-    telemetry::Telemetry,
-    translate::RestCall,
-};
+use crate::translate::RestCall;
 
 /// Takes the service that `poll_ready` just readied, leaving a clone in its
 /// place: the readied one serves this call (a clone may not be ready), as
@@ -49,6 +49,28 @@ use crate::{
 pub(crate) fn take_ready<S: Clone>(slot: &mut S) -> S {
     let clone = slot.clone();
     std::mem::replace(slot, clone)
+}
+
+/// What the response cache did with a call (`x-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Answered from a stored entry (or by joining a flight in progress).
+    Hit,
+    /// Answered by the upstream call this call made.
+    Miss,
+    /// The cache was skipped: `no-cache`, a sensitive request field, or
+    /// the replica lost its invalidation feed.
+    Bypass,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
 }
 
 /// One call to Imprint, as it travels down the stack.
@@ -75,6 +97,9 @@ pub struct UpstreamRequest {
     /// HTTP method: a search sent as POST to keep an SSN out of the URL is
     /// not a mutation). Only mutations are subject to idempotency keys.
     pub mutating: bool,
+    /// Request fields that are sensitive (the route's declaration): redacted
+    /// wherever the call is recorded.
+    pub sensitive_fields: &'static [&'static str],
     /// Response fields that are secrets, at any depth: never stored.
     pub secret_fields: &'static [&'static str],
     /// What the layers did, for the caller's metadata.
@@ -190,94 +215,6 @@ pub struct UpstreamResponse {
 /// The assembled stack, boxed at the boundary to keep types readable.
 pub type UpstreamService = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, UpstreamError>;
 
-/// Settings of the resilience layers.
-#[derive(Debug, Clone)]
-pub struct StackConfig {
-    pub retry: RetryConfig,
-    pub breaker: BreakerConfig,
-    pub load_shed: LoadShedConfig,
-    pub idempotency: IdempotencyConfig,
-    /// Bounds one attempt; the caller's deadline bounds them all.
-    pub attempt_timeout: Duration,
-    /// The response cache; `None` (or `cache.enabled = false`): no cache layer.
-    pub cache: Option<Arc<ResponseCache>>,
-    /// Spans and metrics of this gateway instance.
-    pub telemetry: Arc<Telemetry>,
-}
-
-/// Assembles the upstream stack over the HTTP client.
-pub fn stack(
-    client: HttpClient,
-    credentials: Arc<CredentialStore>,
-    idempotency: Arc<dyn IdempotencyStore>,
-    config: &StackConfig,
-) -> UpstreamService {
-    stack_over(client, credentials, idempotency, config)
-}
-
-/// Assembles the upstream stack over any innermost service (the HTTP client
-/// in production; an in-memory one in benchmarks), outermost layer first.
-pub fn stack_over<S>(
-    inner: S,
-    credentials: Arc<CredentialStore>,
-    idempotency: Arc<dyn IdempotencyStore>,
-    config: &StackConfig,
-) -> UpstreamService
-where
-    S: tower::Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let svc = ServiceBuilder::new()
-        // One span per call, outermost so its timing covers every layer.
-        .layer(TraceLayer::new(config.telemetry.clone()))
-        // Cached reads are answered here, before anything below spends a
-        // deadline, a breaker probe, a retry token, an in-flight slot or a
-        // request to Imprint; inside the trace so hits are seen. Writes pass
-        // through it to invalidate what they change once they completed.
-        // Above idempotency: keyed calls are writes, never cached.
-        .option_layer(config.cache.clone().map(CacheLayer::over))
-        // A keyed mutation runs once per (caller, key); duplicates get its result.
-        // Outside the deadline so it sees a timed-out call and records it.
-        .layer(IdempotencyLayer::new(
-            idempotency,
-            config.idempotency.clone(),
-        ))
-        // The caller's deadline bounds the whole call: attempts and back-off.
-        .layer(DeadlineLayer::new())
-        // Fail fast while Imprint is failing, instead of piling on.
-        .layer(CircuitBreakerLayer::new(config.breaker.clone()))
-        // Safe retries only, within a budget and the deadline.
-        .layer(RetryLayer::new(config.retry.clone()))
-        // Bound in-flight requests to Imprint; shed beyond a short queue.
-        .layer(LoadShedLayer::new(config.load_shed.clone()))
-        // One slow attempt must not eat the whole deadline.
-        .layer(AttemptTimeoutLayer::new(config.attempt_timeout))
-        // One CLIENT span and duration per attempt; sends the trace as traceparent.
-        .layer(AttemptTelemetryLayer::new(config.telemetry.clone()))
-        // The Imprint key is added last, right before the wire, and nowhere else.
-        .layer(CredentialsLayer::new(credentials))
-        .service(inner);
-    BoxCloneSyncService::new(svc)
-}
-
-impl Default for StackConfig {
-    fn default() -> Self {
-        Self {
-            retry: RetryConfig::default(),
-            breaker: BreakerConfig::default(),
-            load_shed: LoadShedConfig::default(),
-            idempotency: IdempotencyConfig::default(),
-            attempt_timeout: Duration::from_secs(5),
-            cache: None,
-            telemetry: Telemetry::disabled(),
-        }
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
@@ -299,6 +236,7 @@ pub(crate) mod test_support {
             caller: "tester".into(),
             idempotency_key: None,
             mutating: false,
+            sensitive_fields: &[],
             secret_fields: &[],
             stats: Arc::default(),
         }

@@ -10,11 +10,8 @@ use tracing::{field, Instrument};
 
 use opentelemetry::{trace::TraceContextExt as _, Context, KeyValue};
 
-use super::{UpstreamError, UpstreamRequest, UpstreamResponse};
-use crate::{
-    idempotency::IdempotencyError,
-    telemetry::{events, Telemetry},
-};
+use super::{IdempotencyError, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::telemetry::{events, Telemetry};
 
 /// Builds [`Trace`].
 #[derive(Debug, Clone)]
@@ -170,6 +167,7 @@ struct Logged {
     request_id: Arc<str>,
     body: Option<bytes::Bytes>,
     sensitive: Vec<secrecy::SecretString>,
+    sensitive_fields: &'static [&'static str],
     secret_fields: &'static [&'static str],
 }
 
@@ -183,6 +181,7 @@ impl Logged {
             request_id: req.request_id.clone(),
             body: req.call.body.clone(),
             sensitive: req.call.sensitive.clone(),
+            sensitive_fields: req.sensitive_fields,
             secret_fields: req.secret_fields,
         }
     }
@@ -195,11 +194,8 @@ impl Logged {
         attempts: u32,
     ) {
         use crate::telemetry::request_log::{redact, UpstreamCall};
-        let request_fields = crate::services::ROUTES
-            .iter()
-            .find(|r| r.rpc == self.rpc)
-            .map_or(&[][..], |r| r.sensitive_request_fields);
-        let fields: Vec<&str> = request_fields
+        let fields: Vec<&str> = self
+            .sensitive_fields
             .iter()
             .chain(self.secret_fields)
             .copied()

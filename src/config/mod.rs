@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+pub mod events;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -35,7 +37,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub state: StateSettings,
     pub log: LogConfig,
-    pub events: crate::events::EventsConfig,
+    pub events: events::EventsConfig,
     pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
 }

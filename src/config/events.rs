@@ -5,8 +5,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::log::Retention;
-use crate::config::{mask, read_secret_file, ConfigError};
+use super::{mask, read_secret_file, ConfigError};
 
 /// `[events]` settings. Secrets come from `webhook_secret`
 /// (`IMPRINT_WEBHOOK_SECRET`), `webhook_secret_file`
@@ -15,10 +14,10 @@ use crate::config::{mask, read_secret_file, ConfigError};
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
-    #[serde(serialize_with = "crate::config::masked")]
+    #[serde(serialize_with = "super::masked")]
     pub webhook_secret: Option<SecretString>,
     pub webhook_secret_file: Option<PathBuf>,
-    #[serde(serialize_with = "crate::config::masked_all")]
+    #[serde(serialize_with = "super::masked_all")]
     pub webhook_secrets: Vec<SecretString>,
     /// How far `t` may be from now, either way.
     #[serde(with = "humantime_serde")]
@@ -84,6 +83,13 @@ fn err(setting: &str, problem: &str) -> ConfigError {
         setting: setting.into(),
         problem: problem.into(),
     }
+}
+
+/// How long events are kept: by age and by count.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_events: u64,
 }
 
 impl EventsConfig {
