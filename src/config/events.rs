@@ -188,14 +188,7 @@ impl EventsConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::{tests::env, Config};
 
     #[test]
     fn contract_variables_and_masking() {
