@@ -48,18 +48,6 @@ impl Caller {
         }
     }
 
-    /// Whether the allow list names `service` itself (`Service/*` or one of
-    /// its methods): what admin services require, `*` not being enough.
-    pub fn names_service(&self, service: &str) -> bool {
-        self.allow.iter().any(|p| match p {
-            Pattern::Any => false,
-            Pattern::Service(s) => s == service,
-            Pattern::Method(m) => m
-                .strip_prefix(service)
-                .is_some_and(|rest| rest.starts_with('/')),
-        })
-    }
-
     /// Whether this caller may call `method` (`package.Service/Method`).
     pub fn may_call(&self, method: &str) -> bool {
         if !self.admin && ADMIN_ONLY.iter().any(|svc| method.starts_with(svc)) {
