@@ -93,7 +93,6 @@ fn start_simulation(emu: &Emulator, customer_id: &str) -> ApiResult<String> {
 fn run_reward(
     emu: &Emulator,
     ctx: &Ctx,
-    path: &str,
     customer_id: &str,
     program: RewardProgram,
 ) -> ApiResult<Vec<pb::Reward>> {
@@ -136,11 +135,16 @@ fn run_reward(
         };
         let balance = joining.and_then(|j| amount::add(w.balance(&product, customer_id)?, j));
         if balance.is_none() {
-            return Err(ApiError::out_of_range(
-                path,
-                "customer_id",
-                "the rewards balance it leads to",
-            ));
+            // These endpoints answer 400 in the `ApiError` envelope (spec).
+            return Err(ApiError::enveloped(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST_ERROR",
+                format!(
+                    "customer_id: the rewards balance it leads to {}",
+                    super::amount::range_text()
+                ),
+            )
+            .with("param", serde_json::Value::from("customer_id")));
         }
         Ok(match program {
             RewardProgram::Statement => {
@@ -179,7 +183,6 @@ fn run_reward(
 async fn simulate(
     emu: Emulator,
     ctx: Ctx,
-    path: &str,
     customer_id: String,
     program: RewardProgram,
 ) -> ApiResult {
@@ -195,7 +198,7 @@ async fn simulate(
         ));
     }
     let debugging_id = start_simulation(&emu, &customer_id)?;
-    let rewards = run_reward(&emu, &ctx, path, &customer_id, program).inspect_err(|_| {
+    let rewards = run_reward(&emu, &ctx, &customer_id, program).inspect_err(|_| {
         // A refused simulation is not one in progress.
         emu.store().with(|w| w.simulations.remove(&customer_id));
     })?;
@@ -217,7 +220,7 @@ pub(super) async fn reward(
         _ => RewardProgram::Delayed,
     };
     let customer_id = b["customer_id"].as_str().unwrap_or_default().to_string();
-    simulate(emu, ctx, path, customer_id, program).await
+    simulate(emu, ctx, customer_id, program).await
 }
 
 pub(super) async fn statement_reward(
@@ -228,7 +231,7 @@ pub(super) async fn statement_reward(
     let path = "/v2/simulate_statement_reward";
     let b = validate_body(path, &body, STATEMENT_REWARD)?;
     let customer_id = b["customer_id"].as_str().unwrap_or_default().to_string();
-    simulate(emu, ctx, path, customer_id, RewardProgram::Statement).await
+    simulate(emu, ctx, customer_id, RewardProgram::Statement).await
 }
 
 /// A new customer's application, decided by last name as in Imprint's
