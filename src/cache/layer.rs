@@ -290,9 +290,10 @@ fn field<'a>(req: &'a UpstreamRequest, name: &str) -> Option<Cow<'a, str>> {
         .path_and_query
         .split_once('?')
         .unwrap_or((&req.call.path_and_query, ""));
-    let placeholder = format!("{{{name}}}");
+    // The template segment `{name}` holds the field: compared in place, no
+    // allocation on the call path.
     for (t, v) in req.template.split('/').zip(path.split('/')) {
-        if t == placeholder {
+        if t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) == Some(name) {
             return Some(percent_encoding::percent_decode_str(v).decode_utf8_lossy());
         }
     }
