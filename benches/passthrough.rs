@@ -1,0 +1,624 @@
+//! Pass-through at the cost of a plain proxy: the side-by-side harness.
+//!
+//! Every process under test runs alone on one core (`taskset`), the load
+//! generator and the static upstream on the other(s). For each target the
+//! harness runs a closed-loop load of GetCustomer (a 620-byte customer) and
+//! reports the CPU time the target's processes spent per call (utime + stime
+//! from `/proc/<pid>/stat` over a known call count), calls/s, p50/p99; then
+//! one call at a time for the latency each hop adds. Targets:
+//!
+//! - `direct`: HTTP/1.1 keep-alive straight to the static upstream (the
+//!   latency baseline; no process under test);
+//! - `nginx`: nginx as a plain HTTP/1.1 keep-alive reverse proxy in front of
+//!   the same upstream (one worker; skipped with a message when nginx is not
+//!   installed: `benches/passthrough.sh` installs it);
+//! - `minimal_tonic`: a tonic server answering the same customer from memory;
+//! - `gateway`: `imprint-gateway serve`, pass-through (cache off);
+//! - `gateway_hit`: the same, answered from the response cache.
+//!
+//! Run: `bash benches/passthrough.sh` (CALLS, CONCURRENCY, SERVER_CPU,
+//! CLIENT_CPUS override the defaults). Results: docs/BENCHMARKS.md. Linux only.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use imprint_gateway::pb::imprint::v2::{
+    self as v2,
+    customer_service_client::CustomerServiceClient,
+    customer_service_server::{CustomerService, CustomerServiceServer},
+    Customer, GetCustomerRequest,
+};
+use tokio::net::TcpListener;
+
+/// The customer every target answers with (620 bytes of JSON).
+const CUSTOMER: &str = r#"{"id":"9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4","email":"customer@example.com","phone":"+14155552671","statuses":{"Card Program Name":"OPEN","Other Program":"CLOSED"},"first_name":"John","last_name":"Doe","preferred_language":"en","ssn4":"1234","address":{"street_line1":"123 Main St","street_line2":"Apt 4B","city":"San Francisco","state":"CA","postal_code":"94105","country":"USA"},"partner_customer_id":"PARTNER_USER_456","metadata":{"preferred_language":"en","tier":3,"vip":true,"tags":["a","b"]},"created_at":"2025-02-13T19:08:07.000Z","updated_at":"2025-02-14T10:00:00.250Z","email_verified":true}"#;
+const CUSTOMER_ID: &str = "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4";
+const CALLER_TOKEN: &str = "bench-caller-token";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Peak resident set of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `pid` and its children (nginx's workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    pids
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------- servers
+
+struct Minimal(Customer);
+
+#[tonic::async_trait]
+impl CustomerService for Minimal {
+    async fn get_customer(
+        &self,
+        _: tonic::Request<GetCustomerRequest>,
+    ) -> Result<tonic::Response<Customer>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.clone()))
+    }
+
+    async fn search_customers(
+        &self,
+        _: tonic::Request<v2::SearchCustomersRequest>,
+    ) -> Result<tonic::Response<v2::SearchCustomersResponse>, tonic::Status> {
+        Err(unused())
+    }
+
+    async fn update_customer(
+        &self,
+        _: tonic::Request<v2::UpdateCustomerRequest>,
+    ) -> Result<tonic::Response<v2::Customer>, tonic::Status> {
+        Err(unused())
+    }
+
+    async fn get_rewards_balance(
+        &self,
+        _: tonic::Request<v2::GetRewardsBalanceRequest>,
+    ) -> Result<tonic::Response<v2::GetRewardsBalanceResponse>, tonic::Status> {
+        Err(unused())
+    }
+
+    async fn list_customer_payment_methods(
+        &self,
+        _: tonic::Request<v2::ListCustomerPaymentMethodsRequest>,
+    ) -> Result<tonic::Response<v2::ListCustomerPaymentMethodsResponse>, tonic::Status> {
+        Err(unused())
+    }
+
+    async fn list_customer_transaction_intents(
+        &self,
+        _: tonic::Request<v2::ListCustomerTransactionIntentsRequest>,
+    ) -> Result<tonic::Response<v2::ListCustomerTransactionIntentsResponse>, tonic::Status> {
+        Err(unused())
+    }
+
+    async fn list_customer_transactions(
+        &self,
+        _: tonic::Request<v2::ListCustomerTransactionsRequest>,
+    ) -> Result<tonic::Response<v2::ListCustomerTransactionsResponse>, tonic::Status> {
+        Err(unused())
+    }
+
+    async fn list_customer_rewards(
+        &self,
+        _: tonic::Request<v2::ListCustomerRewardsRequest>,
+    ) -> Result<tonic::Response<v2::ListCustomerRewardsResponse>, tonic::Status> {
+        Err(unused())
+    }
+}
+
+/// The RPCs the harness never calls.
+fn unused() -> tonic::Status {
+    tonic::Status::unimplemented("not part of the benchmark")
+}
+
+/// Runs this binary as one of the helper servers, if asked to.
+fn serve_role(role: &str) {
+    let (kind, addr) = role.split_once('@').expect("role@addr");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        match kind {
+            "upstream" => {
+                let app = axum::Router::new().route(
+                    "/v2/customers/{id}",
+                    axum::routing::get(|| async {
+                        ([("content-type", "application/json")], CUSTOMER)
+                    }),
+                );
+                axum::serve(listener, app).await.unwrap()
+            }
+            "minimal" => {
+                let customer: Customer = serde_json::from_str(CUSTOMER).unwrap();
+                tonic::transport::Server::builder()
+                    .tcp_nodelay(true)
+                    .add_service(CustomerServiceServer::new(Minimal(customer)))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+                    .unwrap()
+            }
+            other => panic!("unknown role {other}"),
+        }
+    });
+}
+
+/// A child process that is killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // nginx's workers go with their master on SIGTERM/SIGQUIT; SIGKILL of
+        // the master would orphan them, so ask politely first.
+        // perf writes its data on SIGINT too.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        for _ in 0..500 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pinned(cpus: &str, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(cpus).arg(program);
+    c.stdout(Stdio::null());
+    c
+}
+
+fn spawn_role(cpus: &str, role: &str, port: u16) -> Proc {
+    let mut c = pinned(cpus, &std::env::current_exe().unwrap());
+    c.env("PASSTHROUGH_ROLE", format!("{role}@127.0.0.1:{port}"));
+    Proc(c.spawn().unwrap())
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn spawn_nginx(cpus: &str, dir: &Path, port: u16, upstream: u16) -> Option<Proc> {
+    let nginx = nginx_binary()?;
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           upstream imprint {{ server 127.0.0.1:{upstream}; keepalive 128; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://imprint;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let mut c = pinned(cpus, &nginx);
+    c.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"))
+        .stderr(Stdio::null());
+    Some(Proc(c.spawn().unwrap()))
+}
+
+fn spawn_gateway(cpus: &str, dir: &Path, upstream: u16, cache: bool) -> (Proc, u16) {
+    let (grpc, http) = (free_port(), free_port());
+    let config = dir.join(if cache { "hit.toml" } else { "pass.toml" });
+    std::fs::write(&config, "[cache.ttl]\nGetCustomer = \"1h\"\n").unwrap();
+    let tokens = dir.join("callers.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[callers]]\nname = \"bench\"\ntoken = \"{CALLER_TOKEN}\"\nallow = [\"imprint.v2.CustomerService/*\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut c = pinned(cpus, Path::new(env!("CARGO_BIN_EXE_imprint-gateway")));
+    c.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env(
+            "IMPRINT_API_BASE_URL",
+            format!("http://127.0.0.1:{upstream}"),
+        )
+        .env("IMPRINT_API_KEY", "sk_bench")
+        .env("GATEWAY_CALLER_TOKENS_FILE", &tokens)
+        .env("GATEWAY__LIMITS__CALLER_RATE_PER_SEC", "0")
+        .env(
+            "GATEWAY__CACHE__ENABLED",
+            if cache { "true" } else { "false" },
+        )
+        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("GATEWAY_DATA_DIR", dir.join(format!("data-{grpc}")))
+        // Like nginx's `access_log off`: no line per call on either side.
+        .env("RUST_LOG", "warn");
+    (Proc(c.spawn().unwrap()), grpc)
+}
+
+// ---------------------------------------------------------------- load
+
+#[derive(Clone)]
+enum Target {
+    Grpc(CustomerServiceClient<tonic::transport::Channel>),
+    Http(reqwest::Client, Arc<str>),
+}
+
+impl Target {
+    async fn call(&mut self) {
+        match self {
+            Target::Grpc(c) => {
+                let mut r = tonic::Request::new(GetCustomerRequest {
+                    customer_id: CUSTOMER_ID.into(),
+                });
+                r.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {CALLER_TOKEN}").parse().unwrap(),
+                );
+                let c = c.get_customer(r).await.unwrap().into_inner();
+                assert_eq!(c.id, CUSTOMER_ID);
+            }
+            Target::Http(c, url) => {
+                let r = c.get(&**url).send().await.unwrap();
+                assert!(r.status().is_success());
+                let body = r.bytes().await.unwrap();
+                assert_eq!(body.len(), CUSTOMER.len());
+            }
+        }
+    }
+}
+
+async fn grpc_target(addr: SocketAddr) -> Target {
+    for _ in 0..500 {
+        if let Ok(c) = CustomerServiceClient::connect(format!("http://{addr}")).await {
+            // Up means answering, not only accepting.
+            let mut probe = Target::Grpc(c.clone());
+            let answered = tokio::spawn(async move { probe.call().await });
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), answered).await {
+                return Target::Grpc(c);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} did not come up");
+}
+
+async fn http_target(port: u16) -> Target {
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(1024)
+        .build()
+        .unwrap();
+    let url: Arc<str> = format!("http://127.0.0.1:{port}/v2/customers/{CUSTOMER_ID}").into();
+    for _ in 0..500 {
+        if let Ok(r) = client.get(&*url).send().await {
+            if r.status().is_success() {
+                return Target::Http(client, url);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("port {port} did not come up");
+}
+
+struct Run {
+    calls: usize,
+    cpu_us_per_call: Option<f64>,
+    calls_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// A closed loop of `calls` calls by `concurrency` callers (at most `limit`
+/// long), measuring the CPU of `pids`.
+async fn run(target: &Target, pids: &[u32], calls: usize, concurrency: usize) -> Run {
+    let limit = Duration::from_secs(env_or("MAX_SECS_PER_RUN", 60));
+    // Warm-up: connections, pools, caches, allocator.
+    let warm = (calls / 10).clamp(200, 2_000);
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let mut t = target.clone();
+            tokio::spawn(async move {
+                for _ in 0..warm / concurrency {
+                    t.call().await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ticks = |pids: &[u32]| pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+    let before = ticks(pids);
+    let start = Instant::now();
+    let per_worker = calls / concurrency;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let mut t = target.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_worker);
+                for _ in 0..per_worker {
+                    let t0 = Instant::now();
+                    t.call().await;
+                    lat.push(t0.elapsed());
+                    if start.elapsed() > limit {
+                        break;
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(calls);
+    for w in workers {
+        lat.extend(w.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    let used = ticks(pids) - before;
+    lat.sort_unstable();
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
+    let done = lat.len();
+    Run {
+        calls: done,
+        cpu_us_per_call: (!pids.is_empty()).then(|| used as f64 / clk_tck() * 1e6 / done as f64),
+        calls_per_sec: done as f64 / elapsed.as_secs_f64(),
+        p50_us: q(0.50),
+        p99_us: q(0.99),
+    }
+}
+
+/// `perf record` of the target while it is under load, when `PROFILE_DIR`
+/// names a directory: `<dir>/<target>.data`, for `perf report -i`.
+fn profile(name: &str, pids: &[u32]) -> Option<Proc> {
+    let dir = PathBuf::from(std::env::var_os("PROFILE_DIR")?);
+    let pid = pids.first()?;
+    std::fs::create_dir_all(&dir).ok()?;
+    let child = Command::new("perf")
+        .args(["record", "-g", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .arg(dir.join(format!("{name}.data")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => {
+            std::thread::sleep(Duration::from_millis(300));
+            Some(Proc(c))
+        }
+        Err(e) => {
+            eprintln!("PROFILE_DIR is set but perf cannot run ({e}): apt-get install linux-perf");
+            None
+        }
+    }
+}
+
+struct Row {
+    name: &'static str,
+    load: Run,
+    single: Run,
+    rss_kib: Option<u64>,
+}
+
+async fn measure(
+    name: &'static str,
+    target: Target,
+    pids: Vec<u32>,
+    calls: usize,
+    concurrency: usize,
+) -> Row {
+    let profile = profile(name, &pids);
+    let load = run(&target, &pids, calls, concurrency).await;
+    drop(profile);
+    let rss_kib = pids.first().map(|p| peak_rss_kib(*p));
+    let single = run(&target, &[], (calls / 10).clamp(500, 5_000), 1).await;
+    eprintln!(
+        "  {name}: {} calls, {:.0} calls/s, cpu/call {}",
+        load.calls,
+        load.calls_per_sec,
+        load.cpu_us_per_call
+            .map(|c| format!("{c:.1} µs"))
+            .unwrap_or_else(|| "-".into())
+    );
+    Row {
+        name,
+        load,
+        single,
+        rss_kib,
+    }
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("PASSTHROUGH_ROLE") {
+        return serve_role(&role);
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not run us.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let calls: usize = env_or("CALLS", 40_000);
+    let concurrency: usize = env_or("CONCURRENCY", 32);
+    let server_cpu: String = env_or("SERVER_CPU", "1".to_string());
+    let client_cpus: String = env_or("CLIENT_CPUS", "0".to_string());
+    // The load generator (this process) and the upstream keep off the
+    // server's core; pin before the runtime starts its threads.
+    let pinned_self = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &client_cpus,
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(pinned_self, "taskset is needed (util-linux)");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("passthrough-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows = rt.block_on(async {
+        let up_port = free_port();
+        let _upstream = spawn_role(&client_cpus, "upstream", up_port);
+        let mut rows = Vec::new();
+
+        let direct = http_target(up_port).await;
+        rows.push(measure("direct", direct, vec![], calls, concurrency).await);
+
+        let n_port = free_port();
+        if let Some(nginx) = spawn_nginx(&server_cpu, &dir, n_port, up_port) {
+            let t = http_target(n_port).await;
+            let pids = with_children(nginx.0.id());
+            rows.push(measure("nginx", t, pids, calls, concurrency).await);
+        } else {
+            eprintln!(
+                "nginx is not installed: no proxy baseline (benches/passthrough.sh installs it)"
+            );
+        }
+
+        let m_port = free_port();
+        let minimal = spawn_role(&server_cpu, "minimal", m_port);
+        let t = grpc_target(([127, 0, 0, 1], m_port).into()).await;
+        rows.push(measure("minimal_tonic", t, vec![minimal.0.id()], calls, concurrency).await);
+        drop(minimal);
+
+        let (gw, port) = spawn_gateway(&server_cpu, &dir, up_port, false);
+        let t = grpc_target(([127, 0, 0, 1], port).into()).await;
+        rows.push(measure("gateway", t, vec![gw.0.id()], calls, concurrency).await);
+        drop(gw);
+
+        let (gw, port) = spawn_gateway(&server_cpu, &dir, up_port, true);
+        let t = grpc_target(([127, 0, 0, 1], port).into()).await;
+        rows.push(measure("gateway_hit", t, vec![gw.0.id()], calls, concurrency).await);
+        drop(gw);
+        rows
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    report(&rows, calls, concurrency, &server_cpu, &client_cpus);
+}
+
+fn report(rows: &[Row], calls: usize, concurrency: usize, server_cpu: &str, client_cpus: &str) {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\npassthrough: GetCustomer, {calls} calls at {concurrency} concurrent, then one at a time; \
+         server on cpu {server_cpu}, load generator and upstream on cpu {client_cpus}; loadavg {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    println!(
+        "| target | CPU/call | calls/s | p50 | p99 | p50, one at a time | peak RSS |\n|---|---|---|---|---|---|---|"
+    );
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs | {} |",
+            r.name,
+            r.load
+                .cpu_us_per_call
+                .map(|c| format!("{c:.1} µs"))
+                .unwrap_or_else(|| "-".into()),
+            r.load.calls_per_sec,
+            r.load.p50_us,
+            r.load.p99_us,
+            r.single.p50_us,
+            r.rss_kib
+                .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    let get = |n: &str| rows.iter().find(|r| r.name == n);
+    let cpu = |n: &str| get(n).and_then(|r| r.load.cpu_us_per_call);
+    let single = |n: &str| get(n).map(|r| r.single.p50_us);
+    println!();
+    if let (Some(g), Some(n)) = (cpu("gateway"), cpu("nginx")) {
+        println!(
+            "gateway CPU/call ÷ nginx CPU/call:        {:.2}× (goal ≤ 1.25×)",
+            g / n
+        );
+    }
+    if let (Some(g), Some(n), Some(d)) = (single("gateway"), single("nginx"), single("direct")) {
+        println!(
+            "latency added, one at a time: gateway {:.0} µs, nginx {:.0} µs: {:.2}× (goal ≤ 1.0×)",
+            g - d,
+            n - d,
+            (g - d) / (n - d)
+        );
+    }
+    if let (Some(h), Some(m)) = (cpu("gateway_hit"), cpu("minimal_tonic")) {
+        println!(
+            "cache hit CPU/call ÷ minimal tonic:       {:.2}× (goal ≤ 1.2×)",
+            h / m
+        );
+    }
+    if let (Some(h), Some(m)) = (get("gateway_hit"), get("minimal_tonic")) {
+        println!(
+            "cache hit calls/s ÷ minimal tonic:        {:.2}× (goal ≥ 0.9×)",
+            h.load.calls_per_sec / m.load.calls_per_sec
+        );
+    }
+    if let Some(r) = get("gateway").and_then(|r| r.rss_kib) {
+        println!(
+            "gateway peak RSS under load:              {:.1} MiB (goal ≤ 25 MiB)",
+            r as f64 / 1024.0
+        );
+    }
+}
