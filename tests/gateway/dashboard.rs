@@ -421,3 +421,44 @@ async fn the_image_healthcheck_answers_serving_without_a_caller_token() {
     );
     assert!(stdout.contains("SERVING"), "{stdout}");
 }
+
+/// The TOML the Kubernetes manifests (and the compose stack) mount, loaded
+/// by the gateway's own parser with the environment the Deployment sets.
+#[test]
+fn the_kubernetes_config_loads_with_the_deployment_environment() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/base/config.toml");
+    let dir = tempdir::Dir::new();
+    let file = |name: &str, text: &str| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let env = [
+        (
+            "IMPRINT_API_BASE_URL",
+            "https://dev.sbx.imprint.co".to_owned(),
+        ),
+        ("IMPRINT_API_KEY_FILE", file("api-key", "sk_test_k8s")),
+        (
+            "IMPRINT_WEBHOOK_SECRET_FILE",
+            file("webhook-secret", "whsec_k8s"),
+        ),
+        (
+            "GATEWAY_CALLER_TOKENS_FILE",
+            file("callers.toml", crate::harness::TOKENS_FILE),
+        ),
+        ("GATEWAY_REDIS_URL", "redis://redis:6379/0".to_owned()),
+        ("GATEWAY_DATA_DIR", dir.0.display().to_string()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v));
+    let config = imprint_gateway::config::Config::load_with_env(Some(&path), env)
+        .expect("the Kubernetes config.toml is valid");
+    assert_eq!(config.server.grpc_addr.to_string(), "0.0.0.0:50051");
+    assert_eq!(config.server.http_addr.to_string(), "0.0.0.0:8080");
+    // The Deployment's terminationGracePeriodSeconds (45) covers the
+    // preStop pause (5 s), this grace and the telemetry flush.
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.telemetry.flush_timeout, Duration::from_secs(5));
+    assert!(config.cache.enabled);
+}
