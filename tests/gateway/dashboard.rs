@@ -450,6 +450,8 @@ fn the_kubernetes_config_loads_with_the_deployment_environment() {
         ),
         ("GATEWAY_REDIS_URL", "redis://redis:6379/0".to_owned()),
         ("GATEWAY_DATA_DIR", dir.0.display().to_string()),
+        ("GATEWAY_GRPC_ADDR", "0.0.0.0:50051".to_owned()),
+        ("GATEWAY_HTTP_ADDR", "0.0.0.0:8080".to_owned()),
     ]
     .map(|(k, v)| (k.to_owned(), v));
     let config = imprint_gateway::config::Config::load_with_env(Some(&path), env)
