@@ -449,7 +449,10 @@ async fn kill_one_mid_load(gws: Vec<GatewayProcess>, rec: &Recorder, customer: &
         "the victim died with calls in flight, and they failed"
     );
     let served_by_victim = outcomes.iter().filter(|o| o.replica == VICTIM).count();
-    assert!(served_by_victim < CALLS / 3 + 6, "it left the balancer");
+    assert!(
+        served_by_victim < CALLS / 3,
+        "it left the balancer before its round-robin share was done"
+    );
 
     // Retrying those on the others, with the same idempotency key: reads
     // succeed; a keyed call succeeds, or, when the dead replica had claimed
