@@ -464,3 +464,29 @@ fn the_kubernetes_config_loads_with_the_deployment_environment() {
     assert_eq!(config.telemetry.flush_timeout, Duration::from_secs(5));
     assert!(config.cache.enabled);
 }
+
+/// The image label, the image tag the manifests and compose use, and the
+/// binary's `--version` all name this version.
+#[test]
+fn the_deploy_files_name_this_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let read =
+        |p: &str| std::fs::read_to_string(format!("{}/{p}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert!(
+        read("deploy/docker/Dockerfile").contains(&format!("\nARG VERSION={version}\n")),
+        "Dockerfile ARG VERSION"
+    );
+    assert!(
+        read("deploy/kubernetes/base/kustomization.yaml").contains(&format!("newTag: {version}\n")),
+        "kustomization newTag"
+    );
+    let compose = read("deploy/compose/compose.yaml");
+    let tags: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: imprint-gateway:"))
+        .collect();
+    assert!(
+        !tags.is_empty() && tags.iter().all(|t| *t == version),
+        "{tags:?}"
+    );
+}
