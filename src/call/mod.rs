@@ -107,6 +107,9 @@ struct Prepared {
     path: http::uri::PathAndQuery,
 }
 
+/// The standard health service, answered without a caller token.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
 async fn prepare(opts: &CallOptions, method: &str, json: &str) -> Result<Prepared, CallError> {
     let channel = connect(opts).await.map_err(CallError::Other)?;
     let (service, name) = method.rsplit_once('/').ok_or_else(|| {
@@ -114,9 +117,17 @@ async fn prepare(opts: &CallOptions, method: &str, json: &str) -> Result<Prepare
             "method must be 'package.Service/Method', got {method:?}"
         ))
     })?;
-    let pool = reflection::pool_for(channel.clone(), opts, service)
-        .await
-        .map_err(CallError::Other)?;
+    // The health service is open to everyone (orchestrators probe without a
+    // token) but reflection is not: its descriptors are compiled in, so a
+    // probe (the container image's HEALTHCHECK) needs no caller token.
+    let pool = if service == HEALTH_SERVICE {
+        prost_reflect::DescriptorPool::decode(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .map_err(|e| CallError::Other(anyhow!("health descriptors: {e}")))?
+    } else {
+        reflection::pool_for(channel.clone(), opts, service)
+            .await
+            .map_err(CallError::Other)?
+    };
     let desc: MethodDescriptor = pool
         .get_service_by_name(service)
         .ok_or_else(|| CallError::Other(anyhow!("the server has no service {service}")))?

@@ -15,6 +15,7 @@ mod secrets_scan;
 
 mod auth;
 mod cache;
+mod dashboard;
 mod deadlines;
 mod errors;
 mod events;
@@ -22,6 +23,7 @@ mod events_durable;
 mod events_sandbox;
 mod hardening;
 mod idempotency;
+mod replicas;
 mod required_presence;
 mod resilience;
 mod routes;
