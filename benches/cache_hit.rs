@@ -134,7 +134,9 @@ fn main() {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(TransactionServiceServer::new(Minimal(txn)))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                )
                 .await
                 .unwrap()
         });

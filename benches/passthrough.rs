@@ -14,7 +14,9 @@
 //!   installed: `benches/passthrough.sh` installs it);
 //! - `minimal_tonic`: a tonic server answering the same customer from memory;
 //! - `gateway`: `imprint-gateway serve`, pass-through (cache off);
-//! - `gateway_hit`: the same, answered from the response cache.
+//! - `gateway_hit`: the same, answered from the response cache;
+//! - `baseline`, `baseline_hit`: the same two for another build of the
+//!   gateway given by `BASELINE_GATEWAY_BIN` (a before/after in one run).
 //!
 //! Run: `bash benches/passthrough.sh` (CALLS, CONCURRENCY, SERVER_CPU,
 //! CLIENT_CPUS override the defaults). Results: docs/BENCHMARKS.md. Linux only.
@@ -184,7 +186,10 @@ fn serve_role(role: &str) {
                 tonic::transport::Server::builder()
                     .tcp_nodelay(true)
                     .add_service(CustomerServiceServer::new(Minimal(customer)))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .serve_with_incoming(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                    )
                     .await
                     .unwrap()
             }
@@ -259,7 +264,7 @@ fn spawn_nginx(cpus: &str, dir: &Path, port: u16, upstream: u16) -> Option<Proc>
     Some(Proc(c.spawn().unwrap()))
 }
 
-fn spawn_gateway(cpus: &str, dir: &Path, upstream: u16, cache: bool) -> (Proc, u16) {
+fn spawn_gateway(binary: &Path, cpus: &str, dir: &Path, upstream: u16, cache: bool) -> (Proc, u16) {
     let (grpc, http) = (free_port(), free_port());
     let config = dir.join(if cache { "hit.toml" } else { "pass.toml" });
     std::fs::write(&config, "[cache.ttl]\nGetCustomer = \"1h\"\n").unwrap();
@@ -271,7 +276,7 @@ fn spawn_gateway(cpus: &str, dir: &Path, upstream: u16, cache: bool) -> (Proc, u
         ),
     )
     .unwrap();
-    let mut c = pinned(cpus, Path::new(env!("CARGO_BIN_EXE_imprint-gateway")));
+    let mut c = pinned(cpus, binary);
     c.arg("serve")
         .arg("--config")
         .arg(&config)
@@ -543,15 +548,24 @@ fn main() {
         rows.push(measure("minimal_tonic", t, vec![minimal.0.id()], calls, concurrency).await);
         drop(minimal);
 
-        let (gw, port) = spawn_gateway(&server_cpu, &dir, up_port, false);
-        let t = grpc_target(([127, 0, 0, 1], port).into()).await;
-        rows.push(measure("gateway", t, vec![gw.0.id()], calls, concurrency).await);
-        drop(gw);
+        // `BASELINE_GATEWAY_BIN`: another build of the gateway (say, the
+        // commit before a change), measured in the same run as this one.
+        let this = PathBuf::from(env!("CARGO_BIN_EXE_imprint-gateway"));
+        let mut gateways = vec![("gateway", "gateway_hit", this)];
+        if let Some(b) = std::env::var_os("BASELINE_GATEWAY_BIN") {
+            gateways.insert(0, ("baseline", "baseline_hit", PathBuf::from(b)));
+        }
+        for (pass_name, hit_name, binary) in gateways {
+            let (gw, port) = spawn_gateway(&binary, &server_cpu, &dir, up_port, false);
+            let t = grpc_target(([127, 0, 0, 1], port).into()).await;
+            rows.push(measure(pass_name, t, vec![gw.0.id()], calls, concurrency).await);
+            drop(gw);
 
-        let (gw, port) = spawn_gateway(&server_cpu, &dir, up_port, true);
-        let t = grpc_target(([127, 0, 0, 1], port).into()).await;
-        rows.push(measure("gateway_hit", t, vec![gw.0.id()], calls, concurrency).await);
-        drop(gw);
+            let (gw, port) = spawn_gateway(&binary, &server_cpu, &dir, up_port, true);
+            let t = grpc_target(([127, 0, 0, 1], port).into()).await;
+            rows.push(measure(hit_name, t, vec![gw.0.id()], calls, concurrency).await);
+            drop(gw);
+        }
         rows
     });
     let _ = std::fs::remove_dir_all(&dir);
@@ -614,6 +628,12 @@ fn report(rows: &[Row], calls: usize, concurrency: usize, server_cpu: &str, clie
             "cache hit calls/s ÷ minimal tonic:        {:.2}× (goal ≥ 0.9×)",
             h.load.calls_per_sec / m.load.calls_per_sec
         );
+    }
+    if let (Some(g), Some(b)) = (cpu("gateway"), cpu("baseline")) {
+        println!("gateway CPU/call ÷ baseline build:        {:.2}×", g / b);
+    }
+    if let (Some(g), Some(b)) = (cpu("gateway_hit"), cpu("baseline_hit")) {
+        println!("cache hit CPU/call ÷ baseline build:      {:.2}×", g / b);
     }
     if let Some(r) = get("gateway").and_then(|r| r.rss_kib) {
         println!(

@@ -9,7 +9,6 @@ use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use axum::{extract::State, http::StatusCode, routing::get, Router};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::{
@@ -191,7 +190,6 @@ pub async fn start(
         .http2_keepalive_timeout(Some(s.http2_keepalive_timeout))
         // Bound what one client connection can have in flight.
         .max_concurrent_streams(Some(s.max_concurrent_streams))
-        .tcp_nodelay(true)
         // Settles the request id first, so every answer carries it, refusals included.
         .layer(RequestIdLayer)
         // Every call is authenticated and authorized before any service sees it.
@@ -245,8 +243,7 @@ pub async fn start(
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
         };
-        let grpc = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal(stop_rx.clone()));
+        let grpc = router.serve_with_incoming_shutdown(incoming(grpc), signal(stop_rx.clone()));
         let http = axum::serve(http, http_app)
             .with_graceful_shutdown(signal(stop_rx.clone()))
             .into_future();
@@ -489,3 +486,10 @@ fn spawn_health_refresh(shared: Arc<Shared>) {
 
 /// How often `/healthz`'s dependency state is refreshed.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Accepted gRPC connections with Nagle off. The builder's `tcp_nodelay`
+/// applies only to listeners tonic binds itself, not to an incoming stream:
+/// without this, a small answer can wait for the caller's delayed ACK (40 ms).
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}

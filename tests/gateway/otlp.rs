@@ -70,7 +70,9 @@ impl Collector {
         let server = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(Traces(received.clone())))
             .add_service(MetricsServiceServer::new(Metrics(received.clone())))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            );
         tokio::spawn(server);
         Self { addr, received }
     }
