@@ -157,11 +157,25 @@ pub fn redact(body: &[u8], fields: &[&str], values: &[SecretString]) -> String {
     if body.is_empty() {
         return String::new();
     }
-    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return format!("[{} bytes, not JSON: not kept]", body.len());
+    let not_kept = || format!("[{} bytes, not JSON: not kept]", body.len());
+    let mut text = match std::str::from_utf8(body) {
+        // The common case, a body holding none of the names: checked
+        // without building a tree, kept as sent. An escape could spell a
+        // name (`"ss\u006e"`), so a body with one takes the slow path.
+        Ok(text) if !text.contains('\\') && !names_any(text, fields) => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                return not_kept();
+            }
+            text.to_owned()
+        }
+        _ => {
+            let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
+                return not_kept();
+            };
+            redact_value(&mut json, fields);
+            json.to_string()
+        }
     };
-    redact_value(&mut json, fields);
-    let mut text = json.to_string();
     for v in values {
         let v = v.expose_secret();
         if !v.is_empty() {
@@ -169,6 +183,16 @@ pub fn redact(body: &[u8], fields: &[&str], values: &[SecretString]) -> String {
         }
     }
     text
+}
+
+/// Whether `text` holds a name in `fields` or [`ALWAYS_REDACTED`] as a
+/// JSON string (a key, or a value that happens to equal it: the slow path
+/// then sorts it out).
+fn names_any(text: &str, fields: &[&str]) -> bool {
+    fields.iter().chain(ALWAYS_REDACTED).any(|name| {
+        text.match_indices(name)
+            .any(|(at, _)| text[..at].ends_with('"') && text[at + name.len()..].starts_with('"'))
+    })
 }
 
 fn redact_value(v: &mut serde_json::Value, fields: &[&str]) {
@@ -219,6 +243,19 @@ mod tests {
             assert!(!out.contains(secret), "{secret} in {out}");
         }
         assert!(out.contains("\"ok\":1"), "{out}");
+        // Without a name to redact, the body is kept as sent; an escaped
+        // name still takes the careful path.
+        let plain = br#"{"id": "c_1", "tags": ["ssn-like"]}"#;
+        assert_eq!(
+            redact(plain, &["ssn"], &[]),
+            std::str::from_utf8(plain).unwrap()
+        );
+        let escaped = br#"{"ss\u006e":"123-45-6789"}"#;
+        assert!(!redact(escaped, &["ssn"], &[]).contains("123-45-6789"));
+        assert_eq!(
+            redact(b"{\"a\":", &[], &[]),
+            "[5 bytes, not JSON: not kept]"
+        );
         assert_eq!(
             redact(b"not json 123-45-6789", &[], &[]),
             "[20 bytes, not JSON: not kept]"
