@@ -16,7 +16,8 @@
 //! - `gateway`: `imprint-gateway serve`, pass-through (cache off);
 //! - `gateway_hit`: the same, answered from the response cache;
 //! - `baseline`, `baseline_hit`: the same two for another build of the
-//!   gateway given by `BASELINE_GATEWAY_BIN` (a before/after in one run).
+//!   gateway given by `BASELINE_GATEWAY_BIN` (a before/after in one run;
+//!   `GATEWAY_BIN` replaces this build's binary in the same way).
 //!
 //! Run: `bash benches/passthrough.sh` (CALLS, CONCURRENCY, SERVER_CPU,
 //! CLIENT_CPUS override the defaults). Results: docs/BENCHMARKS.md. Linux only.
@@ -437,8 +438,20 @@ fn profile(name: &str, pids: &[u32]) -> Option<Proc> {
     let dir = PathBuf::from(std::env::var_os("PROFILE_DIR")?);
     let pid = pids.first()?;
     std::fs::create_dir_all(&dir).ok()?;
+    // `PROFILE_CALLGRAPH=dwarf` for whole stacks (the release build has no
+    // frame pointers); the default `fp` is cheaper and shows self time.
+    let graph = std::env::var("PROFILE_CALLGRAPH").unwrap_or_else(|_| "fp".into());
     let child = Command::new("perf")
-        .args(["record", "-g", "-F", "999", "-p", &pid.to_string(), "-o"])
+        .args([
+            "record",
+            "--call-graph",
+            &graph,
+            "-F",
+            "999",
+            "-p",
+            &pid.to_string(),
+        ])
+        .arg("-o")
         .arg(dir.join(format!("{name}.data")))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -550,7 +563,9 @@ fn main() {
 
         // `BASELINE_GATEWAY_BIN`: another build of the gateway (say, the
         // commit before a change), measured in the same run as this one.
-        let this = PathBuf::from(env!("CARGO_BIN_EXE_imprint-gateway"));
+        let this = std::env::var_os("GATEWAY_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imprint-gateway")));
         let mut gateways = vec![("gateway", "gateway_hit", this)];
         if let Some(b) = std::env::var_os("BASELINE_GATEWAY_BIN") {
             gateways.insert(0, ("baseline", "baseline_hit", PathBuf::from(b)));
