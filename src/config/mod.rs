@@ -1277,4 +1277,107 @@ pub(crate) mod tests {
             .unwrap()
             .starts_with("[redacted sha256:"));
     }
+
+    #[test]
+    fn products_read_their_keys_from_one_source_and_show_only_fingerprints() {
+        let dir = std::env::temp_dir().join(format!("igw-cfg-products-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("secrets").join("from-dir")).unwrap();
+        std::fs::write(dir.join("secrets/from-dir/api_key"), "sk_dir_secret\n").unwrap();
+        std::fs::write(dir.join("secrets/from-dir/merchant_key"), "mk_dir_secret").unwrap();
+        std::fs::write(dir.join("file.key"), "sk_file_secret\n").unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[credentials]\nsecrets_dir = \"{0}/secrets\"\n\
+                 [[credentials.products]]\nname = \"from-dir\"\n\
+                 [[credentials.products]]\nname = \"from-file\"\napi_key_file = \"{0}/file.key\"\n\
+                 [[credentials.products]]\nname = \"from-env\"\napi_key_env = \"B_KEY\"\nmerchant_key_env = \"B_MK\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("B_KEY", "sk_env_secret"),
+                ("B_MK", "mk_env_secret"),
+                ("IMPRINT_API_KEY", "sk_default_secret"),
+            ]),
+        )
+        .unwrap();
+        let p = &c.credentials.products;
+        assert_eq!(
+            p[0].api_key.as_ref().unwrap().expose_secret(),
+            "sk_dir_secret"
+        );
+        assert_eq!(
+            p[0].merchant_key.as_ref().unwrap().expose_secret(),
+            "mk_dir_secret"
+        );
+        assert_eq!(
+            p[1].api_key.as_ref().unwrap().expose_secret(),
+            "sk_file_secret"
+        );
+        assert!(p[1].merchant_key.is_none());
+        assert_eq!(
+            p[2].merchant_key.as_ref().unwrap().expose_secret(),
+            "mk_env_secret"
+        );
+        assert!(c.has_default_credential());
+        let shown = c.render_masked() + &format!("{c:?}");
+        for secret in [
+            "sk_dir_secret",
+            "mk_dir_secret",
+            "sk_file_secret",
+            "sk_env_secret",
+            "mk_env_secret",
+            "sk_default_secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret}: {shown}");
+        }
+        assert!(shown.contains("from-env"));
+
+        // Errors name the setting, never a value.
+        let e = Config::load_with_env(Some(&file), env(&[("B_MK", "mk_env_secret")])).unwrap_err();
+        assert_eq!(e.setting, "credentials.products[2].api_key_env");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        std::fs::write(
+            &file,
+            "[[credentials.products]]\nname = \"default\"\napi_key_env = \"B_KEY\"\n",
+        )
+        .unwrap();
+        let e = Config::load_with_env(
+            Some(&file),
+            env(&[("B_KEY", "sk_x"), ("IMPRINT_API_KEY", "sk_y")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "credentials.products[0].name");
+        std::fs::write(&file, "[[credentials.products]]\nname = \"Bad Name\"\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert_eq!(e.setting, "credentials.products[0].name");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_master_key_is_32_bytes_in_any_of_three_spellings() {
+        let dir = std::env::temp_dir().join(format!("igw-cfg-master-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("master");
+        for content in [vec![7u8; 32], hex::encode([7u8; 32]).into_bytes(), {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .encode([7u8; 32])
+                .into_bytes()
+        }] {
+            std::fs::write(&path, &content).unwrap();
+            assert_eq!(read_master_key(&path).unwrap(), [7u8; 32]);
+        }
+        std::fs::write(&path, "too-short-master-key").unwrap();
+        let e = read_master_key(&path).unwrap_err();
+        assert_eq!(e.setting, "GATEWAY_MASTER_KEY_FILE");
+        assert!(!e.to_string().contains("too-short"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -963,3 +963,49 @@ async fn no_key_secret_in_any_output_of_key_management() {
 fn borrow(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// `imprint-gateway rotate-key` next to a running gateway on the same data
+/// directory: the gateway switches before the old key is deleted.
+#[tokio::test]
+async fn the_rotate_key_command_is_picked_up_by_a_running_gateway() {
+    let emu = emulator().await;
+    let dir = Dir::new();
+    let callers = callers_file(&dir);
+    let data = dir.0.join("data").display().to_string();
+    let env = [
+        ("GATEWAY_CALLER_TOKENS_FILE", callers.as_str()),
+        ("GATEWAY_DATA_DIR", data.as_str()),
+        ("GATEWAY__CREDENTIALS__SYNC_INTERVAL", "200ms"),
+    ];
+    let running = GatewayProcess::spawn(&emu.url(), &env).await;
+    get_john(&running.channel).await.unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"));
+    cmd.arg("rotate-key")
+        .env("IMPRINT_API_BASE_URL", emu.url())
+        .env("IMPRINT_API_KEY", API_KEY)
+        .env("IMPRINT_MERCHANT_KEY", MERCHANT_KEY)
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_key = stored_key(&dir);
+    assert!(
+        stdout.contains(&format!("now {}", fp(&new_key))) && stdout.contains("deleted"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&new_key) && !stdout.contains(API_KEY));
+    assert_eq!(emulator_status(&emu, API_KEY).await, 401);
+    // The running gateway switched: its calls work without the old key.
+    get_john(&running.channel).await.unwrap();
+    assert_eq!(active_fingerprint(&running.channel).await, fp(&new_key));
+}
