@@ -414,23 +414,41 @@ impl Running {
     /// finish with what they started with.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        let credential = match &config.upstream.api_key_file {
-            Some(path) => {
-                let key = read_secret_file(path, "upstream.api_key_file")?;
-                Some(Credential::new(
-                    key,
-                    config.upstream.merchant_key.clone(),
-                    config.upstream.auth_scheme,
-                )?)
-            }
-            None => None,
-        };
+        let mut credentials = Vec::new();
+        if let Some(path) = &config.upstream.api_key_file {
+            let key = read_secret_file(path, "upstream.api_key_file")?;
+            credentials.push(Credential::new(
+                key,
+                config.upstream.merchant_key.clone(),
+                config.upstream.auth_scheme,
+            )?);
+        }
+        // Products whose key is in a file (theirs, or the secret directory's).
+        for (i, p) in config.credentials.products.iter().enumerate() {
+            let file = match (
+                &p.api_key_file,
+                &p.api_key_env,
+                &config.credentials.secrets_dir,
+            ) {
+                (Some(f), _, _) => f.clone(),
+                (None, None, Some(dir)) => dir.join(&p.name).join("api_key"),
+                _ => continue,
+            };
+            let key = read_secret_file(&file, &format!("credentials.products[{i}]"))?;
+            credentials.push(Credential::for_product(
+                &p.name,
+                key,
+                p.merchant_key.clone(),
+                config.upstream.auth_scheme,
+            )?);
+        }
         let (table, _) = callers_from(config)?;
 
-        if let Some(credential) = credential {
+        for credential in credentials {
+            let product = credential.product().to_owned();
             // The same configured key again leaves a rotated key in place.
             if self.shared.keys.reconfigured(credential) {
-                tracing::info!("Imprint credential reloaded");
+                tracing::info!(product, "Imprint credential reloaded");
             }
         }
         tracing::info!(callers = table.len(), "caller tokens reloaded");

@@ -1009,3 +1009,49 @@ async fn the_rotate_key_command_is_picked_up_by_a_running_gateway() {
     get_john(&running.channel).await.unwrap();
     assert_eq!(active_fingerprint(&running.channel).await, fp(&new_key));
 }
+
+/// SIGHUP (`Running::reload`) after a rotation: the same configured key
+/// leaves the rotated key in use; a new key in the file replaces it.
+#[tokio::test]
+async fn a_reload_keeps_a_rotated_key_unless_the_configured_key_changed() {
+    let up = FakeUpstream::start().await;
+    script_rotation(&up, CREATED_KEY);
+    up.on(
+        Method::GET,
+        "/v2/transaction_intents",
+        Reply::ok(r#"{"data":[],"has_more":false,"total":0}"#),
+    );
+    up.on(
+        Method::GET,
+        &format!("/v2/customers/{JOHN}"),
+        Reply::ok(customer_json()),
+    );
+    let dir = Dir::new();
+    let key_file = dir.0.join("api-key");
+    std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
+    let key_file = key_file.display().to_string();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            ("IMPRINT_API_KEY", ""),
+            ("IMPRINT_API_KEY_FILE", key_file.as_str()),
+        ],
+    )
+    .await;
+    rotate(&gw.channel).await.unwrap();
+    let running = gw.running.as_ref().unwrap();
+    running.reload().unwrap();
+    get_john(&gw.channel).await.unwrap();
+    let last = |up: &FakeUpstream| {
+        up.requests()
+            .last()
+            .and_then(|r| r.header("authorization").map(str::to_owned))
+    };
+    assert_eq!(last(&up), Some(basic(CREATED_KEY)));
+    const RECOVERED: &str = "sk_test_recovered_by_operator";
+    std::fs::write(dir.0.join("api-key"), RECOVERED).unwrap();
+    running.reload().unwrap();
+    get_john(&gw.channel).await.unwrap();
+    assert_eq!(last(&up), Some(basic(RECOVERED)));
+}
