@@ -62,17 +62,21 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<ResBody>, S::Error>> + Send>>;
+    /// Other methods pass straight through, without an allocation.
+    type Future = futures::future::Either<
+        S::Future,
+        Pin<Box<dyn Future<Output = Result<http::Response<ResBody>, S::Error>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().trim_start_matches('/').to_owned();
-        if !(self.layer.is_admin)(&method) {
-            return Box::pin(self.inner.call(req));
+        if !(self.layer.is_admin)(req.uri().path().trim_start_matches('/')) {
+            return futures::future::Either::Left(self.inner.call(req));
         }
+        let method = req.uri().path().trim_start_matches('/').to_owned();
         let actor = (self.layer.caller)(req.extensions()).unwrap_or_else(|| "anonymous".into());
         let request_id = req
             .headers()
@@ -82,7 +86,7 @@ where
             .to_owned();
         let log = self.layer.log.clone();
         let call = self.inner.call(req);
-        Box::pin(async move {
+        futures::future::Either::Right(Box::pin(async move {
             let result = call.await;
             // A unary error answer is trailers-only: its grpc-status is in
             // the headers. A success carries grpc-status 0 in the trailers.
@@ -103,6 +107,6 @@ where
             };
             log.record(&actor, &method, "", outcome, &detail, &request_id);
             result
-        })
+        }))
     }
 }
