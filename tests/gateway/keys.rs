@@ -1055,3 +1055,66 @@ async fn a_reload_keeps_a_rotated_key_unless_the_configured_key_changed() {
     get_john(&gw.channel).await.unwrap();
     assert_eq!(last(&up), Some(basic(RECOVERED)));
 }
+
+/// The same caller and idempotency key for two products are two calls: the
+/// records are scoped by product, so neither replays the other's answer.
+#[tokio::test]
+async fn idempotency_records_are_scoped_by_product() {
+    use imprint_gateway::pb::imprint::v2::{
+        transaction_intent_service_client::TransactionIntentServiceClient,
+        CreateTransactionIntentRequest,
+    };
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::POST,
+        "/v2/transaction_intents",
+        Reply::ok(crate::fixtures::intent_json()),
+    );
+    let dir = Dir::new();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            (
+                "GATEWAY__CREDENTIALS__PRODUCTS",
+                r#"[{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR" }]"#,
+            ),
+            ("COBRAND_KEY_VAR", COBRAND_KEY),
+        ],
+    )
+    .await;
+    let create = |product: Option<&'static str>| {
+        let ch = gw.channel.clone();
+        async move {
+            let mut r = admin(CreateTransactionIntentRequest {
+                customer_id: JOHN.into(),
+                amount: Some(500),
+                currency: "USD".into(),
+                ..Default::default()
+            });
+            r.metadata_mut()
+                .insert("idempotency-key", MetadataValue::from_static("same-key-1"));
+            if let Some(p) = product {
+                r = with_product(r, p);
+            }
+            TransactionIntentServiceClient::new(ch)
+                .create_transaction_intent(r)
+                .await
+                .unwrap()
+        }
+    };
+    create(None).await;
+    let replay = create(None).await;
+    assert_eq!(
+        replay.metadata().get("idempotent-replayed").unwrap(),
+        "true"
+    );
+    let other = create(Some("cobrand-b")).await;
+    assert!(other.metadata().get("idempotent-replayed").is_none());
+    let log = up.requests();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        log[1].header("authorization"),
+        Some(basic(COBRAND_KEY).as_str())
+    );
+}
