@@ -663,3 +663,138 @@ fn is_key_refused(s: &Status) -> bool {
         || (s.code() == tonic::Code::Internal
             && s.message().contains("rejected the gateway's credential"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+    use parking_lot::Mutex;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::{
+        credentials::AuthScheme,
+        idempotency::MemoryStore,
+        stack::{stack_over, StackConfig},
+        upstream::{UpstreamError, UpstreamRequest, UpstreamResponse},
+    };
+
+    type Log = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    /// An in-memory Imprint: creates `sk_new_<n>`, answers reads and deletes.
+    fn imprint(log: Log) -> crate::upstream::UpstreamService {
+        let n = Arc::new(AtomicU32::new(0));
+        let svc = service_fn(move |r: UpstreamRequest| {
+            let (log, n) = (log.clone(), n.clone());
+            async move {
+                let auth = r
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let path = r.call.path_and_query.clone();
+                log.lock()
+                    .push((r.call.method.to_string(), path.clone(), auth));
+                let body = match (r.call.method.as_str(), path.as_str()) {
+                    ("POST", "/v2/keys") => format!(
+                        r#"{{"key":"sk_new_{}"}}"#,
+                        n.fetch_add(1, Ordering::SeqCst) + 1
+                    ),
+                    _ => r#"{"data":[],"has_more":false,"total":0}"#.to_owned(),
+                };
+                Ok::<_, UpstreamError>(UpstreamResponse {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: Bytes::from(body),
+                })
+            }
+        });
+        tower::util::BoxCloneSyncService::new(svc)
+    }
+
+    fn keys(configured: &str, dir: &std::path::Path, log: Log) -> Arc<Keys> {
+        let store = Arc::new(CredentialStore::new(Some(
+            Credential::new(
+                SecretString::from(configured.to_owned()),
+                None,
+                AuthScheme::Bearer,
+            )
+            .unwrap(),
+        )));
+        let upstream = stack_over(
+            imprint(log),
+            store.clone(),
+            Arc::new(MemoryStore::new()),
+            &StackConfig::default(),
+        );
+        let gateway = Gateway::new(upstream, Duration::from_secs(5), store.clone());
+        Keys::new(
+            gateway,
+            store,
+            Arc::new(DiskVault::new(dir, None)),
+            Arc::new(AuditLog::new(100)),
+            KeySettings {
+                drain_timeout: Duration::from_secs(1),
+                sync_interval: Duration::from_millis(100),
+                retry_interval: Duration::from_secs(1),
+                rotate_every: None,
+                others_follow: false,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn scheduled_rotation_rotates_due_keys_only_and_restores_by_origin() {
+        let dir = std::env::temp_dir().join(format!("igw-keys-sched-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log: Log = Arc::default();
+        let k = keys("sk_old", &dir, log.clone());
+        // Due (any age is at least zero): rotated by the scheduler.
+        k.rotate_due(Duration::ZERO).await;
+        assert_eq!(
+            k.store.current().unwrap().fingerprint(),
+            fingerprint("sk_new_1")
+        );
+        let calls: Vec<_> = log
+            .lock()
+            .iter()
+            .map(|(m, p, a)| format!("{m} {p} {a}"))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "POST /v2/keys Bearer sk_old",
+                "GET /v2/transaction_intents?limit=1 Bearer sk_new_1",
+                "DELETE /v2/keys Bearer sk_old",
+            ]
+        );
+        let (events, _) = k.audit.list(&crate::audit::Query {
+            action: Some("credential.rotate".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(events[0].actor, "rotation-scheduler");
+        // Not due: a key made just now is younger than an hour.
+        k.rotate_due(Duration::from_secs(3600)).await;
+        assert_eq!(log.lock().len(), 3);
+
+        // A restart with the same configured key takes the rotated one...
+        let again = keys("sk_old", &dir, Arc::default());
+        assert_eq!(again.sync().await.unwrap(), 1);
+        assert_eq!(
+            again.store.current().unwrap().fingerprint(),
+            fingerprint("sk_new_1")
+        );
+        // ...another configured key (the operator's) wins over the record.
+        let other = keys("sk_operator", &dir, Arc::default());
+        assert_eq!(other.sync().await.unwrap(), 0);
+        assert_eq!(
+            other.store.current().unwrap().fingerprint(),
+            fingerprint("sk_operator")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
