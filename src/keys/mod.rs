@@ -230,7 +230,19 @@ impl Keys {
             let Some(current) = self.store.get(&r.product) else {
                 continue;
             };
-            for old in &r.retiring {
+            // Keys a rotation elsewhere replaced: retried here too, but
+            // only once that rotation had time to delete them itself
+            // (its drain and wait for the replicas), never under it.
+            let settled = self.settings.drain_timeout
+                + 2 * self.settings.sync_interval
+                + Duration::from_secs(5);
+            let retiring: &[SecretString] =
+                if unix_now().saturating_sub(r.created_at) > settled.as_secs() {
+                    &r.retiring
+                } else {
+                    &[]
+                };
+            for old in retiring {
                 if let Ok(c) = current.with_key(old.clone(), None) {
                     if c.fingerprint() != fingerprint(r.api_key.expose_secret()) {
                         self.store.retire(Arc::new(c));
