@@ -85,8 +85,14 @@ fn callers_from(config: &Config) -> anyhow::Result<(CallerTable, bool)> {
         })?,
         None => String::new(),
     };
+    let at = config
+        .auth
+        .caller_tokens_file
+        .as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default();
     let from_file = CallerTable::parse(&text)
-        .map_err(|e| anyhow::anyhow!("caller tokens file: {e}"))?
+        .map_err(|e| anyhow::anyhow!("caller tokens file: {at}{e}"))?
         .len();
     if let Some(token) = &config.auth.sandbox_admin_token {
         text.push_str(&format!(
@@ -95,7 +101,7 @@ fn callers_from(config: &Config) -> anyhow::Result<(CallerTable, bool)> {
         ));
     }
     let table =
-        CallerTable::parse(&text).map_err(|e| anyhow::anyhow!("caller tokens file: {e}"))?;
+        CallerTable::parse(&text).map_err(|e| anyhow::anyhow!("caller tokens file: {at}{e}"))?;
     Ok((table, from_file > 0))
 }
 
