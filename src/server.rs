@@ -12,12 +12,14 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::Server;
 
 use crate::{
-    auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
+    audit::{AuditLayer, AuditLog},
+    auth::{Anonymous, Caller, CallerAuthLayer, CallerRegistry, CallerTable},
     cache::{CacheBus, ResponseCache},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
     events::{CacheInvalidator, Events, NoCache},
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
+    keys::{self, KeyManagement, KeyService, KeySettings, Keys},
     pb,
     ratelimit::{RateLimitConfig, RateLimitLayer},
     request_id::RequestIdLayer,
@@ -29,11 +31,17 @@ use crate::{
 use secrecy::ExposeSecret as _;
 
 /// The admin methods, named by the telemetry layer (bounded metric labels).
-const ADMIN_METHODS: [&str; 3] = [
+const ADMIN_METHODS: [&str; 6] = [
     "imprint.gateway.v1.AdminService/PurgeCache",
     "imprint.gateway.v1.AdminService/GetStats",
     "imprint.gateway.v1.AdminService/ListUpstreamCalls",
+    "imprint.gateway.v1.AdminService/ListAuditEvents",
+    "imprint.gateway.v1.KeyManagementService/ListCredentials",
+    "imprint.gateway.v1.KeyManagementService/RotateCredential",
 ];
+
+const KEY_SERVICE: &str = "imprint.v2.KeyService";
+const KEY_MANAGEMENT_SERVICE: &str = "imprint.gateway.v1.KeyManagementService";
 
 /// A running gateway.
 pub struct Running {
@@ -49,7 +57,6 @@ pub struct Running {
 /// State reloaded on SIGHUP.
 struct Shared {
     config: Config,
-    credentials: Arc<CredentialStore>,
     callers: Arc<CallerRegistry>,
     client: HttpClient,
     idempotency: Arc<dyn IdempotencyStore>,
@@ -60,28 +67,41 @@ struct Shared {
     /// The last dependency state, for `/healthz`.
     health: parking_lot::Mutex<Option<serde_json::Value>>,
     telemetry: Arc<Telemetry>,
+    keys: Arc<Keys>,
 }
 
-/// Builds the credential described by `config`, if it names a key.
-pub fn credential_from(config: &Config) -> anyhow::Result<Option<Credential>> {
-    let u = &config.upstream;
-    let Some(key) = u.api_key.clone() else {
-        return Ok(None);
+/// Builds the credentials described by `config` (every product's).
+pub fn credentials_from(config: &Config) -> anyhow::Result<Vec<Credential>> {
+    keys::configured(config)
+}
+
+/// The caller table, and whether the tokens file named any caller. The
+/// `sandbox` command's admin token (never from a file) is added to it.
+fn callers_from(config: &Config) -> anyhow::Result<(CallerTable, bool)> {
+    let mut text = match &config.auth.caller_tokens_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("caller tokens file: cannot read {}: {e}", path.display())
+        })?,
+        None => String::new(),
     };
-    Ok(Some(Credential::new(
-        key,
-        u.merchant_key.clone(),
-        u.auth_scheme,
-    )?))
-}
-
-fn callers_from(config: &Config) -> anyhow::Result<CallerTable> {
-    match &config.auth.caller_tokens_file {
-        Some(path) => {
-            CallerTable::load(path).map_err(|e| anyhow::anyhow!("caller tokens file: {e}"))
-        }
-        None => Ok(CallerTable::default()),
+    let at = config
+        .auth
+        .caller_tokens_file
+        .as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default();
+    let from_file = CallerTable::parse(&text)
+        .map_err(|e| anyhow::anyhow!("caller tokens file: {at}{e}"))?
+        .len();
+    if let Some(token) = &config.auth.sandbox_admin_token {
+        text.push_str(&format!(
+            "\n[[callers]]\nname = \"sandbox-admin\"\ntoken_sha256 = \"{}\"\nadmin = true\nallow = [\"*\"]\nproducts = [\"*\"]\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.expose_secret().as_bytes()))
+        ));
     }
+    let table =
+        CallerTable::parse(&text).map_err(|e| anyhow::anyhow!("caller tokens file: {at}{e}"))?;
+    Ok((table, from_file > 0))
 }
 
 /// Starts the gateway on the given listeners.
@@ -93,8 +113,11 @@ pub async fn start(
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
 
-    let credentials = Arc::new(CredentialStore::new(credential_from(&config)?));
-    let table = callers_from(&config)?;
+    let credentials = Arc::new(CredentialStore::with_products(credentials_from(&config)?));
+    let audit = Arc::new(AuditLog::new(
+        usize::try_from(config.audit.max_events).unwrap_or(usize::MAX),
+    ));
+    let (table, file_callers) = callers_from(&config)?;
     if config.auth.allow_unauthenticated {
         tracing::warn!("GATEWAY_ALLOW_UNAUTHENTICATED is on: callers without a token are let in. Development only!");
     } else if table.is_empty() && !config.auth.allow_loopback_unauthenticated {
@@ -102,7 +125,7 @@ pub async fn start(
     }
     let anonymous = if config.auth.allow_unauthenticated {
         Anonymous::Allowed
-    } else if config.auth.allow_loopback_unauthenticated && table.is_empty() {
+    } else if config.auth.allow_loopback_unauthenticated && !file_callers {
         Anonymous::LoopbackOnly
     } else {
         Anonymous::Denied
@@ -151,7 +174,23 @@ pub async fn start(
             &stack_config,
         ),
         u.default_deadline,
+        credentials.clone(),
     );
+    // Rotated keys: the vault's are applied before the first call.
+    let keys = Keys::new(
+        gateway.clone(),
+        credentials.clone(),
+        keys::vault_from(&config)?,
+        audit.clone(),
+        KeySettings::from_config(&config),
+    );
+    match keys.sync().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(products = n, "using rotated keys"),
+        Err(e) => tracing::warn!(
+            "cannot read rotated keys yet (retried every credentials.sync_interval): {e}"
+        ),
+    }
 
     // Webhooks → event log → EventService (see events/mod.rs).
     // Verified webhook events invalidate the cache entries they name.
@@ -163,10 +202,11 @@ pub async fn start(
         .await
         .context("opening the event log")?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    for name in services::SERVICE_NAMES
-        .iter()
-        .chain([&Events::SERVICE_NAME])
-    {
+    for name in services::SERVICE_NAMES.iter().chain([
+        &Events::SERVICE_NAME,
+        &KEY_SERVICE,
+        &KEY_MANAGEMENT_SERVICE,
+    ]) {
         health_reporter
             .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
@@ -193,7 +233,14 @@ pub async fn start(
         // Settles the request id first, so every answer carries it, refusals included.
         .layer(RequestIdLayer)
         // Every call is authenticated and authorized before any service sees it.
-        .layer(CallerAuthLayer::new(callers.clone()))
+        // Refused admin calls are recorded in the audit log there.
+        .layer(CallerAuthLayer::new(callers.clone()).with_audit(audit.clone()))
+        // Every allowed admin call, with its outcome, in the audit log.
+        .layer(AuditLayer::new(
+            audit.clone(),
+            Caller::is_admin_method,
+            |ext| ext.get::<Arc<Caller>>().map(|c| c.name.clone()),
+        ))
         // Span, x-trace-id, duration and the call's log line; inside auth so the caller is known.
         .layer(RpcTelemetryLayer::new(
             telemetry.clone(),
@@ -204,7 +251,11 @@ pub async fn start(
             per_second: config.limits.caller_rate_per_sec,
             burst: config.limits.caller_burst,
         }))
-        .add_service(crate::admin::Admin::new(cache.clone(), telemetry.clone()).into_server())
+        .add_service(
+            crate::admin::Admin::new(cache.clone(), telemetry.clone(), audit.clone()).into_server(),
+        )
+        .add_service(KeyService::new(keys.clone()).into_server())
+        .add_service(KeyManagement::new(keys.clone()).into_server())
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -220,7 +271,6 @@ pub async fn start(
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         config: config.clone(),
-        credentials,
         callers,
         client,
         idempotency,
@@ -228,8 +278,10 @@ pub async fn start(
         stopping: stop_rx.clone(),
         health: parking_lot::Mutex::new(None),
         telemetry: telemetry.clone(),
+        keys: keys.clone(),
     });
     spawn_health_refresh(shared.clone());
+    keys.spawn_background(stop_rx.clone());
     let stop_events = events.clone();
     let http_app = Router::new()
         .route("/healthz", get(healthz))
@@ -365,25 +417,42 @@ impl Running {
     /// finish with what they started with.
     pub fn reload(&self) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        let credential = match &config.upstream.api_key_file {
-            Some(path) => {
-                let key = read_secret_file(path, "upstream.api_key_file")?;
-                Some(Credential::new(
-                    key,
-                    config.upstream.merchant_key.clone(),
-                    config.upstream.auth_scheme,
-                )?)
-            }
-            None => None,
-        };
-        let table = callers_from(config)?;
+        let mut credentials = Vec::new();
+        if let Some(path) = &config.upstream.api_key_file {
+            let key = read_secret_file(path, "upstream.api_key_file")?;
+            credentials.push(Credential::new(
+                key,
+                config.upstream.merchant_key.clone(),
+                config.upstream.auth_scheme,
+            )?);
+        }
+        // Products whose key is in a file (theirs, or the secret directory's).
+        for (i, p) in config.credentials.products.iter().enumerate() {
+            let file = match (
+                &p.api_key_file,
+                &p.api_key_env,
+                &config.credentials.secrets_dir,
+            ) {
+                (Some(f), _, _) => f.clone(),
+                (None, None, Some(dir)) => dir.join(&p.name).join("api_key"),
+                _ => continue,
+            };
+            let key = read_secret_file(&file, &format!("credentials.products[{i}]"))?;
+            credentials.push(Credential::for_product(
+                &p.name,
+                key,
+                p.merchant_key.clone(),
+                config.upstream.auth_scheme,
+            )?);
+        }
+        let (table, _) = callers_from(config)?;
 
-        if let Some(credential) = credential {
-            tracing::info!(
-                fingerprint = credential.fingerprint(),
-                "Imprint credential reloaded"
-            );
-            self.shared.credentials.replace(credential);
+        for credential in credentials {
+            let product = credential.product().to_owned();
+            // The same configured key again leaves a rotated key in place.
+            if self.shared.keys.reconfigured(credential) {
+                tracing::info!(product, "Imprint credential reloaded");
+            }
         }
         tracing::info!(callers = table.len(), "caller tokens reloaded");
         self.shared.callers.replace(table);

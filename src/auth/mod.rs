@@ -13,7 +13,10 @@
 //! `token_sha256` keeps plaintext tokens out of the file; `token = "..."` is
 //! accepted too. The registry keeps only digests either way. `admin = true`
 //! (default false) is required, on top of the allow list, for
-//! `imprint.gateway.v1.AdminService/*`.
+//! `imprint.gateway.v1.AdminService/*`, `imprint.v2.KeyService/*` and
+//! `imprint.gateway.v1.KeyManagementService/*`. `products = ["default",
+//! "cobrand-b"]` lists the configured products the caller may pick with
+//! `x-imprint-product` (`"*"`: all; absent: the default product only).
 
 mod layer;
 
@@ -33,10 +36,16 @@ pub struct Caller {
     allow: Vec<Pattern>,
     /// May call admin-only services (`admin = true` in the tokens file).
     pub admin: bool,
+    /// Products (`x-imprint-product`) it may use; `None`: the default one only.
+    products: Option<Vec<String>>,
 }
 
 /// Services only admin callers may call, whatever their allow list says.
-const ADMIN_ONLY: &[&str] = &["imprint.gateway.v1.AdminService/"];
+const ADMIN_ONLY: &[&str] = &[
+    "imprint.gateway.v1.AdminService/",
+    "imprint.v2.KeyService/",
+    "imprint.gateway.v1.KeyManagementService/",
+];
 
 impl Caller {
     /// The caller let in by `allow_unauthenticated`: may call anything.
@@ -45,7 +54,23 @@ impl Caller {
             name: "anonymous".into(),
             allow: vec![Pattern::Any],
             admin: false,
+            products: Some(vec!["*".into()]),
         }
+    }
+
+    /// Whether this caller may use the configured product `name`
+    /// (`products = [...]` in the tokens file, `"*"` for all; absent: only
+    /// the default product).
+    pub fn may_use_product(&self, name: &str) -> bool {
+        match &self.products {
+            None => name == crate::credentials::DEFAULT_PRODUCT,
+            Some(list) => list.iter().any(|p| p == "*" || p == name),
+        }
+    }
+
+    /// Whether `method` belongs to an admin-only service.
+    pub fn is_admin_method(method: &str) -> bool {
+        ADMIN_ONLY.iter().any(|svc| method.starts_with(svc))
     }
 
     /// Whether this caller may call `method` (`package.Service/Method`).
@@ -109,6 +134,8 @@ struct CallerEntry {
     allow: Vec<String>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    products: Option<Vec<String>>,
 }
 
 /// Callers by token digest.
@@ -151,6 +178,7 @@ impl CallerTable {
                 name: entry.name.clone(),
                 allow,
                 admin: entry.admin,
+                products: entry.products.clone(),
             });
             if by_digest.insert(digest, caller).is_some() {
                 return Err(format!(
@@ -404,5 +432,19 @@ mod admin_tests {
         assert!(admin.may_call("imprint.gateway.v1.AdminService/ListUpstreamCalls"));
         assert!(!admin.may_call("imprint.v2.CustomerService/GetCustomer"));
         assert!(!Caller::anonymous().may_call("imprint.gateway.v1.AdminService/PurgeCache"));
+        assert!(!plain.may_call("imprint.v2.KeyService/CreateKey"));
+        assert!(!plain.may_call("imprint.gateway.v1.KeyManagementService/RotateCredential"));
+    }
+
+    #[test]
+    fn products_default_to_the_default_product_only() {
+        let plain = caller("[[callers]]\nname = \"a\"\ntoken = \"t\"\nallow = [\"*\"]\n");
+        assert!(plain.may_use_product("default"));
+        assert!(!plain.may_use_product("cobrand-b"));
+        let listed = caller(
+            "[[callers]]\nname = \"a\"\ntoken = \"t\"\nallow = [\"*\"]\nproducts = [\"cobrand-b\"]\n",
+        );
+        assert!(listed.may_use_product("cobrand-b"));
+        assert!(!listed.may_use_product("default"));
     }
 }

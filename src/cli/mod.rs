@@ -32,6 +32,18 @@ enum Command {
     },
     /// Run the built-in Imprint emulator and the gateway in front of it:
     /// no credentials, no network needed.
+    /// Rotates an Imprint API key the way KeyManagementService/RotateCredential
+    /// does (create, verify, persist, delete the old), for operators. The
+    /// new key is persisted where the running gateways read it (the data
+    /// directory, or Redis with GATEWAY_MASTER_KEY_FILE); they switch within
+    /// `credentials.sync_interval`, and the old key is deleted after that.
+    RotateKey {
+        #[arg(long, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The product whose key to rotate (default: the default product).
+        #[arg(long)]
+        product: Option<String>,
+    },
     Sandbox(sandbox::SandboxArgs),
     /// Run the built-in Imprint emulator alone (for other teams' tests).
     Emulator(sandbox::EmulatorArgs),
@@ -72,7 +84,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if config.upstream.api_key.is_none() {
+            if !config.has_default_credential() {
                 eprintln!(
                     "error: no Imprint API key: set IMPRINT_API_KEY or IMPRINT_API_KEY_FILE (or upstream.api_key_file in the config file)"
                 );
@@ -88,6 +100,13 @@ pub fn main() -> ExitCode {
             run(sandbox::run_sandbox(args, config))
         }
         Command::Emulator(args) => run(sandbox::run_emulator(args)),
+        Command::RotateKey { config, product } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run(rotate_key(config, product))
+        }
         Command::Call(args) => call(args),
     }
 }
@@ -104,8 +123,8 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = server::credential_from(&config) {
-        eprintln!("error: invalid configuration: upstream.api_key: {e}");
+    if let Err(e) = server::credentials_from(&config) {
+        eprintln!("error: invalid configuration: {e}");
         return ExitCode::from(2);
     }
     if let Some(path) = &config.auth.caller_tokens_file {
@@ -115,7 +134,7 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         }
     }
     print!("{}", config.render_masked());
-    if config.upstream.api_key.is_none() {
+    if !config.has_default_credential() {
         eprintln!("warning: no Imprint API key configured; `serve` will refuse to start");
     }
     ExitCode::SUCCESS
@@ -209,6 +228,70 @@ fn call(args: CallArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `rotate-key`: the rotation procedure outside a running gateway, over
+/// the same upstream stack and vault as `serve`.
+async fn rotate_key(config: Config, product: Option<String>) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use crate::{
+        credentials::CredentialStore,
+        idempotency::MemoryStore,
+        keys::{KeySettings, Keys},
+        services::Gateway,
+        upstream::{ClientConfig, HttpClient},
+    };
+    telemetry::init(config.log.format);
+    let u = &config.upstream;
+    let client = HttpClient::new(&ClientConfig {
+        base_url: u.base_url.clone(),
+        connect_timeout: u.connect_timeout,
+        pool_idle_timeout: u.pool_idle_timeout,
+        pool_max_idle_per_host: u.pool_max_idle_per_host,
+        tcp_keepalive: u.tcp_keepalive,
+        max_response_bytes: u.max_response_bytes,
+    })?;
+    let store = Arc::new(CredentialStore::with_products(server::credentials_from(
+        &config,
+    )?));
+    let upstream = crate::stack::stack(
+        client,
+        store.clone(),
+        Arc::new(MemoryStore::new()),
+        &server::stack_config(&config),
+    );
+    let gateway = Gateway::new(upstream, u.default_deadline, store.clone());
+    let mut settings = KeySettings::from_config(&config);
+    settings.others_follow = true;
+    let audit = Arc::new(crate::audit::AuditLog::new(16));
+    let keys = Keys::new(
+        gateway,
+        store,
+        crate::keys::vault_from(&config)?,
+        audit,
+        settings,
+    );
+    // Start from the key in use (a previous rotation's), not the configured one.
+    keys.sync()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading rotated keys: {e}"))?;
+    let r = keys
+        .rotate(product.as_deref(), "cli", "")
+        .await
+        .map_err(|s| anyhow::anyhow!("rotation failed: {}", s.message()))?;
+    println!(
+        "rotated product '{}': now {} (was {}){}",
+        r.credential.product(),
+        r.credential.fingerprint(),
+        r.previous_fingerprint,
+        if r.previous_deleted {
+            "; the old key is deleted".to_owned()
+        } else {
+            format!("; warning: {}", r.warning)
+        }
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -215,7 +215,12 @@ where
             return Box::pin(inner.call(req));
         };
         let keyed = Keyed {
-            key: format!("{}:{}", req.caller, idem_key),
+            // Scoped by caller and product: the same key used for two
+            // products names two different calls.
+            key: match &req.product {
+                Some(product) => format!("{}:{product}:{}", req.caller, idem_key),
+                None => format!("{}:{}", req.caller, idem_key),
+            },
             claim: Record {
                 fingerprint: fingerprint(&req),
                 rpc: req.rpc.to_string(),

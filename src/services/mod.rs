@@ -15,8 +15,11 @@ use tonic::{
 };
 use tower::ServiceExt;
 
+use secrecy::SecretString;
+
 use crate::{
     auth::Caller,
+    credentials::{CredentialStore, DEFAULT_PRODUCT},
     errors,
     translate::{self, Endpoint},
     upstream::{CallStats, UpstreamError, UpstreamRequest, UpstreamService},
@@ -27,15 +30,74 @@ use crate::{
 pub struct Gateway {
     upstream: UpstreamService,
     default_deadline: Duration,
+    /// The configured products, which `x-imprint-product` picks from.
+    credentials: Arc<CredentialStore>,
 }
+
+/// The metadata key naming the product (credential) a call uses.
+pub const PRODUCT_HEADER: &str = "x-imprint-product";
+
+/// Marks a call the gateway makes itself (a rotation's create, verify and
+/// delete): it has no [`Caller`], so no product policy; this names it.
+#[derive(Debug, Clone)]
+pub struct InternalActor(pub Arc<str>);
 
 impl Gateway {
     /// `default_deadline` bounds calls whose caller sent no `grpc-timeout`.
-    pub fn new(upstream: UpstreamService, default_deadline: Duration) -> Self {
+    pub fn new(
+        upstream: UpstreamService,
+        default_deadline: Duration,
+        credentials: Arc<CredentialStore>,
+    ) -> Self {
         Self {
             upstream,
             default_deadline,
+            credentials,
         }
+    }
+
+    /// The product a call uses: `x-imprint-product`, or the default one.
+    /// Unknown: INVALID_ARGUMENT naming the metadata key (never its value,
+    /// which a confused caller may have filled with a key); not in the
+    /// caller's `products`: PERMISSION_DENIED. `None` is the default product.
+    pub fn product(
+        &self,
+        metadata: &MetadataMap,
+        caller: Option<&Caller>,
+    ) -> Result<Option<Arc<str>>, Status> {
+        let name = match metadata.get(PRODUCT_HEADER) {
+            None => DEFAULT_PRODUCT,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|n| self.credentials.knows(n))
+                .ok_or_else(|| {
+                    errors::invalid_request(&[translate::FieldViolation {
+                        field: PRODUCT_HEADER.into(),
+                        description: format!("{PRODUCT_HEADER} names no configured product"),
+                    }])
+                })?,
+        };
+        if let Some(caller) = caller {
+            if !caller.may_use_product(name) {
+                return Err(Status::permission_denied(format!(
+                    "caller '{}' may not use this product ({PRODUCT_HEADER}); see `products` in the caller tokens file",
+                    caller.name
+                )));
+            }
+        }
+        Ok((name != DEFAULT_PRODUCT).then(|| Arc::from(name)))
+    }
+
+    /// [`Gateway::call`] authenticated with `key` instead of the product's
+    /// active credential (the Keys resource, and a rotation's own calls).
+    pub async fn call_with<E: Endpoint>(
+        &self,
+        request: Request<E>,
+        key: Option<SecretString>,
+    ) -> Result<Response<E::Response>, Status> {
+        self.call_inner(request, key).await
     }
 
     /// Runs one RPC: validate and translate, call Imprint through the
@@ -46,16 +108,27 @@ impl Gateway {
         &self,
         request: Request<E>,
     ) -> Result<Response<E::Response>, Status> {
+        self.call_inner(request, None).await
+    }
+
+    async fn call_inner<E: Endpoint>(
+        &self,
+        request: Request<E>,
+        authenticate_with: Option<SecretString>,
+    ) -> Result<Response<E::Response>, Status> {
         let request_id = request_id(request.metadata());
         let budget = upstream_budget(caller_timeout(request.metadata()), self.default_deadline);
         let deadline = Instant::now() + budget;
-        let caller: Arc<str> = request
-            .extensions()
-            .get::<Arc<Caller>>()
-            .map_or_else(|| Arc::from("anonymous"), |c| Arc::from(c.name.as_str()));
+        let known = request.extensions().get::<Arc<Caller>>();
+        let caller: Arc<str> = match (known, request.extensions().get::<InternalActor>()) {
+            (Some(c), _) => Arc::from(c.name.as_str()),
+            (None, Some(internal)) => internal.0.clone(),
+            (None, None) => Arc::from("anonymous"),
+        };
+        let product = self.product(request.metadata(), known.map(|c| &**c));
         let stats = Arc::new(CallStats::default());
-        let result = match idempotency_key(request.metadata()) {
-            Ok(key) => {
+        let result = match idempotency_key(request.metadata()).and_then(|k| Ok((k, product?))) {
+            Ok((key, product)) => {
                 let ctx = CallContext {
                     no_cache: no_cache(request.metadata()),
                     deadline,
@@ -63,6 +136,8 @@ impl Gateway {
                     caller,
                     idempotency_key: key,
                     stats: stats.clone(),
+                    product,
+                    authenticate_with,
                 };
                 self.run(request.get_ref(), ctx).await
             }
@@ -133,6 +208,8 @@ impl Gateway {
             sensitive_fields: E::ROUTE.sensitive_request_fields,
             secret_fields: E::ROUTE.secret_response_fields,
             stats: ctx.stats,
+            product: ctx.product,
+            authenticate_with: ctx.authenticate_with,
         };
         let response = self.upstream.clone().oneshot(request).await.map_err(|e| {
             let sent = stats.since_sent().is_some();
@@ -152,6 +229,8 @@ struct CallContext {
     caller: Arc<str>,
     idempotency_key: Option<Arc<str>>,
     stats: Arc<CallStats>,
+    product: Option<Arc<str>>,
+    authenticate_with: Option<SecretString>,
 }
 
 /// The caller's `idempotency-key`: 1 to 255 visible ASCII characters.

@@ -3,7 +3,12 @@
 //! request log, error statuses) and [`assert_clean`] it. Later issues add
 //! their own secrets to the list.
 
-use crate::harness::{API_KEY, MERCHANT_KEY, TOKEN};
+use crate::{
+    harness::{API_KEY, MERCHANT_KEY, TOKEN},
+    keys::{
+        ADMIN_TOKEN, COBRAND_KEY, COBRAND_MERCHANT, COBRAND_TOKEN, CREATED_KEY, MASTER_KEY_HEX,
+    },
+};
 
 pub const SSN: &str = "123456789";
 pub const DOB_YEAR: i32 = 1937;
@@ -27,6 +32,13 @@ pub fn secrets() -> Vec<(&'static str, String)> {
         ("CVV", format!("\"{CVV}\"")),
         ("client_secret", CLIENT_SECRET.into()),
         ("webhook secret", WEBHOOK_SECRET.into()),
+        // Key management (#12).
+        ("second product's API key", COBRAND_KEY.into()),
+        ("second product's merchant key", COBRAND_MERCHANT.into()),
+        ("created/rotated key", CREATED_KEY.into()),
+        ("master key", MASTER_KEY_HEX.into()),
+        ("admin caller token", ADMIN_TOKEN.into()),
+        ("product caller token", COBRAND_TOKEN.into()),
     ]
 }
 
