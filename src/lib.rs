@@ -25,5 +25,6 @@ pub mod server;
 pub mod services;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;
 pub mod upstream;

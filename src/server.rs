@@ -25,6 +25,7 @@ use crate::{
     services::{self, Gateway, MessageLimits},
     stack::{self, StackConfig},
     telemetry::{RpcTelemetryLayer, Telemetry, TelemetrySettings},
+    tls::{TlsFiles, TlsServer},
     upstream::{ClientConfig, HttpClient},
 };
 use secrecy::ExposeSecret as _;
@@ -61,6 +62,8 @@ struct Shared {
     /// The last dependency state, for `/healthz`.
     health: parking_lot::Mutex<Option<serde_json::Value>>,
     telemetry: Arc<Telemetry>,
+    /// The gRPC listener's TLS configuration (None: plaintext).
+    tls: Option<Arc<TlsServer>>,
 }
 
 /// Builds the credential described by `config`, if it names a key.
@@ -74,6 +77,16 @@ pub fn credential_from(config: &Config) -> anyhow::Result<Option<Credential>> {
         u.merchant_key.clone(),
         u.auth_scheme,
     )?))
+}
+
+/// The gRPC listener's TLS files, if TLS is configured.
+pub fn tls_files(config: &Config) -> Option<TlsFiles> {
+    let s = &config.server;
+    Some(TlsFiles {
+        cert: s.tls_cert_file.clone()?,
+        key: s.tls_key_file.clone()?,
+        client_ca: s.tls_client_ca_file.clone(),
+    })
 }
 
 fn callers_from(config: &Config) -> anyhow::Result<CallerTable> {
@@ -101,13 +114,34 @@ pub async fn start(
     } else if table.is_empty() && !config.auth.allow_loopback_unauthenticated {
         tracing::warn!("no caller tokens configured: every call will be refused (set GATEWAY_CALLER_TOKENS_FILE)");
     }
+    // `sandbox` trusts anonymous loopback callers only while it listens
+    // on loopback: on any other address it is reachable from elsewhere
+    // (a proxy on this host would make every caller look local).
+    let loopback_listener = grpc_addr.ip().is_loopback();
+    if config.auth.allow_loopback_unauthenticated && table.is_empty() && !loopback_listener {
+        tracing::warn!(%grpc_addr, "not listening on loopback: callers need a token (set GATEWAY_CALLER_TOKENS_FILE)");
+    }
     let anonymous = if config.auth.allow_unauthenticated {
         Anonymous::Allowed
-    } else if config.auth.allow_loopback_unauthenticated && table.is_empty() {
+    } else if config.auth.allow_loopback_unauthenticated && table.is_empty() && loopback_listener {
         Anonymous::LoopbackOnly
     } else {
         Anonymous::Denied
     };
+    let tls = match tls_files(&config) {
+        Some(files) => Some(Arc::new(TlsServer::load(files)?)),
+        None => None,
+    };
+    match &tls {
+        Some(t) if t.mutual() => {
+            tracing::info!("gRPC over TLS; client certificates from GATEWAY_TLS_CLIENT_CA_FILE identify callers")
+        }
+        Some(_) => tracing::info!("gRPC over TLS"),
+        None if !loopback_listener => {
+            tracing::warn!(%grpc_addr, "gRPC in plaintext on a non-loopback address")
+        }
+        None => {}
+    }
     let callers = Arc::new(CallerRegistry::new(table, anonymous));
 
     let u = &config.upstream;
@@ -230,8 +264,10 @@ pub async fn start(
         stopping: stop_rx.clone(),
         health: parking_lot::Mutex::new(None),
         telemetry: telemetry.clone(),
+        tls: tls.clone(),
     });
     spawn_health_refresh(shared.clone());
+    spawn_file_watch(shared.clone());
     let stop_events = events.clone();
     let http_app = Router::new()
         .route("/healthz", get(healthz))
@@ -245,8 +281,17 @@ pub async fn start(
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
         };
-        let grpc = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), signal(stop_rx.clone()));
+        let grpc: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match tls {
+            // Handshakes happen off the accept loop; the connection's
+            // certificate identity reaches the auth layer with each call.
+            Some(tls) => Box::pin(
+                router.serve_with_incoming_shutdown(tls.incoming(grpc), signal(stop_rx.clone())),
+            ),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc),
+                signal(stop_rx.clone()),
+            )),
+        };
         let http = axum::serve(http, http_app)
             .with_graceful_shutdown(signal(stop_rx.clone()))
             .into_future();
@@ -361,36 +406,14 @@ impl Running {
         self.cache.as_ref()
     }
 
-    /// Re-reads the API key file and caller tokens file (SIGHUP), all or
-    /// nothing: every source is read and validated first, then they are
-    /// swapped together; a bad source changes nothing and says why. The key
-    /// file is read by the same function as at start. Calls in flight
-    /// finish with what they started with.
+    /// Re-reads the API key file, the caller policy file and the TLS files
+    /// (SIGHUP, or a change seen by the file watch), all or nothing: every
+    /// source is read and validated first, then they are swapped together;
+    /// a bad source changes nothing and says why. The key file is read by
+    /// the same function as at start. Calls in flight finish with what they
+    /// started with; established TLS connections keep their handshake.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let config = &self.shared.config;
-        let credential = match &config.upstream.api_key_file {
-            Some(path) => {
-                let key = read_secret_file(path, "upstream.api_key_file")?;
-                Some(Credential::new(
-                    key,
-                    config.upstream.merchant_key.clone(),
-                    config.upstream.auth_scheme,
-                )?)
-            }
-            None => None,
-        };
-        let table = callers_from(config)?;
-
-        if let Some(credential) = credential {
-            tracing::info!(
-                fingerprint = credential.fingerprint(),
-                "Imprint credential reloaded"
-            );
-            self.shared.credentials.replace(credential);
-        }
-        tracing::info!(callers = table.len(), "caller tokens reloaded");
-        self.shared.callers.replace(table);
-        Ok(())
+        self.shared.reload()
     }
 
     /// Stops accepting, lets in-flight calls finish (up to the grace
@@ -413,6 +436,103 @@ impl Running {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await.context("server task")?
     }
+}
+
+impl Shared {
+    /// See [`Running::reload`].
+    fn reload(&self) -> anyhow::Result<()> {
+        let config = &self.config;
+        let credential = match &config.upstream.api_key_file {
+            Some(path) => {
+                let key = read_secret_file(path, "upstream.api_key_file")?;
+                Some(Credential::new(
+                    key,
+                    config.upstream.merchant_key.clone(),
+                    config.upstream.auth_scheme,
+                )?)
+            }
+            None => None,
+        };
+        let table = callers_from(config)?;
+        let tls = match &self.tls {
+            Some(tls) => Some((tls, tls.read()?)),
+            None => None,
+        };
+
+        if let Some(credential) = credential {
+            tracing::info!(
+                fingerprint = credential.fingerprint(),
+                "Imprint credential reloaded"
+            );
+            self.credentials.replace(credential);
+        }
+        tracing::info!(callers = table.len(), "caller policy reloaded");
+        self.callers.replace(table);
+        if let Some((tls, server_config)) = tls {
+            tls.install(server_config);
+            tracing::info!("TLS certificate reloaded");
+        }
+        Ok(())
+    }
+
+    /// The files a reload reads.
+    fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let c = &self.config;
+        let mut files: Vec<std::path::PathBuf> = [
+            c.upstream.api_key_file.clone(),
+            c.auth.caller_tokens_file.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let Some(tls) = &self.tls {
+            let f = tls.files();
+            files.extend([f.cert.clone(), f.key.clone()]);
+            files.extend(f.client_ca.clone());
+        }
+        files
+    }
+}
+
+/// What tells a file changed: size, modification time, inode (a file
+/// replaced by rename has a new one).
+fn file_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// Reloads (as on SIGHUP) when one of the files a reload reads changes,
+/// checked every `server.watch_interval` until shutdown. A reload that
+/// fails (a half-written file) keeps the previous state and is tried again
+/// at the next change.
+fn spawn_file_watch(shared: Arc<Shared>) {
+    let every = shared.config.server.watch_interval;
+    let files = shared.watched_files();
+    if every.is_zero() || files.is_empty() {
+        return;
+    }
+    let mut stopping = shared.stopping.clone();
+    tokio::spawn(async move {
+        let stamps =
+            |files: &[std::path::PathBuf]| files.iter().map(|f| file_stamp(f)).collect::<Vec<_>>();
+        let mut last = stamps(&files);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            let now = stamps(&files);
+            if now == last {
+                continue;
+            }
+            last = now;
+            tracing::info!("a watched file changed: reloading");
+            if let Err(e) = shared.reload() {
+                tracing::error!("reload failed, keeping the previous state: {e:#}");
+            }
+        }
+    });
 }
 
 /// Ready when this process can serve: configuration loaded and listeners

@@ -78,6 +78,10 @@ pub fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            if let Err(e) = config.check_transport() {
+                eprintln!("error: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
             run(serve(config))
         }
         Command::Sandbox(args) => {
@@ -108,13 +112,44 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         eprintln!("error: invalid configuration: upstream.api_key: {e}");
         return ExitCode::from(2);
     }
-    if let Some(path) = &config.auth.caller_tokens_file {
-        if let Err(e) = crate::auth::CallerTable::load(path) {
-            eprintln!("error: invalid configuration: GATEWAY_CALLER_TOKENS_FILE: {e}");
+    if let Err(e) = config.check_transport() {
+        eprintln!("error: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(files) = server::tls_files(&config) {
+        if let Err(e) = crate::tls::TlsServer::load(files) {
+            eprintln!("error: invalid configuration: {e:#}");
             return ExitCode::from(2);
         }
     }
+    let callers = match &config.auth.caller_tokens_file {
+        Some(path) => match crate::auth::CallerTable::load(path) {
+            Ok(table) => Some(table),
+            Err(e) => {
+                eprintln!("error: invalid configuration: GATEWAY_CALLER_TOKENS_FILE: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     print!("{}", config.render_masked());
+    // Each caller's effective policy: what it may do, never its token.
+    println!("\n# Caller policy (GATEWAY_CALLER_TOKENS_FILE)");
+    match &callers {
+        Some(table) if !table.is_empty() => {
+            let limits = &config.limits;
+            for line in table
+                .describe(limits.caller_rate_per_sec, limits.caller_burst)
+                .lines()
+            {
+                println!("# {line}");
+            }
+        }
+        _ if config.auth.allow_unauthenticated => {
+            println!("# no callers: GATEWAY_ALLOW_UNAUTHENTICATED lets anyone call anything but admin services");
+        }
+        _ => println!("# no callers: every call is refused"),
+    }
     if config.upstream.api_key.is_none() {
         eprintln!("warning: no Imprint API key configured; `serve` will refuse to start");
     }
