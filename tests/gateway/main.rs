@@ -22,6 +22,7 @@ mod events_durable;
 mod events_sandbox;
 mod hardening;
 mod idempotency;
+mod identity;
 mod required_presence;
 mod resilience;
 mod routes;
