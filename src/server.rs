@@ -86,6 +86,7 @@ pub fn tls_files(config: &Config) -> Option<TlsFiles> {
         cert: s.tls_cert_file.clone()?,
         key: s.tls_key_file.clone()?,
         client_ca: s.tls_client_ca_file.clone(),
+        client_cert_required: s.tls_client_cert_required,
     })
 }
 

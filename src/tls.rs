@@ -14,8 +14,8 @@
 //! that connection as [`PeerInfo`] (tonic's connect info).
 //!
 //! With a client CA, a certificate is optional at the handshake (callers
-//! without one still use bearer tokens), but one that the CA did not sign
-//! fails the handshake.
+//! without one still use bearer tokens) unless `tls_client_cert_required`;
+//! one that the CA did not sign always fails the handshake.
 
 use std::{
     io,
@@ -52,6 +52,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// With a client CA: a client without a certificate fails the handshake.
+    pub client_cert_required: bool,
 }
 
 /// The identity a verified client certificate gives its caller.
@@ -208,10 +210,14 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
                     )
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if !files.client_cert_required {
                 // Callers without a certificate still authenticate with a
                 // bearer token; a certificate from another CA fails here.
-                .allow_unauthenticated()
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|e| anyhow::anyhow!("GATEWAY_TLS_CLIENT_CA_FILE: {e}"))?;
             builder.with_client_cert_verifier(verifier)

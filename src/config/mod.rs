@@ -123,6 +123,9 @@ pub struct ServerConfig {
     /// (`GATEWAY_TLS_CLIENT_CA_FILE`): mTLS, the caller being the
     /// certificate's SPIFFE ID or DNS SAN.
     pub tls_client_ca_file: Option<PathBuf>,
+    /// With a client CA: refuse at the handshake a client without a
+    /// certificate (default: such callers use bearer tokens).
+    pub tls_client_cert_required: bool,
     /// Serve gRPC without TLS on a non-loopback address. Off: `serve`
     /// refuses to start plaintext anywhere but loopback.
     pub plaintext: bool,
@@ -146,6 +149,7 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
+            tls_client_cert_required: false,
             plaintext: false,
             watch_interval: Duration::from_secs(5),
         }
@@ -702,6 +706,12 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        if s.tls_client_cert_required && s.tls_client_ca_file.is_none() {
+            return Err(err(
+                "server.tls_client_cert_required",
+                "needs GATEWAY_TLS_CLIENT_CA_FILE",
+            ));
         }
         if s.tls_client_ca_file.is_some() && s.tls_cert_file.is_none() {
             return Err(err(

@@ -299,6 +299,34 @@ async fn mtls_names_callers_by_their_certificate_and_holds_them_to_their_policy(
     assert_eq!(count(&up, PM), 1, "a refused call reached Imprint");
     assert_eq!(count(&up, CUSTOMER), 2);
     gw.shutdown().await.unwrap();
+
+    // Certificates required: no certificate, no connection (token or not).
+    let dir = Dir::new();
+    let mut env = tls_env(&dir.0, &ca.server(), Some(&clients));
+    env.push(("GATEWAY__SERVER__TLS_CLIENT_CERT_REQUIRED", "true".into()));
+    let gw = start(&up.url(), &dir.0, MTLS_POLICY, &env).await;
+    let addr = gw.grpc_addr();
+    let outcome = match tls_channel(addr, &ca.pem, None).await {
+        Err(e) => Err(e.to_string()),
+        Ok(ch) => CustomerServiceClient::new(ch)
+            .get_customer(with_token(
+                GetCustomerRequest {
+                    customer_id: "C1".into(),
+                },
+                "caller-token-mtls",
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}", s.code())),
+    };
+    assert!(outcome.is_err(), "a client without a certificate got in");
+    let ch = tls_channel(addr, &ca.pem, Some(&ledger)).await.unwrap();
+    CustomerServiceClient::new(ch)
+        .get_customer(get_customer())
+        .await
+        .unwrap();
+    assert_eq!(count(&up, CUSTOMER), 3);
+    gw.shutdown().await.unwrap();
 }
 
 const TOKEN_POLICY: &str = r#"
