@@ -60,6 +60,18 @@ struct CallArgs {
     /// Deadline of a unary call (a server stream runs until it ends).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Speak TLS, trusting this PEM CA (for a gateway with GATEWAY_TLS_CERT_FILE).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; with --key and --ca.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name the gateway's certificate must hold (default: the address's host).
+    #[arg(long, value_name = "NAME", requires = "ca")]
+    tls_server_name: Option<String>,
 }
 
 /// Entry point of the binary.
@@ -185,6 +197,11 @@ fn call(args: CallArgs) -> ExitCode {
         token: args.token,
         headers: args.headers,
         timeout: args.timeout,
+        tls: args.ca.map(|ca| crate::call::CallTls {
+            ca,
+            identity: args.cert.zip(args.key),
+            server_name: args.tls_server_name,
+        }),
     };
     let rt = match runtime() {
         Ok(rt) => rt,

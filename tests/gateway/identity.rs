@@ -667,3 +667,77 @@ async fn a_callers_rate_limit_from_the_policy_applies_to_that_caller_only() {
     }
     assert_eq!(count(&up, "/v2/customers/C1"), 12);
 }
+
+/// `imprint-gateway call` reaches an mTLS gateway as the caller its client
+/// certificate names.
+#[tokio::test]
+async fn the_call_command_speaks_mtls() {
+    let up = FakeUpstream::start().await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    let dir = Dir::new();
+    let ca = Ca::new("gateway test CA");
+    let clients = Ca::new("client CA");
+    let env = tls_env(&dir.0, &ca.server(), Some(&clients));
+    let gw = start(&up.url(), &dir.0, MTLS_POLICY, &env).await;
+    let ledger = clients.client(vec![dns("ledger.test.internal")]);
+    let files = [
+        ("ca.pem", ca.pem.as_str()),
+        ("ledger.pem", ledger.cert.as_str()),
+        ("ledger.key", ledger.key.as_str()),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.0.join(name), text).unwrap();
+    }
+    let path = |name: &str| dir.0.join(name).display().to_string();
+    let args = vec![
+        "call".to_string(),
+        "--addr".into(),
+        gw.grpc_addr().to_string(),
+        "--ca".into(),
+        path("ca.pem"),
+        "--tls-server-name".into(),
+        "localhost".into(),
+        "--cert".into(),
+        path("ledger.pem"),
+        "--key".into(),
+        path("ledger.key"),
+        "imprint.v2.CustomerService/GetCustomer".into(),
+        r#"{"customer_id":"C1"}"#.into(),
+    ];
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"))
+                .args(args)
+                .env_remove("GATEWAY_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(args.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"id\""), "{stdout}");
+    assert_eq!(count(&up, "/v2/customers/C1"), 1);
+    // Without the certificate: no caller.
+    let without: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(7..=10).contains(i))
+        .map(|(_, a)| a.clone())
+        .collect();
+    let out = run(without).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_ascii_lowercase()
+            .contains("unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&up, "/v2/customers/C1"), 1);
+    gw.shutdown().await.unwrap();
+}
