@@ -99,6 +99,19 @@ fn callers_from(config: &Config) -> anyhow::Result<CallerTable> {
     }
 }
 
+/// Who may call without a credential: anyone with
+/// `allow_unauthenticated`; loopback callers of `sandbox` while it has no
+/// caller policy and listens on loopback itself; else nobody.
+fn anonymous_access(config: &Config, no_callers: bool, loopback_listener: bool) -> Anonymous {
+    if config.auth.allow_unauthenticated {
+        Anonymous::Allowed
+    } else if config.auth.allow_loopback_unauthenticated && no_callers && loopback_listener {
+        Anonymous::LoopbackOnly
+    } else {
+        Anonymous::Denied
+    }
+}
+
 /// Starts the gateway on the given listeners.
 pub async fn start(
     config: Config,
@@ -122,13 +135,7 @@ pub async fn start(
     if config.auth.allow_loopback_unauthenticated && table.is_empty() && !loopback_listener {
         tracing::warn!(%grpc_addr, "not listening on loopback: callers need a token (set GATEWAY_CALLER_TOKENS_FILE)");
     }
-    let anonymous = if config.auth.allow_unauthenticated {
-        Anonymous::Allowed
-    } else if config.auth.allow_loopback_unauthenticated && table.is_empty() && loopback_listener {
-        Anonymous::LoopbackOnly
-    } else {
-        Anonymous::Denied
-    };
+    let anonymous = anonymous_access(&config, table.is_empty(), loopback_listener);
     let tls = match tls_files(&config) {
         Some(files) => Some(Arc::new(TlsServer::load(files)?)),
         None => None,
@@ -610,3 +617,25 @@ fn spawn_health_refresh(shared: Arc<Shared>) {
 
 /// How often `/healthz`'s dependency state is refreshed.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_trusts_loopback_callers_only_on_a_loopback_listener_without_callers() {
+        let mut sandbox = Config::default();
+        sandbox.auth.allow_loopback_unauthenticated = true;
+        assert_eq!(
+            anonymous_access(&sandbox, true, true),
+            Anonymous::LoopbackOnly
+        );
+        assert_eq!(anonymous_access(&sandbox, true, false), Anonymous::Denied);
+        assert_eq!(anonymous_access(&sandbox, false, true), Anonymous::Denied);
+        let serve = Config::default();
+        assert_eq!(anonymous_access(&serve, true, true), Anonymous::Denied);
+        let mut dev = Config::default();
+        dev.auth.allow_unauthenticated = true;
+        assert_eq!(anonymous_access(&dev, false, false), Anonymous::Allowed);
+    }
+}
