@@ -555,10 +555,17 @@ async fn pci_details_reach_pci_callers_only_and_never_the_request_log() {
         Reply::ok(card_payment_method_json()),
     );
     let dir = Dir::new();
-    let callers = dir.0.join("pci-callers.toml");
-    std::fs::write(&callers, PCI_POLICY).unwrap();
-    let callers = callers.display().to_string();
-    let gw = TestGateway::start_with(&up.url(), &[("GATEWAY_CALLER_TOKENS_FILE", &callers)]).await;
+    let policy = dir.0.join("pci-callers.toml");
+    std::fs::write(&policy, PCI_POLICY).unwrap();
+    let callers = policy.display().to_string();
+    let gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("GATEWAY_CALLER_TOKENS_FILE", &callers),
+            ("GATEWAY__SERVER__WATCH_INTERVAL", "200ms"),
+        ],
+    )
+    .await;
     let mut client = PaymentMethodServiceClient::new(gw.channel.clone());
     let call = |token: &'static str| {
         with_token(
@@ -609,6 +616,32 @@ async fn pci_details_reach_pci_callers_only_and_never_the_request_log() {
     }
     let callers: Vec<&str> = page.data.iter().map(|e| e.caller.as_str()).collect();
     assert!(callers.contains(&"card-vault") && callers.contains(&"checkout"));
+
+    // The policy file is watched: checkout brought into PCI scope by an
+    // edit sees card data from the next calls on, without a restart.
+    write_atomically(
+        &policy,
+        &PCI_POLICY.replace(
+            "token = \"caller-token-plain\"",
+            "token = \"caller-token-plain\"\npci = true",
+        ),
+    );
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = client
+            .get_payment_method(call("caller-token-plain"))
+            .await
+            .unwrap()
+            .into_inner();
+        if got == card_payment_method() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the edited policy was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 const RATE_POLICY: &str = r#"
