@@ -44,6 +44,10 @@ use tonic::transport::server::Connected;
 
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; beyond, accepting waits (the kernel's
+/// backlog queues new connections), so a flood of silent clients costs a
+/// bounded number of tasks.
+pub const MAX_HANDSHAKES: usize = 1024;
 
 /// Where the PEM files are (`GATEWAY_TLS_CERT_FILE`, `GATEWAY_TLS_KEY_FILE`,
 /// `GATEWAY_TLS_CLIENT_CA_FILE`).
@@ -121,8 +125,16 @@ impl TlsServer {
     ) -> ReceiverStream<io::Result<TlsConn>> {
         let (tx, rx) = mpsc::channel(64);
         let tls = self.clone();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let permit = tokio::select! {
+                    p = handshakes.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = tx.closed() => return,
+                };
                 let (tcp, remote) = tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok(a) => a,
@@ -140,7 +152,10 @@ impl TlsServer {
                 let acceptor = TlsAcceptor::from(tls.config.load_full());
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(stream)) => {
                             let certificate = stream
                                 .get_ref()
