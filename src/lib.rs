@@ -27,5 +27,6 @@ pub mod server;
 pub mod services;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;
 pub mod upstream;

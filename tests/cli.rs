@@ -144,6 +144,113 @@ fn serve_refuses_to_start_without_a_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("IMPRINT_API_KEY"));
 }
 
+#[test]
+fn serve_refuses_plaintext_on_a_non_loopback_address_unless_told() {
+    // Refused before anything is bound: no socket on 0.0.0.0 is opened.
+    let out = bin()
+        .arg("serve")
+        .env("IMPRINT_API_KEY", "sk_test_x")
+        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.plaintext"), "{stderr}");
+    assert!(stderr.contains("GATEWAY_TLS_CERT_FILE"), "{stderr}");
+    // check-config says the same, and accepts the explicit setting.
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.plaintext"));
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        .env("GATEWAY__SERVER__PLAINTEXT", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // TLS settings must name readable files, and come as a pair.
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GATEWAY_TLS_KEY_FILE"));
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem")
+        .env("GATEWAY_TLS_KEY_FILE", "/nonexistent/key.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GATEWAY_TLS_CERT_FILE: cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_prints_each_callers_effective_policy_without_secrets() {
+    let dir = std::env::temp_dir().join(format!("igw-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("callers.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[callers]]
+name = "checkout"
+token = "tok-secret-checkout"
+allow = ["imprint.v2.CustomerService/*"]
+
+[[callers]]
+name = "card-vault"
+spiffe_id = "spiffe://pay.internal/card-vault"
+allow = ["imprint.v2.PaymentMethodService/GetPaymentMethod"]
+pci = true
+rate_per_sec = 5
+burst = 10
+products = ["*"]
+"#,
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_CALLER_TOKENS_FILE", &policy)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "# caller \"checkout\"",
+        "#   identified by: bearer token",
+        "#   allow: imprint.v2.CustomerService/*",
+        "#   products: default (default)",
+        "#   rate limit: 100/s, burst 200",
+        "# caller \"card-vault\"",
+        "#   identified by: spiffe_id spiffe://pay.internal/card-vault",
+        "#   products: *",
+        "#   pci: true",
+        "#   rate limit: 5/s, burst 10",
+    ] {
+        assert!(stdout.contains(expected), "{expected} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("tok-secret"), "{stdout}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -10,6 +10,7 @@ use tower::{Layer, Service};
 
 use super::{Caller, CallerRegistry, Denied};
 use crate::audit::AuditLog;
+use crate::tls::PeerInfo;
 
 /// Methods anyone may call: orchestrators probe health without a token.
 const OPEN_SERVICES: &[&str] = &["grpc.health.v1.Health/"];
@@ -83,15 +84,22 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let peer = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|c| c.remote_addr())
+        // Plaintext connections carry tonic's TCP info; TLS ones ours,
+        // with the verified client certificate's identity.
+        let tls = req.extensions().get::<PeerInfo>();
+        let peer = tls
+            .and_then(|t| t.remote_addr)
+            .or_else(|| {
+                req.extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|c| c.remote_addr())
+            })
             .map(|a| a.ip());
+        let cert = tls.and_then(|t| t.certificate.as_deref());
         let check = if AUTHENTICATED_SERVICES.iter().any(|p| method.starts_with(p)) {
-            self.registry.authenticate(authorization, peer)
+            self.registry.authenticate(authorization, peer, cert)
         } else {
-            self.registry.authorize(authorization, peer, method)
+            self.registry.authorize(authorization, peer, cert, method)
         };
         if let (Err(denied), Some(audit)) = (&check, &self.audit) {
             if Caller::is_admin_method(method) {

@@ -72,6 +72,18 @@ struct CallArgs {
     /// Deadline of a unary call (a server stream runs until it ends).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Speak TLS, trusting this PEM CA (for a gateway with GATEWAY_TLS_CERT_FILE).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; with --key and --ca.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name the gateway's certificate must hold (default: the address's host).
+    #[arg(long, value_name = "NAME", requires = "ca")]
+    tls_server_name: Option<String>,
 }
 
 /// Entry point of the binary.
@@ -88,6 +100,10 @@ pub fn main() -> ExitCode {
                 eprintln!(
                     "error: no Imprint API key: set IMPRINT_API_KEY or IMPRINT_API_KEY_FILE (or upstream.api_key_file in the config file)"
                 );
+                return ExitCode::from(2);
+            }
+            if let Err(e) = config.check_transport() {
+                eprintln!("error: invalid configuration: {e}");
                 return ExitCode::from(2);
             }
             run(serve(config))
@@ -127,13 +143,44 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         eprintln!("error: invalid configuration: {e}");
         return ExitCode::from(2);
     }
-    if let Some(path) = &config.auth.caller_tokens_file {
-        if let Err(e) = crate::auth::CallerTable::load(path) {
-            eprintln!("error: invalid configuration: GATEWAY_CALLER_TOKENS_FILE: {e}");
+    if let Err(e) = config.check_transport() {
+        eprintln!("error: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(files) = server::tls_files(&config) {
+        if let Err(e) = crate::tls::TlsServer::load(files) {
+            eprintln!("error: invalid configuration: {e:#}");
             return ExitCode::from(2);
         }
     }
+    let callers = match &config.auth.caller_tokens_file {
+        Some(path) => match crate::auth::CallerTable::load(path) {
+            Ok(table) => Some(table),
+            Err(e) => {
+                eprintln!("error: invalid configuration: GATEWAY_CALLER_TOKENS_FILE: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     print!("{}", config.render_masked());
+    // Each caller's effective policy: what it may do, never its token.
+    println!("\n# Caller policy (GATEWAY_CALLER_TOKENS_FILE)");
+    match &callers {
+        Some(table) if !table.is_empty() => {
+            let limits = &config.limits;
+            for line in table
+                .describe(limits.caller_rate_per_sec, limits.caller_burst)
+                .lines()
+            {
+                println!("# {line}");
+            }
+        }
+        _ if config.auth.allow_unauthenticated => {
+            println!("# no callers: GATEWAY_ALLOW_UNAUTHENTICATED lets anyone call anything but admin services");
+        }
+        _ => println!("# no callers: every call is refused"),
+    }
     if !config.has_default_credential() {
         eprintln!("warning: no Imprint API key configured; `serve` will refuse to start");
     }
@@ -169,6 +216,11 @@ fn call(args: CallArgs) -> ExitCode {
         token: args.token,
         headers: args.headers,
         timeout: args.timeout,
+        tls: args.ca.map(|ca| crate::call::CallTls {
+            ca,
+            identity: args.cert.zip(args.key),
+            server_name: args.tls_server_name,
+        }),
     };
     let rt = match runtime() {
         Ok(rt) => rt,

@@ -312,8 +312,11 @@ fn banner(
     };
     let auth = if tokens {
         "callers need a token from GATEWAY_CALLER_TOKENS_FILE"
-    } else {
+    } else if grpc.ip().is_loopback() {
         "callers on loopback need no token"
+    } else {
+        // Anonymous access is for a loopback listener only.
+        "not on loopback: every call is refused until GATEWAY_CALLER_TOKENS_FILE is set"
     };
     format!(
         "imprint-gateway sandbox is ready\n\

@@ -204,6 +204,26 @@ pub struct ServerConfig {
     pub http2_keepalive_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub http2_keepalive_timeout: Duration,
+    /// PEM certificate chain of the gRPC listener (`GATEWAY_TLS_CERT_FILE`);
+    /// with `tls_key_file`, the listener speaks TLS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (`GATEWAY_TLS_KEY_FILE`).
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates
+    /// (`GATEWAY_TLS_CLIENT_CA_FILE`): mTLS, the caller being the
+    /// certificate's SPIFFE ID or DNS SAN.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With a client CA: refuse at the handshake a client without a
+    /// certificate (default: such callers use bearer tokens).
+    pub tls_client_cert_required: bool,
+    /// Serve gRPC without TLS on a non-loopback address. Off: `serve`
+    /// refuses to start plaintext anywhere but loopback.
+    pub plaintext: bool,
+    /// How often the TLS files, the caller policy file and the API key
+    /// file are checked for changes (reloaded like on SIGHUP); 0 = only on
+    /// SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -216,6 +236,12 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_client_cert_required: false,
+            plaintext: false,
+            watch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -415,6 +441,19 @@ const NAMED_ENV: &[(&str, &str, &str, Kind)] = &[
         "GATEWAY_CALLER_TOKENS_FILE",
         "auth",
         "caller_tokens_file",
+        Kind::Text,
+    ),
+    (
+        "GATEWAY_TLS_CERT_FILE",
+        "server",
+        "tls_cert_file",
+        Kind::Text,
+    ),
+    ("GATEWAY_TLS_KEY_FILE", "server", "tls_key_file", Kind::Text),
+    (
+        "GATEWAY_TLS_CLIENT_CA_FILE",
+        "server",
+        "tls_client_ca_file",
         Kind::Text,
     ),
     ("GATEWAY_REDIS_URL", "state", "redis_url", Kind::Text),
@@ -773,6 +812,42 @@ impl Config {
             }
         }
         self.cache.validate().map_err(|(s, p)| err(s, p))?;
+        let watch = s.watch_interval;
+        if !(watch.is_zero()
+            || (Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&watch))
+        {
+            return Err(err(
+                "server.watch_interval",
+                "must be 0s (reload on SIGHUP only) or between 100ms and 1day",
+            ));
+        }
+        match (&s.tls_cert_file, &s.tls_key_file) {
+            (Some(_), None) => {
+                return Err(err(
+                    "GATEWAY_TLS_KEY_FILE",
+                    "is required with GATEWAY_TLS_CERT_FILE",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "GATEWAY_TLS_CERT_FILE",
+                    "is required with GATEWAY_TLS_KEY_FILE",
+                ))
+            }
+            _ => {}
+        }
+        if s.tls_client_cert_required && s.tls_client_ca_file.is_none() {
+            return Err(err(
+                "server.tls_client_cert_required",
+                "needs GATEWAY_TLS_CLIENT_CA_FILE",
+            ));
+        }
+        if s.tls_client_ca_file.is_some() && s.tls_cert_file.is_none() {
+            return Err(err(
+                "GATEWAY_TLS_CLIENT_CA_FILE",
+                "needs TLS: set GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE",
+            ));
+        }
         if r.max_backoff < r.base_backoff {
             return Err(err(
                 "retry.max_backoff",
@@ -927,6 +1002,24 @@ impl Config {
                 .products
                 .iter()
                 .any(|p| p.name == crate::credentials::DEFAULT_PRODUCT)
+    }
+
+    /// Whether the gRPC listener may run as configured: TLS, or plaintext
+    /// on a loopback address, or plaintext explicitly allowed
+    /// (`server.plaintext`). `serve` and `check-config` refuse the rest;
+    /// `sandbox`, a development tool, does not ask.
+    pub fn check_transport(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.tls_cert_file.is_some() || s.plaintext || s.grpc_addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(err(
+            "server.plaintext",
+            format!(
+                "the gRPC address {} (GATEWAY_GRPC_ADDR) is not loopback and has no TLS: set GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or allow plaintext explicitly with server.plaintext = true (GATEWAY__SERVER__PLAINTEXT=true)",
+                s.grpc_addr
+            ),
+        ))
     }
 
     /// The settings in effect, secrets masked, as TOML: the settings

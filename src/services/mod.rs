@@ -126,6 +126,9 @@ impl Gateway {
             (None, None) => Arc::from("anonymous"),
         };
         let product = self.product(request.metadata(), known.map(|c| &**c));
+        // No caller (the gateway's own verification read, a test calling a
+        // service directly) is no PCI caller.
+        let pci = known.is_some_and(|c| c.pci);
         let stats = Arc::new(CallStats::default());
         let result = match idempotency_key(request.metadata()).and_then(|k| Ok((k, product?))) {
             Ok((key, product)) => {
@@ -138,6 +141,7 @@ impl Gateway {
                     stats: stats.clone(),
                     product,
                     authenticate_with,
+                    pci,
                 };
                 self.run(request.get_ref(), ctx).await
             }
@@ -163,7 +167,12 @@ impl Gateway {
             metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
         }
         match result {
-            Ok(message) => {
+            Ok((message, redacted)) => {
+                if !redacted.is_empty() {
+                    if let Ok(v) = MetadataValue::try_from(redacted.join(",")) {
+                        metadata.insert(PCI_REDACTED_HEADER, v);
+                    }
+                }
                 let mut response = Response::new(message);
                 *response.metadata_mut() = metadata;
                 Ok(response)
@@ -179,7 +188,12 @@ impl Gateway {
         }
     }
 
-    async fn run<E: Endpoint>(&self, message: &E, ctx: CallContext) -> Result<E::Response, Status> {
+    /// Runs the call; with the answer, the PCI fields stripped from it.
+    async fn run<E: Endpoint>(
+        &self,
+        message: &E,
+        ctx: CallContext,
+    ) -> Result<(E::Response, Vec<&'static str>), Status> {
         let rpc = E::ROUTE.rpc;
         let call = translate::build(message).map_err(|v| errors::invalid_request(&v))?;
         // A non-idempotent mutation nobody can safely repeat.
@@ -215,13 +229,41 @@ impl Gateway {
             let sent = stats.since_sent().is_some();
             errors::upstream_status(rpc, resend_unsafe, sent, &e)
         })?;
-        E::decode(&response.body)
-            .map_err(|e| errors::upstream_status(rpc, false, true, &UpstreamError::Decode(e)))
+        let mut body = std::borrow::Cow::Borrowed(&response.body[..]);
+        let mut redacted = Vec::new();
+        if !ctx.pci {
+            let fields: Vec<&'static str> = E::ROUTE
+                .secret_response_fields
+                .iter()
+                .copied()
+                .filter(|f| PCI_FIELDS.contains(f))
+                .collect();
+            if let Some(stripped) = crate::json::strip_fields(&body, &fields) {
+                body = std::borrow::Cow::Owned(stripped.0);
+                redacted = stripped.1;
+            }
+        }
+        let message = E::decode(&body)
+            .map_err(|e| errors::upstream_status(rpc, false, true, &UpstreamError::Decode(e)))?;
+        Ok((message, redacted))
     }
 }
 
+/// Response fields under PCI scope: card data only callers with `pci =
+/// true` in the caller policy receive. Each must be a response field
+/// declared `(imprint.gateway.v1.sensitive)` in the proto (only those are
+/// looked for, route by route); for everyone else the gateway strips it
+/// here, the one place every `imprint.v2` answer passes, and says so in
+/// [`PCI_REDACTED_HEADER`].
+pub const PCI_FIELDS: &[&str] = &["pci_details"];
+
+/// Response metadata naming the PCI fields stripped from the answer.
+pub const PCI_REDACTED_HEADER: &str = "x-pci-redacted";
+
 /// What the edge learned about a call before it goes upstream.
 struct CallContext {
+    /// The caller may receive PCI fields.
+    pci: bool,
     /// `cache-control: no-cache`: bypass (and refresh) the response cache.
     no_cache: bool,
     deadline: Instant,
