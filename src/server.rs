@@ -107,6 +107,20 @@ fn callers_from(config: &Config) -> anyhow::Result<(CallerTable, bool)> {
     Ok((table, from_file > 0))
 }
 
+/// The HTTP client to Imprint `config` describes (`serve`, `rotate-key`).
+pub fn upstream_client(config: &Config) -> anyhow::Result<HttpClient> {
+    let u = &config.upstream;
+    HttpClient::new(&ClientConfig {
+        base_url: u.base_url.clone(),
+        connect_timeout: u.connect_timeout,
+        pool_idle_timeout: u.pool_idle_timeout,
+        pool_max_idle_per_host: u.pool_max_idle_per_host,
+        tcp_keepalive: u.tcp_keepalive,
+        max_response_bytes: u.max_response_bytes,
+    })
+    .context("building the upstream HTTP client")
+}
+
 /// The gRPC listener's TLS files, if TLS is configured.
 pub fn tls_files(config: &Config) -> Option<TlsFiles> {
     let s = &config.server;
@@ -178,15 +192,7 @@ pub async fn start(
     let callers = Arc::new(CallerRegistry::new(table, anonymous));
 
     let u = &config.upstream;
-    let client = HttpClient::new(&ClientConfig {
-        base_url: u.base_url.clone(),
-        connect_timeout: u.connect_timeout,
-        pool_idle_timeout: u.pool_idle_timeout,
-        pool_max_idle_per_host: u.pool_max_idle_per_host,
-        tcp_keepalive: u.tcp_keepalive,
-        max_response_bytes: u.max_response_bytes,
-    })
-    .context("building the upstream HTTP client")?;
+    let client = upstream_client(&config)?;
     let idempotency: Arc<dyn IdempotencyStore> = match &config.state.redis_url {
         Some(url) => {
             let store = RedisStore::new(url.expose_secret()).context("GATEWAY_REDIS_URL")?;

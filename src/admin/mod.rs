@@ -2,10 +2,7 @@
 //! counters, the request log of calls to Imprint). Admin callers only: the
 //! auth layer lets only callers with `admin = true` in (see `auth`).
 
-use std::{
-    sync::Arc,
-    time::{Duration, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
@@ -112,13 +109,7 @@ impl admin_service_server::AdminService for Admin {
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let r = request.into_inner();
-        let before = match r.cursor.as_deref() {
-            None | Some("") => None,
-            Some(c) => Some(
-                c.parse::<u64>()
-                    .map_err(|_| Status::invalid_argument("cursor is not one this gateway gave"))?,
-            ),
-        };
+        let before = crate::telemetry::page_cursor(r.cursor.as_deref())?;
         let limit = r.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(Status::invalid_argument("limit must be between 1 and 1000"));
@@ -127,13 +118,7 @@ impl admin_service_server::AdminService for Admin {
             actor: r.actor,
             action: r.action,
             outcome: r.outcome,
-            since: r.since.map(|t| {
-                UNIX_EPOCH
-                    + Duration::new(
-                        u64::try_from(t.seconds).unwrap_or(0),
-                        u32::try_from(t.nanos).unwrap_or(0),
-                    )
-            }),
+            since: r.since.map(crate::telemetry::since_time),
             before,
             limit: usize::try_from(limit).unwrap_or(100),
         };

@@ -292,18 +292,10 @@ async fn rotate_key(config: Config, product: Option<String>) -> anyhow::Result<(
         idempotency::MemoryStore,
         keys::{KeySettings, Keys},
         services::Gateway,
-        upstream::{ClientConfig, HttpClient},
     };
     telemetry::init(config.log.format);
     let u = &config.upstream;
-    let client = HttpClient::new(&ClientConfig {
-        base_url: u.base_url.clone(),
-        connect_timeout: u.connect_timeout,
-        pool_idle_timeout: u.pool_idle_timeout,
-        pool_max_idle_per_host: u.pool_max_idle_per_host,
-        tcp_keepalive: u.tcp_keepalive,
-        max_response_bytes: u.max_response_bytes,
-    })?;
+    let client = server::upstream_client(&config)?;
     let store = Arc::new(CredentialStore::with_products(server::credentials_from(
         &config,
     )?));

@@ -66,6 +66,21 @@ fn note_unknown_enum(value: &str) {
 /// (list items included), and the names that were found; `None` when none
 /// was there (or the body is not JSON: decoding it will fail on its own).
 pub fn strip_fields(body: &[u8], fields: &[&'static str]) -> Option<(Vec<u8>, Vec<&'static str>)> {
+    // Parsed, not searched as text: a key may be written with escapes.
+    if fields.is_empty() {
+        return None;
+    }
+    let mut value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let found = remove_fields(&mut value, fields);
+    if found.is_empty() {
+        return None;
+    }
+    Some((serde_json::to_vec(&value).ok()?, found))
+}
+
+/// Removes every object member named in `fields` from `value` at any depth
+/// (list items included); returns the names that were found.
+pub fn remove_fields(value: &mut serde_json::Value, fields: &[&'static str]) -> Vec<&'static str> {
     fn strip(
         value: &mut serde_json::Value,
         fields: &[&'static str],
@@ -86,17 +101,9 @@ pub fn strip_fields(body: &[u8], fields: &[&'static str]) -> Option<(Vec<u8>, Ve
             _ => {}
         }
     }
-    // Parsed, not searched as text: a key may be written with escapes.
-    if fields.is_empty() {
-        return None;
-    }
-    let mut value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
     let mut found = Vec::new();
-    strip(&mut value, fields, &mut found);
-    if found.is_empty() {
-        return None;
-    }
-    Some((serde_json::to_vec(&value).ok()?, found))
+    strip(value, fields, &mut found);
+    found
 }
 
 #[cfg(test)]

@@ -56,6 +56,17 @@ impl KeyService {
     pub fn into_server(self) -> KeyServiceServer<Self> {
         KeyServiceServer::new(self)
     }
+
+    /// Who asks (for the audit log), the request id, and the product the
+    /// call is for (`x-imprint-product` within the caller's `products`).
+    fn who<T>(&self, request: &Request<T>) -> Result<(String, String, String), Status> {
+        let product = self.keys.gateway().product(
+            request.metadata(),
+            request.extensions().get::<Arc<Caller>>().map(|c| &**c),
+        )?;
+        let product = product.as_deref().unwrap_or(DEFAULT_PRODUCT).to_owned();
+        Ok((actor(request), request_id(request), product))
+    }
 }
 
 #[tonic::async_trait]
@@ -64,13 +75,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<CreateKeyRequest>,
     ) -> Result<Response<Key>, Status> {
-        let actor = actor(&request);
-        let request_id = request_id(&request);
-        let product = self.keys.gateway().product(
-            request.metadata(),
-            request.extensions().get::<Arc<Caller>>().map(|c| &**c),
-        )?;
-        let product = product.as_deref().unwrap_or(DEFAULT_PRODUCT).to_owned();
+        let (actor, request_id, product) = self.who(&request)?;
         let mut response = self.keys.gateway().call(request).await?;
         let key = response.get_mut();
         key.fingerprint = fingerprint(&key.key);
@@ -91,13 +96,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<DeleteKeyRequest>,
     ) -> Result<Response<Key>, Status> {
-        let actor = actor(&request);
-        let request_id = request_id(&request);
-        let product = self.keys.gateway().product(
-            request.metadata(),
-            request.extensions().get::<Arc<Caller>>().map(|c| &**c),
-        )?;
-        let product = product.as_deref().unwrap_or(DEFAULT_PRODUCT).to_owned();
+        let (actor, request_id, product) = self.who(&request)?;
         let (metadata, extensions, message) = request.into_parts();
         let store = self.keys.store();
         let active = store.get(&product);

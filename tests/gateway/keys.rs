@@ -204,10 +204,10 @@ fn script_rotation(up: &FakeUpstream, created: &str) {
     );
 }
 
-#[tokio::test]
-async fn rotation_creates_verifies_swaps_and_deletes_with_the_right_keys() {
-    let up = FakeUpstream::start().await;
-    script_rotation(&up, CREATED_KEY);
+/// A rotation to [`CREATED_KEY`], its verification read, and John's
+/// record for the calls around it.
+fn script_rotation_and_reads(up: &FakeUpstream) {
+    script_rotation(up, CREATED_KEY);
     up.on(
         Method::GET,
         "/v2/transaction_intents",
@@ -218,6 +218,12 @@ async fn rotation_creates_verifies_swaps_and_deletes_with_the_right_keys() {
         &format!("/v2/customers/{JOHN}"),
         Reply::ok(customer_json()),
     );
+}
+
+#[tokio::test]
+async fn rotation_creates_verifies_swaps_and_deletes_with_the_right_keys() {
+    let up = FakeUpstream::start().await;
+    script_rotation_and_reads(&up);
     let dir = Dir::new();
     let gw = gateway(&up.url(), &dir, &[]).await;
     get_john(&gw.channel).await.unwrap();
@@ -819,17 +825,7 @@ async fn create_and_delete_key_follow_the_gateway_policy() {
 async fn no_key_secret_in_any_output_of_key_management() {
     use crate::secrets_scan::assert_clean;
     let up = FakeUpstream::start().await;
-    script_rotation(&up, CREATED_KEY);
-    up.on(
-        Method::GET,
-        "/v2/transaction_intents",
-        Reply::ok(r#"{"data":[],"has_more":false,"total":0}"#),
-    );
-    up.on(
-        Method::GET,
-        &format!("/v2/customers/{JOHN}"),
-        Reply::ok(customer_json()),
-    );
+    script_rotation_and_reads(&up);
     let dir = Dir::new();
     let callers = callers_file(&dir);
     let master = dir.0.join("master.key");
@@ -1015,17 +1011,7 @@ async fn the_rotate_key_command_is_picked_up_by_a_running_gateway() {
 #[tokio::test]
 async fn a_reload_keeps_a_rotated_key_unless_the_configured_key_changed() {
     let up = FakeUpstream::start().await;
-    script_rotation(&up, CREATED_KEY);
-    up.on(
-        Method::GET,
-        "/v2/transaction_intents",
-        Reply::ok(r#"{"data":[],"has_more":false,"total":0}"#),
-    );
-    up.on(
-        Method::GET,
-        &format!("/v2/customers/{JOHN}"),
-        Reply::ok(customer_json()),
-    );
+    script_rotation_and_reads(&up);
     let dir = Dir::new();
     let key_file = dir.0.join("api-key");
     std::fs::write(&key_file, format!("{API_KEY}\n")).unwrap();
