@@ -28,6 +28,9 @@ pub struct ClientConfig {
 pub struct HttpClient {
     client: reqwest::Client,
     base_url: Arc<str>,
+    /// `base_url` parsed once: a call sets only its path and query, so the
+    /// host is not parsed (and IDNA-mapped) again on every call.
+    base: Option<reqwest::Url>,
     max_response_bytes: usize,
 }
 
@@ -45,9 +48,15 @@ impl HttpClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("imprint-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let base_url: Arc<str> = config.base_url.trim_end_matches('/').into();
+        // Only a base without a path of its own can take a call's path as is.
+        let base = reqwest::Url::parse(&base_url)
+            .ok()
+            .filter(|u| !u.cannot_be_a_base() && u.path() == "/" && u.query().is_none());
         Ok(Self {
             client,
-            base_url: config.base_url.trim_end_matches('/').into(),
+            base_url,
+            base,
             max_response_bytes: config.max_response_bytes,
         })
     }
@@ -63,6 +72,25 @@ impl HttpClient {
             Ok(Err(e)) => Err(e.without_url().to_string()),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
+    }
+
+    /// Starts the request of a call: on the parsed base with the call's
+    /// path and query set, or (a base with a path of its own) on the two
+    /// strings joined, which reqwest parses.
+    fn request(&self, method: http::Method, path_and_query: &str) -> reqwest::RequestBuilder {
+        let Some(base) = &self.base else {
+            return self
+                .client
+                .request(method, format!("{}{path_and_query}", self.base_url));
+        };
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let mut url = base.clone();
+        url.set_path(path);
+        url.set_query(query);
+        self.client.request(method, url)
     }
 }
 
@@ -81,20 +109,19 @@ impl Service<UpstreamRequest> for HttpClient {
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         req.stats.note_sent();
-        let mut url = String::with_capacity(self.base_url.len() + req.call.path_and_query.len());
-        url.push_str(&self.base_url);
-        url.push_str(&req.call.path_and_query);
         let mut builder = self
-            .client
-            .request(req.call.method, url)
+            .request(req.call.method, &req.call.path_and_query)
             .headers(req.headers);
         if let Ok(id) = HeaderValue::from_str(&req.request_id) {
             builder = builder.header("x-request-id", id);
         }
-        builder = builder.header(header::ACCEPT, "application/json");
+        builder = builder.header(header::ACCEPT, HeaderValue::from_static("application/json"));
         if let Some(body) = req.call.body {
             builder = builder
-                .header(header::CONTENT_TYPE, "application/json")
+                .header(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )
                 .body(body);
         }
         let limit = self.max_response_bytes;
@@ -102,7 +129,7 @@ impl Service<UpstreamRequest> for HttpClient {
         Box::pin(async move {
             let mut response = builder.send().await.map_err(transport)?;
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = std::mem::take(response.headers_mut());
             let body = read_limited(&mut response, limit).await?;
             let Some(body) = body else {
                 // Too large. A failure keeps its status (a 5xx stays a 5xx
@@ -143,11 +170,30 @@ async fn read_limited(
     response: &mut reqwest::Response,
     limit: usize,
 ) -> Result<Option<bytes::Bytes>, UpstreamError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Ok(None);
+    match response.content_length() {
+        Some(n) if n > limit as u64 => return Ok(None),
+        // The usual answer, one chunk: taken as is, not copied.
+        Some(n) if n > 0 => {
+            if let Some(first) = response.chunk().await.map_err(transport)? {
+                if first.len() as u64 == n {
+                    return Ok(Some(first));
+                }
+                let mut body = bytes::BytesMut::with_capacity(n as usize);
+                body.extend_from_slice(&first);
+                return read_rest(response, body, limit).await;
+            }
+            return Ok(Some(bytes::Bytes::new()));
+        }
+        _ => {}
     }
-    let mut body =
-        bytes::BytesMut::with_capacity(response.content_length().map_or(8 * 1024, |n| n as usize));
+    read_rest(response, bytes::BytesMut::with_capacity(8 * 1024), limit).await
+}
+
+async fn read_rest(
+    response: &mut reqwest::Response,
+    mut body: bytes::BytesMut,
+    limit: usize,
+) -> Result<Option<bytes::Bytes>, UpstreamError> {
     while let Some(chunk) = response.chunk().await.map_err(transport)? {
         if body.len() + chunk.len() > limit {
             return Ok(None);

@@ -83,7 +83,9 @@ where
             async move {
                 let result = fut.await;
                 note_decisions(&telemetry, rpc, stats.replayed(), result.as_ref().err());
-                if let Some(logged) = logged {
+                // A log of calls to Imprint: a cache hit made none.
+                let hit = stats.cache() == Some(crate::upstream::CacheStatus::Hit);
+                if let Some(logged) = logged.filter(|_| !hit) {
                     logged.record(&telemetry, &result, start.elapsed(), stats.attempts());
                 }
                 let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
