@@ -27,6 +27,11 @@ use prost_types::{
     DescriptorProto, FieldDescriptorProto, FileDescriptorSet,
 };
 
+/// `imprint.v2` services served by hand rather than by the generated
+/// `Gateway` impl: `KeyService` applies the gateway's key policy (which key
+/// authenticates a DeleteKey, refusing the key in use) before its call.
+const HAND_SERVED: &[&str] = &["KeyService"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut files: Vec<PathBuf> = Vec::new();
     for dir in ["proto/imprint/v2", "proto/imprint/gateway/v1"] {
@@ -61,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rpcs = generate::rpcs(&pool, "imprint.v2").map_err(annotation_errors)?;
     std::fs::write(
         out.join("routes.rs"),
-        generate_render::render_routes(&rpcs, "crate::pb::imprint::v2"),
+        generate_render::render_routes(&rpcs, "crate::pb::imprint::v2", HAND_SERVED),
     )?;
     let (redacted, debug) =
         generate_render::render_redacted_debug(&pool, "imprint.v2").map_err(annotation_errors)?;

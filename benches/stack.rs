@@ -46,6 +46,8 @@ fn request() -> UpstreamRequest {
         sensitive_fields: &[],
         secret_fields: &[],
         stats: Arc::default(),
+        product: None,
+        authenticate_with: None,
     }
 }
 

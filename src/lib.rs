@@ -7,6 +7,7 @@
 //! become gRPC statuses in exactly one place, [`errors`].
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod call;
@@ -17,6 +18,7 @@ pub mod errors;
 pub mod events;
 pub mod idempotency;
 pub mod json;
+pub mod keys;
 pub mod pb;
 pub mod ratelimit;
 pub mod request_id;
@@ -25,5 +27,6 @@ pub mod server;
 pub mod services;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;
 pub mod upstream;

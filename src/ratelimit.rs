@@ -1,7 +1,9 @@
 //! Per-caller rate limits: a token bucket per authenticated caller, checked
 //! on the gRPC server right after authentication. Over the limit, the call
 //! is refused with RESOURCE_EXHAUSTED and RetryInfo saying when a token
-//! will be there; nothing reaches Imprint.
+//! will be there; nothing reaches Imprint. The rate and burst are the
+//! caller's own when its policy sets them (`rate_per_sec`, `burst`), else
+//! `[limits]`'s; a reloaded policy applies from the next call.
 
 use std::{
     collections::HashMap,
@@ -47,9 +49,22 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for `caller`, or says how long until one is there.
+    /// The rate and burst that apply to `caller`.
+    pub fn config_for(&self, caller: &Caller) -> RateLimitConfig {
+        RateLimitConfig {
+            per_second: caller.rate_per_sec.unwrap_or(self.config.per_second),
+            burst: caller.burst.unwrap_or(self.config.burst),
+        }
+    }
+
+    /// Takes a token for `caller` under the default limits, or says how
+    /// long until one is there.
     pub fn check(&self, caller: &str) -> Result<(), Duration> {
-        let c = self.config;
+        self.check_with(caller, self.config)
+    }
+
+    /// Takes a token for `caller` under `c`, or says how long until one is there.
+    pub fn check_with(&self, caller: &str, c: RateLimitConfig) -> Result<(), Duration> {
         if c.per_second <= 0.0 {
             return Ok(());
         }
@@ -133,7 +148,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if let Some(caller) = req.extensions().get::<Arc<Caller>>() {
-            if let Err(wait) = self.limiter.check(&caller.name) {
+            let limits = self.limiter.config_for(caller);
+            if let Err(wait) = self.limiter.check_with(&caller.name, limits) {
                 let status = errors::rate_limited(&caller.name, wait);
                 let mut response = status.into_http();
                 // Lets the telemetry layer count refusals per caller.

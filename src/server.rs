@@ -12,28 +12,37 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::Server;
 
 use crate::{
-    auth::{Anonymous, CallerAuthLayer, CallerRegistry, CallerTable},
+    audit::{AuditLayer, AuditLog},
+    auth::{Anonymous, Caller, CallerAuthLayer, CallerRegistry, CallerTable},
     cache::{CacheBus, ResponseCache},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
     events::{CacheInvalidator, Events, NoCache},
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
+    keys::{self, KeyManagement, KeyService, KeySettings, Keys},
     pb,
     ratelimit::{RateLimitConfig, RateLimitLayer},
     request_id::RequestIdLayer,
     services::{self, Gateway, MessageLimits},
     stack::{self, StackConfig},
     telemetry::{RpcTelemetryLayer, Telemetry, TelemetrySettings},
+    tls::{TlsFiles, TlsServer},
     upstream::{ClientConfig, HttpClient},
 };
 use secrecy::ExposeSecret as _;
 
 /// The admin methods, named by the telemetry layer (bounded metric labels).
-const ADMIN_METHODS: [&str; 3] = [
+const ADMIN_METHODS: [&str; 6] = [
     "imprint.gateway.v1.AdminService/PurgeCache",
     "imprint.gateway.v1.AdminService/GetStats",
     "imprint.gateway.v1.AdminService/ListUpstreamCalls",
+    "imprint.gateway.v1.AdminService/ListAuditEvents",
+    "imprint.gateway.v1.KeyManagementService/ListCredentials",
+    "imprint.gateway.v1.KeyManagementService/RotateCredential",
 ];
+
+const KEY_SERVICE: &str = "imprint.v2.KeyService";
+const KEY_MANAGEMENT_SERVICE: &str = "imprint.gateway.v1.KeyManagementService";
 
 /// A running gateway.
 pub struct Running {
@@ -49,7 +58,6 @@ pub struct Running {
 /// State reloaded on SIGHUP.
 struct Shared {
     config: Config,
-    credentials: Arc<CredentialStore>,
     callers: Arc<CallerRegistry>,
     client: HttpClient,
     idempotency: Arc<dyn IdempotencyStore>,
@@ -60,27 +68,81 @@ struct Shared {
     /// The last dependency state, for `/healthz`.
     health: parking_lot::Mutex<Option<serde_json::Value>>,
     telemetry: Arc<Telemetry>,
+    keys: Arc<Keys>,
+    /// The gRPC listener's TLS configuration (None: plaintext).
+    tls: Option<Arc<TlsServer>>,
 }
 
-/// Builds the credential described by `config`, if it names a key.
-pub fn credential_from(config: &Config) -> anyhow::Result<Option<Credential>> {
-    let u = &config.upstream;
-    let Some(key) = u.api_key.clone() else {
-        return Ok(None);
+/// Builds the credentials described by `config` (every product's).
+pub fn credentials_from(config: &Config) -> anyhow::Result<Vec<Credential>> {
+    keys::configured(config)
+}
+
+/// The caller table, and whether the tokens file named any caller. The
+/// `sandbox` command's admin token (never from a file) is added to it.
+fn callers_from(config: &Config) -> anyhow::Result<(CallerTable, bool)> {
+    let mut text = match &config.auth.caller_tokens_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("caller tokens file: cannot read {}: {e}", path.display())
+        })?,
+        None => String::new(),
     };
-    Ok(Some(Credential::new(
-        key,
-        u.merchant_key.clone(),
-        u.auth_scheme,
-    )?))
+    let at = config
+        .auth
+        .caller_tokens_file
+        .as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default();
+    let from_file = CallerTable::parse(&text)
+        .map_err(|e| anyhow::anyhow!("caller tokens file: {at}{e}"))?
+        .len();
+    if let Some(token) = &config.auth.sandbox_admin_token {
+        text.push_str(&format!(
+            "\n[[callers]]\nname = \"sandbox-admin\"\ntoken_sha256 = \"{}\"\nadmin = true\nallow = [\"*\"]\nproducts = [\"*\"]\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.expose_secret().as_bytes()))
+        ));
+    }
+    let table =
+        CallerTable::parse(&text).map_err(|e| anyhow::anyhow!("caller tokens file: {at}{e}"))?;
+    Ok((table, from_file > 0))
 }
 
-fn callers_from(config: &Config) -> anyhow::Result<CallerTable> {
-    match &config.auth.caller_tokens_file {
-        Some(path) => {
-            CallerTable::load(path).map_err(|e| anyhow::anyhow!("caller tokens file: {e}"))
-        }
-        None => Ok(CallerTable::default()),
+/// The HTTP client to Imprint `config` describes (`serve`, `rotate-key`).
+pub fn upstream_client(config: &Config) -> anyhow::Result<HttpClient> {
+    let u = &config.upstream;
+    HttpClient::new(&ClientConfig {
+        base_url: u.base_url.clone(),
+        connect_timeout: u.connect_timeout,
+        pool_idle_timeout: u.pool_idle_timeout,
+        pool_max_idle_per_host: u.pool_max_idle_per_host,
+        tcp_keepalive: u.tcp_keepalive,
+        max_response_bytes: u.max_response_bytes,
+    })
+    .context("building the upstream HTTP client")
+}
+
+/// The gRPC listener's TLS files, if TLS is configured.
+pub fn tls_files(config: &Config) -> Option<TlsFiles> {
+    let s = &config.server;
+    Some(TlsFiles {
+        cert: s.tls_cert_file.clone()?,
+        key: s.tls_key_file.clone()?,
+        client_ca: s.tls_client_ca_file.clone(),
+        client_cert_required: s.tls_client_cert_required,
+    })
+}
+
+/// Who may call without a credential: anyone with
+/// `allow_unauthenticated`; loopback callers of `sandbox` while its policy
+/// file names no caller (its generated admin token does not count) and it
+/// listens on loopback itself; else nobody.
+fn anonymous_access(config: &Config, no_callers: bool, loopback_listener: bool) -> Anonymous {
+    if config.auth.allow_unauthenticated {
+        Anonymous::Allowed
+    } else if config.auth.allow_loopback_unauthenticated && no_callers && loopback_listener {
+        Anonymous::LoopbackOnly
+    } else {
+        Anonymous::Denied
     }
 }
 
@@ -93,32 +155,44 @@ pub async fn start(
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
 
-    let credentials = Arc::new(CredentialStore::new(credential_from(&config)?));
-    let table = callers_from(&config)?;
+    let credentials = Arc::new(CredentialStore::with_products(credentials_from(&config)?));
+    let audit = Arc::new(AuditLog::new(
+        usize::try_from(config.audit.max_events).unwrap_or(usize::MAX),
+    ));
+    let (table, file_callers) = callers_from(&config)?;
     if config.auth.allow_unauthenticated {
         tracing::warn!("GATEWAY_ALLOW_UNAUTHENTICATED is on: callers without a token are let in. Development only!");
     } else if table.is_empty() && !config.auth.allow_loopback_unauthenticated {
         tracing::warn!("no caller tokens configured: every call will be refused (set GATEWAY_CALLER_TOKENS_FILE)");
     }
-    let anonymous = if config.auth.allow_unauthenticated {
-        Anonymous::Allowed
-    } else if config.auth.allow_loopback_unauthenticated && table.is_empty() {
-        Anonymous::LoopbackOnly
-    } else {
-        Anonymous::Denied
+    // `sandbox` trusts anonymous loopback callers only while it listens
+    // on loopback: on any other address it is reachable from elsewhere
+    // (a proxy on this host would make every caller look local). Its own
+    // admin token is not a policy: only callers from the file switch
+    // anonymous access off.
+    let loopback_listener = grpc_addr.ip().is_loopback();
+    if config.auth.allow_loopback_unauthenticated && !file_callers && !loopback_listener {
+        tracing::warn!(%grpc_addr, "not listening on loopback: callers need a token (set GATEWAY_CALLER_TOKENS_FILE)");
+    }
+    let anonymous = anonymous_access(&config, !file_callers, loopback_listener);
+    let tls = match tls_files(&config) {
+        Some(files) => Some(Arc::new(TlsServer::load(files)?)),
+        None => None,
     };
+    match &tls {
+        Some(t) if t.mutual() => {
+            tracing::info!("gRPC over TLS; client certificates from GATEWAY_TLS_CLIENT_CA_FILE identify callers")
+        }
+        Some(_) => tracing::info!("gRPC over TLS"),
+        None if !loopback_listener => {
+            tracing::warn!(%grpc_addr, "gRPC in plaintext on a non-loopback address")
+        }
+        None => {}
+    }
     let callers = Arc::new(CallerRegistry::new(table, anonymous));
 
     let u = &config.upstream;
-    let client = HttpClient::new(&ClientConfig {
-        base_url: u.base_url.clone(),
-        connect_timeout: u.connect_timeout,
-        pool_idle_timeout: u.pool_idle_timeout,
-        pool_max_idle_per_host: u.pool_max_idle_per_host,
-        tcp_keepalive: u.tcp_keepalive,
-        max_response_bytes: u.max_response_bytes,
-    })
-    .context("building the upstream HTTP client")?;
+    let client = upstream_client(&config)?;
     let idempotency: Arc<dyn IdempotencyStore> = match &config.state.redis_url {
         Some(url) => {
             let store = RedisStore::new(url.expose_secret()).context("GATEWAY_REDIS_URL")?;
@@ -151,7 +225,23 @@ pub async fn start(
             &stack_config,
         ),
         u.default_deadline,
+        credentials.clone(),
     );
+    // Rotated keys: the vault's are applied before the first call.
+    let keys = Keys::new(
+        gateway.clone(),
+        credentials.clone(),
+        keys::vault_from(&config)?,
+        audit.clone(),
+        KeySettings::from_config(&config),
+    );
+    match keys.sync().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(products = n, "using rotated keys"),
+        Err(e) => tracing::warn!(
+            "cannot read rotated keys yet (retried every credentials.sync_interval): {e}"
+        ),
+    }
 
     // Webhooks → event log → EventService (see events/mod.rs).
     // Verified webhook events invalidate the cache entries they name.
@@ -163,10 +253,11 @@ pub async fn start(
         .await
         .context("opening the event log")?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    for name in services::SERVICE_NAMES
-        .iter()
-        .chain([&Events::SERVICE_NAME])
-    {
+    for name in services::SERVICE_NAMES.iter().chain([
+        &Events::SERVICE_NAME,
+        &KEY_SERVICE,
+        &KEY_MANAGEMENT_SERVICE,
+    ]) {
         health_reporter
             .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
@@ -193,7 +284,14 @@ pub async fn start(
         // Settles the request id first, so every answer carries it, refusals included.
         .layer(RequestIdLayer)
         // Every call is authenticated and authorized before any service sees it.
-        .layer(CallerAuthLayer::new(callers.clone()))
+        // Refused admin calls are recorded in the audit log there.
+        .layer(CallerAuthLayer::new(callers.clone()).with_audit(audit.clone()))
+        // Every allowed admin call, with its outcome, in the audit log.
+        .layer(AuditLayer::new(
+            audit.clone(),
+            Caller::is_admin_method,
+            |ext| ext.get::<Arc<Caller>>().map(|c| c.name.clone()),
+        ))
         // Span, x-trace-id, duration and the call's log line; inside auth so the caller is known.
         .layer(RpcTelemetryLayer::new(
             telemetry.clone(),
@@ -204,7 +302,11 @@ pub async fn start(
             per_second: config.limits.caller_rate_per_sec,
             burst: config.limits.caller_burst,
         }))
-        .add_service(crate::admin::Admin::new(cache.clone(), telemetry.clone()).into_server())
+        .add_service(
+            crate::admin::Admin::new(cache.clone(), telemetry.clone(), audit.clone()).into_server(),
+        )
+        .add_service(KeyService::new(keys.clone()).into_server())
+        .add_service(KeyManagement::new(keys.clone()).into_server())
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -220,7 +322,6 @@ pub async fn start(
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         config: config.clone(),
-        credentials,
         callers,
         client,
         idempotency,
@@ -228,8 +329,12 @@ pub async fn start(
         stopping: stop_rx.clone(),
         health: parking_lot::Mutex::new(None),
         telemetry: telemetry.clone(),
+        keys: keys.clone(),
+        tls: tls.clone(),
     });
     spawn_health_refresh(shared.clone());
+    spawn_file_watch(shared.clone());
+    keys.spawn_background(stop_rx.clone());
     let stop_events = events.clone();
     let http_app = Router::new()
         .route("/healthz", get(healthz))
@@ -243,7 +348,16 @@ pub async fn start(
         let signal = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
         };
-        let grpc = router.serve_with_incoming_shutdown(incoming(grpc), signal(stop_rx.clone()));
+        let grpc: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> = match tls {
+            // Handshakes happen off the accept loop; the connection's
+            // certificate identity reaches the auth layer with each call.
+            Some(tls) => Box::pin(
+                router.serve_with_incoming_shutdown(tls.incoming(grpc), signal(stop_rx.clone())),
+            ),
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(incoming(grpc), signal(stop_rx.clone())),
+            ),
+        };
         let http = axum::serve(http, http_app)
             .with_graceful_shutdown(signal(stop_rx.clone()))
             .into_future();
@@ -358,36 +472,15 @@ impl Running {
         self.cache.as_ref()
     }
 
-    /// Re-reads the API key file and caller tokens file (SIGHUP), all or
-    /// nothing: every source is read and validated first, then they are
-    /// swapped together; a bad source changes nothing and says why. The key
-    /// file is read by the same function as at start. Calls in flight
-    /// finish with what they started with.
+    /// Re-reads the API key file, the products' key files, the caller
+    /// policy file and the TLS files (SIGHUP, or a change seen by the file
+    /// watch), all or nothing: every source is read and validated first,
+    /// then they are swapped together; a bad source changes nothing and
+    /// says why. The key files are read by the same function as at start;
+    /// a key file still holding the configured key keeps a rotated key. Calls in flight finish with what they
+    /// started with; established TLS connections keep their handshake.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let config = &self.shared.config;
-        let credential = match &config.upstream.api_key_file {
-            Some(path) => {
-                let key = read_secret_file(path, "upstream.api_key_file")?;
-                Some(Credential::new(
-                    key,
-                    config.upstream.merchant_key.clone(),
-                    config.upstream.auth_scheme,
-                )?)
-            }
-            None => None,
-        };
-        let table = callers_from(config)?;
-
-        if let Some(credential) = credential {
-            tracing::info!(
-                fingerprint = credential.fingerprint(),
-                "Imprint credential reloaded"
-            );
-            self.shared.credentials.replace(credential);
-        }
-        tracing::info!(callers = table.len(), "caller tokens reloaded");
-        self.shared.callers.replace(table);
-        Ok(())
+        self.shared.reload()
     }
 
     /// Stops accepting, lets in-flight calls finish (up to the grace
@@ -410,6 +503,135 @@ impl Running {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await.context("server task")?
     }
+}
+
+impl Shared {
+    /// See [`Running::reload`].
+    fn reload(&self) -> anyhow::Result<()> {
+        let config = &self.config;
+        // Read and validate every source first.
+        let mut credentials = Vec::new();
+        if let Some(path) = &config.upstream.api_key_file {
+            let key = read_secret_file(path, "upstream.api_key_file")?;
+            credentials.push(Credential::new(
+                key,
+                config.upstream.merchant_key.clone(),
+                config.upstream.auth_scheme,
+            )?);
+        }
+        for (i, name, file) in product_key_files(config) {
+            let p = &config.credentials.products[i];
+            let key = read_secret_file(&file, &format!("credentials.products[{i}]"))?;
+            credentials.push(Credential::for_product(
+                name,
+                key,
+                p.merchant_key.clone(),
+                config.upstream.auth_scheme,
+            )?);
+        }
+        let (table, _) = callers_from(config)?;
+        let tls = match &self.tls {
+            Some(tls) => Some((tls, tls.read()?)),
+            None => None,
+        };
+
+        // Then swap them together.
+        for credential in credentials {
+            let product = credential.product().to_owned();
+            // The same configured key again leaves a rotated key in place.
+            if self.keys.reconfigured(credential) {
+                tracing::info!(product, "Imprint credential reloaded");
+            }
+        }
+        tracing::info!(callers = table.len(), "caller policy reloaded");
+        self.callers.replace(table);
+        if let Some((tls, server_config)) = tls {
+            tls.install(server_config);
+            tracing::info!("TLS certificate reloaded");
+        }
+        Ok(())
+    }
+
+    /// The files a reload reads.
+    fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let c = &self.config;
+        let mut files: Vec<std::path::PathBuf> = [
+            c.upstream.api_key_file.clone(),
+            c.auth.caller_tokens_file.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        files.extend(product_key_files(c).into_iter().map(|(_, _, f)| f));
+        if let Some(tls) = &self.tls {
+            let f = tls.files();
+            files.extend([f.cert.clone(), f.key.clone()]);
+            files.extend(f.client_ca.clone());
+        }
+        files
+    }
+}
+
+/// The products whose API key is in a file (their own, or the secret
+/// directory's): index, name and file. Those in the environment are read
+/// once at start.
+fn product_key_files(config: &Config) -> Vec<(usize, &str, std::path::PathBuf)> {
+    let dir = &config.credentials.secrets_dir;
+    config
+        .credentials
+        .products
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let file = match (&p.api_key_file, &p.api_key_env, dir) {
+                (Some(f), _, _) => f.clone(),
+                (None, None, Some(dir)) => dir.join(&p.name).join("api_key"),
+                _ => return None,
+            };
+            Some((i, p.name.as_str(), file))
+        })
+        .collect()
+}
+
+/// What tells a file changed: size, modification time, inode (a file
+/// replaced by rename has a new one).
+fn file_stamp(path: &std::path::Path) -> Option<(u64, std::time::SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// Reloads (as on SIGHUP) when one of the files a reload reads changes,
+/// checked every `server.watch_interval` until shutdown. A reload that
+/// fails (a half-written file) keeps the previous state and is tried again
+/// at the next change.
+fn spawn_file_watch(shared: Arc<Shared>) {
+    let every = shared.config.server.watch_interval;
+    let files = shared.watched_files();
+    if every.is_zero() || files.is_empty() {
+        return;
+    }
+    let mut stopping = shared.stopping.clone();
+    tokio::spawn(async move {
+        let stamps =
+            |files: &[std::path::PathBuf]| files.iter().map(|f| file_stamp(f)).collect::<Vec<_>>();
+        let mut last = stamps(&files);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            let now = stamps(&files);
+            if now == last {
+                continue;
+            }
+            last = now;
+            tracing::info!("a watched file changed: reloading");
+            if let Err(e) = shared.reload() {
+                tracing::error!("reload failed, keeping the previous state: {e:#}");
+            }
+        }
+    });
 }
 
 /// Ready when this process can serve: configuration loaded and listeners
@@ -492,4 +714,26 @@ const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// without this, a small answer can wait for the caller's delayed ACK (40 ms).
 fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_trusts_loopback_callers_only_on_a_loopback_listener_without_callers() {
+        let mut sandbox = Config::default();
+        sandbox.auth.allow_loopback_unauthenticated = true;
+        assert_eq!(
+            anonymous_access(&sandbox, true, true),
+            Anonymous::LoopbackOnly
+        );
+        assert_eq!(anonymous_access(&sandbox, true, false), Anonymous::Denied);
+        assert_eq!(anonymous_access(&sandbox, false, true), Anonymous::Denied);
+        let serve = Config::default();
+        assert_eq!(anonymous_access(&serve, true, true), Anonymous::Denied);
+        let mut dev = Config::default();
+        dev.auth.allow_unauthenticated = true;
+        assert_eq!(anonymous_access(&dev, false, false), Anonymous::Allowed);
+    }
 }

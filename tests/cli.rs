@@ -144,6 +144,113 @@ fn serve_refuses_to_start_without_a_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("IMPRINT_API_KEY"));
 }
 
+#[test]
+fn serve_refuses_plaintext_on_a_non_loopback_address_unless_told() {
+    // Refused before anything is bound: no socket on 0.0.0.0 is opened.
+    let out = bin()
+        .arg("serve")
+        .env("IMPRINT_API_KEY", "sk_test_x")
+        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.plaintext"), "{stderr}");
+    assert!(stderr.contains("GATEWAY_TLS_CERT_FILE"), "{stderr}");
+    // check-config says the same, and accepts the explicit setting.
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.plaintext"));
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
+        .env("GATEWAY__SERVER__PLAINTEXT", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // TLS settings must name readable files, and come as a pair.
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GATEWAY_TLS_KEY_FILE"));
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem")
+        .env("GATEWAY_TLS_KEY_FILE", "/nonexistent/key.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GATEWAY_TLS_CERT_FILE: cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_prints_each_callers_effective_policy_without_secrets() {
+    let dir = std::env::temp_dir().join(format!("igw-cli-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("callers.toml");
+    std::fs::write(
+        &policy,
+        r#"
+[[callers]]
+name = "checkout"
+token = "tok-secret-checkout"
+allow = ["imprint.v2.CustomerService/*"]
+
+[[callers]]
+name = "card-vault"
+spiffe_id = "spiffe://pay.internal/card-vault"
+allow = ["imprint.v2.PaymentMethodService/GetPaymentMethod"]
+pci = true
+rate_per_sec = 5
+burst = 10
+products = ["*"]
+"#,
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check-config")
+        .env("GATEWAY_CALLER_TOKENS_FILE", &policy)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "# caller \"checkout\"",
+        "#   identified by: bearer token",
+        "#   allow: imprint.v2.CustomerService/*",
+        "#   products: default (default)",
+        "#   rate limit: 100/s, burst 200",
+        "# caller \"card-vault\"",
+        "#   identified by: spiffe_id spiffe://pay.internal/card-vault",
+        "#   products: *",
+        "#   pci: true",
+        "#   rate limit: 5/s, burst 10",
+    ] {
+        assert!(stdout.contains(expected), "{expected} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("tok-secret"), "{stdout}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -372,4 +479,96 @@ fn call_reports_errors_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+}
+
+/// `sandbox` prints an admin token: with it, a new user rotates the
+/// gateway's key against the emulator and creates a key; without it the
+/// same call is refused.
+#[test]
+fn sandbox_admin_token_rotates_the_key_against_the_emulator() {
+    use std::io::{BufRead as _, BufReader};
+    let data = std::env::temp_dir().join(format!("igw-cli-sandbox-keys-{}", std::process::id()));
+    let mut child = bin()
+        .arg("sandbox")
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_DATA_DIR", &data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut first_call, mut rotate, mut create) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first_call.is_none() || rotate.is_none() || create.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("sandbox printed its banner");
+        let trimmed = line.trim().to_string();
+        if trimmed.contains("CustomerService/GetCustomer") && first_call.is_none() {
+            first_call = Some(trimmed);
+        } else if trimmed.contains("KeyManagementService/RotateCredential") {
+            rotate = Some(trimmed);
+        } else if trimmed.contains("KeyService/CreateKey") {
+            create = Some(trimmed);
+        }
+    }
+    let run = |cmd: &str| {
+        let cmd = cmd.replace(
+            "cargo run --release --",
+            env!("CARGO_BIN_EXE_imprint-gateway"),
+        );
+        Command::new("sh").arg("-c").arg(cmd).output().unwrap()
+    };
+    let rotate = rotate.unwrap();
+    let rotated = run(&rotate);
+    let created = run(&create.unwrap());
+    let after = run(&first_call.unwrap());
+    // The same command without `--token <admin token>`: an anonymous caller.
+    let words: Vec<&str> = rotate.split(' ').collect();
+    let at = words.iter().position(|w| *w == "--token").unwrap();
+    let anonymous = [&words[..at], &words[at + 2..]].concat().join(" ");
+    let without_token = run(&anonymous);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    let answer: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(answer["previous_deleted"], true, "{answer}");
+    assert!(created.status.success(), "{}", text(&created));
+    let key: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert!(
+        key["key"].as_str().is_some_and(|k| k.starts_with("sk_")),
+        "{key}"
+    );
+    assert!(
+        after.status.success(),
+        "calls work on the new key: {}",
+        text(&after)
+    );
+    assert_eq!(without_token.status.code(), Some(1));
+    assert!(
+        text(&without_token).contains("PermissionDenied"),
+        "{}",
+        text(&without_token)
+    );
+    assert!(status.success(), "sandbox exits 0 on SIGTERM: {status:?}");
 }

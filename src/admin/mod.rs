@@ -7,12 +7,14 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    audit::{self, AuditLog},
     cache::{ResourceKind, ResponseCache},
     pb::gateway::v1::{
         admin_service_server::{self, AdminServiceServer},
         purge_cache_request::Target,
-        CacheStats, GetStatsRequest, GetStatsResponse, ListUpstreamCallsRequest,
-        ListUpstreamCallsResponse, PurgeCacheRequest, PurgeCacheResponse,
+        AuditEvent, CacheStats, GetStatsRequest, GetStatsResponse, ListAuditEventsRequest,
+        ListAuditEventsResponse, ListUpstreamCallsRequest, ListUpstreamCallsResponse,
+        PurgeCacheRequest, PurgeCacheResponse,
     },
     telemetry::Telemetry,
 };
@@ -22,12 +24,21 @@ use crate::{
 pub struct Admin {
     cache: Option<Arc<ResponseCache>>,
     telemetry: Arc<Telemetry>,
+    audit: Arc<AuditLog>,
 }
 
 impl Admin {
     /// `cache`: `None` when the cache is off.
-    pub fn new(cache: Option<Arc<ResponseCache>>, telemetry: Arc<Telemetry>) -> Self {
-        Self { cache, telemetry }
+    pub fn new(
+        cache: Option<Arc<ResponseCache>>,
+        telemetry: Arc<Telemetry>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        Self {
+            cache,
+            telemetry,
+            audit,
+        }
     }
 
     pub fn into_server(self) -> AdminServiceServer<Self> {
@@ -91,5 +102,44 @@ impl admin_service_server::AdminService for Admin {
         request: Request<ListUpstreamCallsRequest>,
     ) -> Result<Response<ListUpstreamCallsResponse>, Status> {
         crate::telemetry::list_upstream_calls(&self.telemetry, request)
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let r = request.into_inner();
+        let before = crate::telemetry::page_cursor(r.cursor.as_deref())?;
+        let limit = r.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(Status::invalid_argument("limit must be between 1 and 1000"));
+        }
+        let query = audit::Query {
+            actor: r.actor,
+            action: r.action,
+            outcome: r.outcome,
+            since: r.since.map(crate::telemetry::since_time),
+            before,
+            limit: usize::try_from(limit).unwrap_or(100),
+        };
+        let (events, next) = self.audit.list(&query);
+        let data = events
+            .into_iter()
+            .map(|e| AuditEvent {
+                at: Some(prost_types::Timestamp::from(e.at)),
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                outcome: e.outcome.as_str().to_owned(),
+                detail: e.detail,
+                request_id: e.request_id,
+                sequence: e.sequence,
+            })
+            .collect();
+        Ok(Response::new(ListAuditEventsResponse {
+            data,
+            has_more: next.is_some(),
+            next_cursor: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
     }
 }

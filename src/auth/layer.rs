@@ -8,7 +8,9 @@ use std::{
 use futures::future::{self, Either, Ready};
 use tower::{Layer, Service};
 
-use super::{CallerRegistry, Denied};
+use super::{Caller, CallerRegistry, Denied};
+use crate::audit::AuditLog;
+use crate::tls::PeerInfo;
 
 /// Methods anyone may call: orchestrators probe health without a token.
 const OPEN_SERVICES: &[&str] = &["grpc.health.v1.Health/"];
@@ -22,11 +24,21 @@ const AUTHENTICATED_SERVICES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct CallerAuthLayer {
     registry: Arc<CallerRegistry>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl CallerAuthLayer {
     pub fn new(registry: Arc<CallerRegistry>) -> Self {
-        Self { registry }
+        Self {
+            registry,
+            audit: None,
+        }
+    }
+
+    /// Records refused calls to admin-only services in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 }
 
@@ -36,6 +48,7 @@ impl<S> Layer<S> for CallerAuthLayer {
         CallerAuth {
             inner,
             registry: self.registry.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -46,6 +59,7 @@ impl<S> Layer<S> for CallerAuthLayer {
 pub struct CallerAuth<S> {
     inner: S,
     registry: Arc<CallerRegistry>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl<S, B, ResBody> Service<http::Request<B>> for CallerAuth<S>
@@ -70,16 +84,37 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let peer = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|c| c.remote_addr())
+        // Plaintext connections carry tonic's TCP info; TLS ones ours,
+        // with the verified client certificate's identity.
+        let tls = req.extensions().get::<PeerInfo>();
+        let peer = tls
+            .and_then(|t| t.remote_addr)
+            .or_else(|| {
+                req.extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|c| c.remote_addr())
+            })
             .map(|a| a.ip());
+        let cert = tls.and_then(|t| t.certificate.as_deref());
         let check = if AUTHENTICATED_SERVICES.iter().any(|p| method.starts_with(p)) {
-            self.registry.authenticate(authorization, peer)
+            self.registry.authenticate(authorization, peer, cert)
         } else {
-            self.registry.authorize(authorization, peer, method)
+            self.registry.authorize(authorization, peer, cert, method)
         };
+        if let (Err(denied), Some(audit)) = (&check, &self.audit) {
+            if Caller::is_admin_method(method) {
+                let (actor, why) = match denied {
+                    Denied::Unauthenticated(why) => ("(unauthenticated)", *why),
+                    Denied::NotAllowed { caller } => (caller.as_str(), "not an admin caller"),
+                };
+                let request_id = req
+                    .headers()
+                    .get(crate::request_id::HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                audit.denied(actor, method, why, request_id);
+            }
+        }
         let caller = match check {
             Ok(c) => c,
             Err(Denied::Unauthenticated(why)) => {

@@ -117,7 +117,12 @@ where
         return inner.oneshot(req).await;
     }
     let stats = req.stats.clone();
-    let Some(credential) = cache.credentials.current() else {
+    // The call's own product: two products never share an entry.
+    let product = req
+        .product
+        .as_deref()
+        .unwrap_or(crate::credentials::DEFAULT_PRODUCT);
+    let Some(credential) = cache.credentials.get(product) else {
         return inner.oneshot(req).await;
     };
     // A set sensitive field (SSN, PAN...) would be part of the key.

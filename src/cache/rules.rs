@@ -75,6 +75,10 @@ const SIMULATE: &[Tag] = &[
 
 /// The write RPCs and what a completed one invalidates.
 pub(crate) const WRITES: &[(&str, &[Tag])] = &[
+    // API keys are no cached resource; entries are scoped by the key's
+    // fingerprint, so a rotated key starts from an empty scope anyway.
+    ("CreateKey", &[]),
+    ("DeleteKey", &[]),
     (
         "UpdateCustomer",
         &[Tag::Id(Customer, "customer_id"), Tag::List(Customer)],

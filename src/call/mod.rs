@@ -26,17 +26,50 @@ pub struct CallOptions {
     /// Extra metadata, `name: value`.
     pub headers: Vec<String>,
     pub timeout: Duration,
+    /// TLS to the gateway (`--ca`, `--cert`/`--key`); None: plaintext.
+    pub tls: Option<CallTls>,
+}
+
+/// How `call` speaks TLS to a gateway with `GATEWAY_TLS_CERT_FILE`.
+#[derive(Debug, Clone)]
+pub struct CallTls {
+    /// PEM CA certificate(s) the gateway's certificate must chain to.
+    pub ca: std::path::PathBuf,
+    /// PEM client certificate and key (mTLS: the caller's identity).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The name the gateway's certificate must hold (default: the
+    /// address's host).
+    pub server_name: Option<String>,
 }
 
 async fn connect(opts: &CallOptions) -> anyhow::Result<Channel> {
-    let uri = if opts.addr.contains("://") {
-        opts.addr.clone()
-    } else {
-        format!("http://{}", opts.addr)
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let uri = match opts.addr.split_once("://") {
+        Some((_, rest)) => format!("{scheme}://{rest}"),
+        None => format!("{scheme}://{}", opts.addr),
     };
-    Endpoint::from_shared(uri.clone())
+    let mut endpoint = Endpoint::from_shared(uri.clone())
         .with_context(|| format!("invalid address {uri}"))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = &opts.tls {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).with_context(|| format!("{what}: cannot read {}", path.display()))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read(&tls.ca, "--ca")?),
+        );
+        if let Some(name) = &tls.server_name {
+            config = config.domain_name(name.clone());
+        }
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert, "--cert")?,
+                read(key, "--key")?,
+            ));
+        }
+        endpoint = endpoint.tls_config(config).context("TLS settings")?;
+    }
+    endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {uri}"))

@@ -32,6 +32,18 @@ enum Command {
     },
     /// Run the built-in Imprint emulator and the gateway in front of it:
     /// no credentials, no network needed.
+    /// Rotates an Imprint API key the way KeyManagementService/RotateCredential
+    /// does (create, verify, persist, delete the old), for operators. The
+    /// new key is persisted where the running gateways read it (the data
+    /// directory, or Redis with GATEWAY_MASTER_KEY_FILE); they switch within
+    /// `credentials.sync_interval`, and the old key is deleted after that.
+    RotateKey {
+        #[arg(long, env = "GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The product whose key to rotate (default: the default product).
+        #[arg(long)]
+        product: Option<String>,
+    },
     Sandbox(sandbox::SandboxArgs),
     /// Run the built-in Imprint emulator alone (for other teams' tests).
     Emulator(sandbox::EmulatorArgs),
@@ -60,6 +72,18 @@ struct CallArgs {
     /// Deadline of a unary call (a server stream runs until it ends).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Speak TLS, trusting this PEM CA (for a gateway with GATEWAY_TLS_CERT_FILE).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS; with --key and --ca.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name the gateway's certificate must hold (default: the address's host).
+    #[arg(long, value_name = "NAME", requires = "ca")]
+    tls_server_name: Option<String>,
 }
 
 /// Entry point of the binary.
@@ -72,10 +96,14 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if config.upstream.api_key.is_none() {
+            if !config.has_default_credential() {
                 eprintln!(
                     "error: no Imprint API key: set IMPRINT_API_KEY or IMPRINT_API_KEY_FILE (or upstream.api_key_file in the config file)"
                 );
+                return ExitCode::from(2);
+            }
+            if let Err(e) = config.check_transport() {
+                eprintln!("error: invalid configuration: {e}");
                 return ExitCode::from(2);
             }
             run(serve(config))
@@ -88,6 +116,13 @@ pub fn main() -> ExitCode {
             run(sandbox::run_sandbox(args, config))
         }
         Command::Emulator(args) => run(sandbox::run_emulator(args)),
+        Command::RotateKey { config, product } => {
+            let config = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run(rotate_key(config, product))
+        }
         Command::Call(args) => call(args),
     }
 }
@@ -104,18 +139,49 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = server::credential_from(&config) {
-        eprintln!("error: invalid configuration: upstream.api_key: {e}");
+    if let Err(e) = server::credentials_from(&config) {
+        eprintln!("error: invalid configuration: {e}");
         return ExitCode::from(2);
     }
-    if let Some(path) = &config.auth.caller_tokens_file {
-        if let Err(e) = crate::auth::CallerTable::load(path) {
-            eprintln!("error: invalid configuration: GATEWAY_CALLER_TOKENS_FILE: {e}");
+    if let Err(e) = config.check_transport() {
+        eprintln!("error: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(files) = server::tls_files(&config) {
+        if let Err(e) = crate::tls::TlsServer::load(files) {
+            eprintln!("error: invalid configuration: {e:#}");
             return ExitCode::from(2);
         }
     }
+    let callers = match &config.auth.caller_tokens_file {
+        Some(path) => match crate::auth::CallerTable::load(path) {
+            Ok(table) => Some(table),
+            Err(e) => {
+                eprintln!("error: invalid configuration: GATEWAY_CALLER_TOKENS_FILE: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     print!("{}", config.render_masked());
-    if config.upstream.api_key.is_none() {
+    // Each caller's effective policy: what it may do, never its token.
+    println!("\n# Caller policy (GATEWAY_CALLER_TOKENS_FILE)");
+    match &callers {
+        Some(table) if !table.is_empty() => {
+            let limits = &config.limits;
+            for line in table
+                .describe(limits.caller_rate_per_sec, limits.caller_burst)
+                .lines()
+            {
+                println!("# {line}");
+            }
+        }
+        _ if config.auth.allow_unauthenticated => {
+            println!("# no callers: GATEWAY_ALLOW_UNAUTHENTICATED lets anyone call anything but admin services");
+        }
+        _ => println!("# no callers: every call is refused"),
+    }
+    if !config.has_default_credential() {
         eprintln!("warning: no Imprint API key configured; `serve` will refuse to start");
     }
     ExitCode::SUCCESS
@@ -150,6 +216,11 @@ fn call(args: CallArgs) -> ExitCode {
         token: args.token,
         headers: args.headers,
         timeout: args.timeout,
+        tls: args.ca.map(|ca| crate::call::CallTls {
+            ca,
+            identity: args.cert.zip(args.key),
+            server_name: args.tls_server_name,
+        }),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -209,6 +280,62 @@ fn call(args: CallArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `rotate-key`: the rotation procedure outside a running gateway, over
+/// the same upstream stack and vault as `serve`.
+async fn rotate_key(config: Config, product: Option<String>) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use crate::{
+        credentials::CredentialStore,
+        idempotency::MemoryStore,
+        keys::{KeySettings, Keys},
+        services::Gateway,
+    };
+    telemetry::init(config.log.format);
+    let u = &config.upstream;
+    let client = server::upstream_client(&config)?;
+    let store = Arc::new(CredentialStore::with_products(server::credentials_from(
+        &config,
+    )?));
+    let upstream = crate::stack::stack(
+        client,
+        store.clone(),
+        Arc::new(MemoryStore::new()),
+        &server::stack_config(&config),
+    );
+    let gateway = Gateway::new(upstream, u.default_deadline, store.clone());
+    let mut settings = KeySettings::from_config(&config);
+    settings.others_follow = true;
+    let audit = Arc::new(crate::audit::AuditLog::new(16));
+    let keys = Keys::new(
+        gateway,
+        store,
+        crate::keys::vault_from(&config)?,
+        audit,
+        settings,
+    );
+    // Start from the key in use (a previous rotation's), not the configured one.
+    keys.sync()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading rotated keys: {e}"))?;
+    let r = keys
+        .rotate(product.as_deref(), "cli", "")
+        .await
+        .map_err(|s| anyhow::anyhow!("rotation failed: {}", s.message()))?;
+    println!(
+        "rotated product '{}': now {} (was {}){}",
+        r.credential.product(),
+        r.credential.fingerprint(),
+        r.previous_fingerprint,
+        if r.previous_deleted {
+            "; the old key is deleted".to_owned()
+        } else {
+            format!("; warning: {}", r.warning)
+        }
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

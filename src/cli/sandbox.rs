@@ -212,10 +212,17 @@ pub(super) async fn run_sandbox(args: SandboxArgs, mut config: Config) -> anyhow
     config.upstream.merchant_key = Some(SecretString::from(merchant_key));
     config.upstream.connect_timeout = Duration::from_secs(1);
     config.auth.allow_loopback_unauthenticated = true;
+    // An admin caller for this run, so KeyService and key rotation can be
+    // tried against the emulator (whose keys resource behaves like Imprint's).
+    let admin_token = random_token("igw_admin_");
+    config.auth.sandbox_admin_token = Some(SecretString::from(admin_token.clone()));
     let tokens = config.auth.caller_tokens_file.is_some();
 
     let mut running = server::start(config, grpc, http).await?;
-    println!("{}", banner(&running, &emulator.url(), &inspector, tokens));
+    println!(
+        "{}",
+        banner(&running, &emulator.url(), &inspector, tokens, &admin_token)
+    );
     signals.wait(Some(&mut running)).await?;
     let stopped = running.shutdown().await;
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -285,7 +292,13 @@ async fn inspect_webhooks(secret: SecretString) -> anyhow::Result<String> {
     Ok(url)
 }
 
-fn banner(running: &server::Running, emulator: &str, inspector: &str, tokens: bool) -> String {
+fn banner(
+    running: &server::Running,
+    emulator: &str,
+    inspector: &str,
+    tokens: bool,
+    admin_token: &str,
+) -> String {
     let grpc = running.grpc_addr();
     let addr_flag = if grpc.to_string() == "127.0.0.1:50051" {
         String::new()
@@ -299,8 +312,11 @@ fn banner(running: &server::Running, emulator: &str, inspector: &str, tokens: bo
     };
     let auth = if tokens {
         "callers need a token from GATEWAY_CALLER_TOKENS_FILE"
-    } else {
+    } else if grpc.ip().is_loopback() {
         "callers on loopback need no token"
+    } else {
+        // Anonymous access is for a loopback listener only.
+        "not on loopback: every call is refused until GATEWAY_CALLER_TOKENS_FILE is set"
     };
     format!(
         "imprint-gateway sandbox is ready\n\
@@ -314,6 +330,11 @@ fn banner(running: &server::Running, emulator: &str, inspector: &str, tokens: bo
          \n\nEvery method: cargo run --release -- call{addr_flag}{token_flag} --list\
          \nImprint's webhooks as typed events, one JSON object per line as they arrive:\
          \n  cargo run --release -- call{addr_flag}{token_flag} imprint.gateway.v1.EventService/Subscribe '{{}}'\
+         \n\nAdmin token of this run (KeyService, KeyManagementService, AdminService): {admin_token}\
+         \nRotate the gateway's key with the emulator (create, verify, swap, delete the old):\
+         \n  cargo run --release -- call{addr_flag} --token {admin_token} imprint.gateway.v1.KeyManagementService/RotateCredential '{{}}'\
+         \n  cargo run --release -- call{addr_flag} --token {admin_token} imprint.gateway.v1.KeyManagementService/ListCredentials '{{}}'\
+         \n  cargo run --release -- call{addr_flag} --token {admin_token} imprint.v2.KeyService/CreateKey '{{}}'\
          \nStop with Ctrl-C.",
         http = running.http_addr(),
         john = seed::JOHN,

@@ -40,6 +40,96 @@ pub struct Config {
     pub events: events::EventsConfig,
     pub cache: CacheConfig,
     pub telemetry: TelemetryConfig,
+    pub credentials: CredentialsConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[credentials]`: the products besides the default one, rotation, and
+/// where rotated keys are kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// Products (API key and merchant key each), picked by callers with
+    /// `x-imprint-product`. `IMPRINT_API_KEY`... is the product `default`.
+    pub products: Vec<ProductConfig>,
+    /// A mounted secret directory: a product naming no other source reads
+    /// `<dir>/<product>/api_key` and, if present, `<dir>/<product>/merchant_key`.
+    pub secrets_dir: Option<PathBuf>,
+    /// `GATEWAY_MASTER_KEY_FILE`: 32 bytes (raw, 64 hex digits or base64)
+    /// that encrypt rotated keys kept in Redis (AES-256-GCM). Unset: rotated
+    /// keys are not shared through Redis, only kept under the data directory.
+    pub master_key_file: Option<PathBuf>,
+    /// Rotate every product's key when it is this many days old; 0: never.
+    pub rotate_every_days: u32,
+    /// How long a rotation waits for calls still using the old key before
+    /// deleting it upstream.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How often a gateway checks the shared store (Redis, or the data
+    /// directory's file) for a key rotated elsewhere.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// How often the deletion of a replaced key whose delete failed is retried.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        Self {
+            products: Vec::new(),
+            secrets_dir: None,
+            master_key_file: None,
+            rotate_every_days: 0,
+            drain_timeout: Duration::from_secs(30),
+            sync_interval: Duration::from_secs(2),
+            retry_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One product: where its API key and merchant key come from. Exactly one
+/// source for the API key (file, environment variable, or `secrets_dir`).
+#[derive(Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProductConfig {
+    pub name: String,
+    pub api_key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the key.
+    pub api_key_env: Option<String>,
+    pub merchant_key_file: Option<PathBuf>,
+    pub merchant_key_env: Option<String>,
+    /// Resolved from the sources above at load (shown masked).
+    #[serde(skip_deserializing, serialize_with = "masked")]
+    pub api_key: Option<SecretString>,
+    #[serde(skip_deserializing, serialize_with = "masked")]
+    pub merchant_key: Option<SecretString>,
+}
+
+impl fmt::Debug for ProductConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProductConfig")
+            .field("name", &self.name)
+            .field("api_key_file", &self.api_key_file)
+            .field("api_key_env", &self.api_key_env)
+            .field("api_key", &self.api_key.as_ref().map(mask))
+            .field("merchant_key", &self.merchant_key.as_ref().map(mask))
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[audit]`: the in-memory audit log behind `AdminService/ListAuditEvents`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events kept in memory (oldest dropped first); the log lines stay.
+    pub max_events: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { max_events: 10_000 }
+    }
 }
 
 /// `[limits]`: protecting Imprint and the gateway.
@@ -114,6 +204,26 @@ pub struct ServerConfig {
     pub http2_keepalive_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub http2_keepalive_timeout: Duration,
+    /// PEM certificate chain of the gRPC listener (`GATEWAY_TLS_CERT_FILE`);
+    /// with `tls_key_file`, the listener speaks TLS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (`GATEWAY_TLS_KEY_FILE`).
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates
+    /// (`GATEWAY_TLS_CLIENT_CA_FILE`): mTLS, the caller being the
+    /// certificate's SPIFFE ID or DNS SAN.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With a client CA: refuse at the handshake a client without a
+    /// certificate (default: such callers use bearer tokens).
+    pub tls_client_cert_required: bool,
+    /// Serve gRPC without TLS on a non-loopback address. Off: `serve`
+    /// refuses to start plaintext anywhere but loopback.
+    pub plaintext: bool,
+    /// How often the TLS files, the caller policy file and the API key
+    /// file are checked for changes (reloaded like on SIGHUP); 0 = only on
+    /// SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +236,12 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_client_cert_required: false,
+            plaintext: false,
+            watch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -142,6 +258,10 @@ pub struct AuthConfig {
     /// get in without a token unless caller tokens are configured.
     #[serde(skip_deserializing, skip_serializing_if = "std::ops::Not::not")]
     pub allow_loopback_unauthenticated: bool,
+    /// Set by the `sandbox` command, never by a file: an admin caller
+    /// token generated for the run (printed at start-up).
+    #[serde(skip)]
+    pub sandbox_admin_token: Option<SecretString>,
 }
 
 /// How to reach Imprint.
@@ -323,7 +443,26 @@ const NAMED_ENV: &[(&str, &str, &str, Kind)] = &[
         "caller_tokens_file",
         Kind::Text,
     ),
+    (
+        "GATEWAY_TLS_CERT_FILE",
+        "server",
+        "tls_cert_file",
+        Kind::Text,
+    ),
+    ("GATEWAY_TLS_KEY_FILE", "server", "tls_key_file", Kind::Text),
+    (
+        "GATEWAY_TLS_CLIENT_CA_FILE",
+        "server",
+        "tls_client_ca_file",
+        Kind::Text,
+    ),
     ("GATEWAY_REDIS_URL", "state", "redis_url", Kind::Text),
+    (
+        "GATEWAY_MASTER_KEY_FILE",
+        "credentials",
+        "master_key_file",
+        Kind::Text,
+    ),
     ("GATEWAY_LOG_FORMAT", "log", "format", Kind::Text),
     (
         "IMPRINT_WEBHOOK_SECRET",
@@ -445,6 +584,10 @@ impl Config {
                 config.upstream.api_key = Some(read_secret_file(path, "upstream.api_key_file")?);
             }
         }
+        config.resolve_products(&env)?;
+        if let Some(path) = &config.credentials.master_key_file {
+            read_master_key(path)?;
+        }
         Ok(config)
     }
 
@@ -557,6 +700,24 @@ impl Config {
                 Duration::ZERO,
                 DAY,
             ),
+            (
+                "credentials.drain_timeout",
+                self.credentials.drain_timeout,
+                Duration::ZERO,
+                Duration::from_secs(600),
+            ),
+            (
+                "credentials.sync_interval",
+                self.credentials.sync_interval,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            ),
+            (
+                "credentials.retry_interval",
+                self.credentials.retry_interval,
+                Duration::from_secs(1),
+                DAY,
+            ),
         ];
         for (setting, value, min, max) in durations {
             if value < min || value > max {
@@ -638,12 +799,55 @@ impl Config {
                 0,
                 1 << 34,
             ),
+            (
+                "credentials.rotate_every_days",
+                u64::from(self.credentials.rotate_every_days),
+                0,
+                3650,
+            ),
+            ("audit.max_events", self.audit.max_events, 1, 1 << 24),
         ]) {
             if value < min || value > max {
                 return Err(err(setting, format!("must be between {min} and {max}")));
             }
         }
         self.cache.validate().map_err(|(s, p)| err(s, p))?;
+        let watch = s.watch_interval;
+        if !(watch.is_zero()
+            || (Duration::from_millis(100)..=Duration::from_secs(24 * 3600)).contains(&watch))
+        {
+            return Err(err(
+                "server.watch_interval",
+                "must be 0s (reload on SIGHUP only) or between 100ms and 1day",
+            ));
+        }
+        match (&s.tls_cert_file, &s.tls_key_file) {
+            (Some(_), None) => {
+                return Err(err(
+                    "GATEWAY_TLS_KEY_FILE",
+                    "is required with GATEWAY_TLS_CERT_FILE",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "GATEWAY_TLS_CERT_FILE",
+                    "is required with GATEWAY_TLS_KEY_FILE",
+                ))
+            }
+            _ => {}
+        }
+        if s.tls_client_cert_required && s.tls_client_ca_file.is_none() {
+            return Err(err(
+                "server.tls_client_cert_required",
+                "needs GATEWAY_TLS_CLIENT_CA_FILE",
+            ));
+        }
+        if s.tls_client_ca_file.is_some() && s.tls_cert_file.is_none() {
+            return Err(err(
+                "GATEWAY_TLS_CLIENT_CA_FILE",
+                "needs TLS: set GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE",
+            ));
+        }
         if r.max_backoff < r.base_backoff {
             return Err(err(
                 "retry.max_backoff",
@@ -712,6 +916,112 @@ impl Config {
         Ok(())
     }
 
+    /// Reads every product's keys from its source, and checks the names.
+    fn resolve_products(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        let from_env = |var: &str, setting: &str| -> Result<SecretString, ConfigError> {
+            env.iter()
+                .find(|(k, v)| k == var && !v.trim().is_empty())
+                .map(|(_, v)| SecretString::from(v.clone()))
+                .ok_or_else(|| {
+                    err(
+                        setting,
+                        format!("environment variable {var} is unset or empty"),
+                    )
+                })
+        };
+        let has_default = self.upstream.api_key.is_some();
+        let secrets_dir = self.credentials.secrets_dir.clone();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.credentials.products.iter_mut().enumerate() {
+            let at = format!("credentials.products[{i}]");
+            let valid = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid {
+                return Err(err(
+                    format!("{at}.name"),
+                    "must be 1 to 64 of a-z, 0-9, '-' and '_'",
+                ));
+            }
+            if !seen.insert(p.name.clone()) {
+                return Err(err(format!("{at}.name"), "names a product twice"));
+            }
+            if p.name == crate::credentials::DEFAULT_PRODUCT && has_default {
+                return Err(err(
+                    format!("{at}.name"),
+                    "the default product is already configured by IMPRINT_API_KEY / upstream.api_key",
+                ));
+            }
+            let dir = secrets_dir.as_ref().map(|d| d.join(&p.name));
+            let key_setting = format!("{at}.api_key_file");
+            p.api_key = Some(match (&p.api_key_file, &p.api_key_env) {
+                (Some(f), None) => read_secret_file(f, &key_setting)?,
+                (None, Some(var)) => from_env(var, &format!("{at}.api_key_env"))?,
+                (None, None) => match &dir {
+                    Some(d) => read_secret_file(&d.join("api_key"), "credentials.secrets_dir")?,
+                    None => {
+                        return Err(err(
+                            format!("{at}.api_key_file"),
+                            "set api_key_file, api_key_env, or credentials.secrets_dir",
+                        ))
+                    }
+                },
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        format!("{at}.api_key_file"),
+                        "set either api_key_file or api_key_env, not both",
+                    ))
+                }
+            });
+            let merchant_setting = format!("{at}.merchant_key_file");
+            p.merchant_key = match (&p.merchant_key_file, &p.merchant_key_env) {
+                (Some(f), None) => Some(read_secret_file(f, &merchant_setting)?),
+                (None, Some(var)) => Some(from_env(var, &format!("{at}.merchant_key_env"))?),
+                (None, None) => match dir.map(|d| d.join("merchant_key")) {
+                    Some(f) if f.exists() => Some(read_secret_file(&f, "credentials.secrets_dir")?),
+                    _ => None,
+                },
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        merchant_setting,
+                        "set either merchant_key_file or merchant_key_env, not both",
+                    ))
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Whether a default product is configured (`serve` needs one).
+    pub fn has_default_credential(&self) -> bool {
+        self.upstream.api_key.is_some()
+            || self
+                .credentials
+                .products
+                .iter()
+                .any(|p| p.name == crate::credentials::DEFAULT_PRODUCT)
+    }
+
+    /// Whether the gRPC listener may run as configured: TLS, or plaintext
+    /// on a loopback address, or plaintext explicitly allowed
+    /// (`server.plaintext`). `serve` and `check-config` refuse the rest;
+    /// `sandbox`, a development tool, does not ask.
+    pub fn check_transport(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.tls_cert_file.is_some() || s.plaintext || s.grpc_addr.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(err(
+            "server.plaintext",
+            format!(
+                "the gRPC address {} (GATEWAY_GRPC_ADDR) is not loopback and has no TLS: set GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or allow plaintext explicitly with server.plaintext = true (GATEWAY__SERVER__PLAINTEXT=true)",
+                s.grpc_addr
+            ),
+        ))
+    }
+
     /// The settings in effect, secrets masked, as TOML: the settings
     /// types serialize themselves (secrets through [`mask`]), so nothing
     /// here can drift from what `serve` reads.
@@ -729,6 +1039,34 @@ pub fn read_secret_file(path: &Path, setting: &str) -> Result<SecretString, Conf
         return Err(err(setting, format!("{} is empty", path.display())));
     }
     Ok(SecretString::from(value.to_owned()))
+}
+
+/// Reads the master key file: exactly 32 bytes, given raw, as 64 hex
+/// digits, or in base64. Errors name the setting, never the content.
+pub fn read_master_key(path: &Path) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine as _;
+    const SETTING: &str = "GATEWAY_MASTER_KEY_FILE";
+    let bytes = std::fs::read(path)
+        .map_err(|e| err(SETTING, format!("cannot read {}: {e}", path.display())))?;
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        return Ok(raw);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    let decoded = hex::decode(text)
+        .ok()
+        .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok());
+    decoded
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+        .ok_or_else(|| {
+            err(
+                SETTING,
+                format!(
+                    "{} must hold 32 bytes: raw, 64 hex digits or base64",
+                    path.display()
+                ),
+            )
+        })
 }
 
 fn set(tree: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
@@ -1031,5 +1369,108 @@ pub(crate) mod tests {
             .as_str()
             .unwrap()
             .starts_with("[redacted sha256:"));
+    }
+
+    #[test]
+    fn products_read_their_keys_from_one_source_and_show_only_fingerprints() {
+        let dir = std::env::temp_dir().join(format!("igw-cfg-products-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("secrets").join("from-dir")).unwrap();
+        std::fs::write(dir.join("secrets/from-dir/api_key"), "sk_dir_secret\n").unwrap();
+        std::fs::write(dir.join("secrets/from-dir/merchant_key"), "mk_dir_secret").unwrap();
+        std::fs::write(dir.join("file.key"), "sk_file_secret\n").unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[credentials]\nsecrets_dir = \"{0}/secrets\"\n\
+                 [[credentials.products]]\nname = \"from-dir\"\n\
+                 [[credentials.products]]\nname = \"from-file\"\napi_key_file = \"{0}/file.key\"\n\
+                 [[credentials.products]]\nname = \"from-env\"\napi_key_env = \"B_KEY\"\nmerchant_key_env = \"B_MK\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("B_KEY", "sk_env_secret"),
+                ("B_MK", "mk_env_secret"),
+                ("IMPRINT_API_KEY", "sk_default_secret"),
+            ]),
+        )
+        .unwrap();
+        let p = &c.credentials.products;
+        assert_eq!(
+            p[0].api_key.as_ref().unwrap().expose_secret(),
+            "sk_dir_secret"
+        );
+        assert_eq!(
+            p[0].merchant_key.as_ref().unwrap().expose_secret(),
+            "mk_dir_secret"
+        );
+        assert_eq!(
+            p[1].api_key.as_ref().unwrap().expose_secret(),
+            "sk_file_secret"
+        );
+        assert!(p[1].merchant_key.is_none());
+        assert_eq!(
+            p[2].merchant_key.as_ref().unwrap().expose_secret(),
+            "mk_env_secret"
+        );
+        assert!(c.has_default_credential());
+        let shown = c.render_masked() + &format!("{c:?}");
+        for secret in [
+            "sk_dir_secret",
+            "mk_dir_secret",
+            "sk_file_secret",
+            "sk_env_secret",
+            "mk_env_secret",
+            "sk_default_secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret}: {shown}");
+        }
+        assert!(shown.contains("from-env"));
+
+        // Errors name the setting, never a value.
+        let e = Config::load_with_env(Some(&file), env(&[("B_MK", "mk_env_secret")])).unwrap_err();
+        assert_eq!(e.setting, "credentials.products[2].api_key_env");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        std::fs::write(
+            &file,
+            "[[credentials.products]]\nname = \"default\"\napi_key_env = \"B_KEY\"\n",
+        )
+        .unwrap();
+        let e = Config::load_with_env(
+            Some(&file),
+            env(&[("B_KEY", "sk_x"), ("IMPRINT_API_KEY", "sk_y")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "credentials.products[0].name");
+        std::fs::write(&file, "[[credentials.products]]\nname = \"Bad Name\"\n").unwrap();
+        let e = Config::load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert_eq!(e.setting, "credentials.products[0].name");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_master_key_is_32_bytes_in_any_of_three_spellings() {
+        let dir = std::env::temp_dir().join(format!("igw-cfg-master-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("master");
+        for content in [vec![7u8; 32], hex::encode([7u8; 32]).into_bytes(), {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .encode([7u8; 32])
+                .into_bytes()
+        }] {
+            std::fs::write(&path, &content).unwrap();
+            assert_eq!(read_master_key(&path).unwrap(), [7u8; 32]);
+        }
+        std::fs::write(&path, "too-short-master-key").unwrap();
+        let e = read_master_key(&path).unwrap_err();
+        assert_eq!(e.setting, "GATEWAY_MASTER_KEY_FILE");
+        assert!(!e.to_string().contains("too-short"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

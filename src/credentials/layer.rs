@@ -6,7 +6,7 @@ use futures::future::{self, Either, Ready};
 use http::header::AUTHORIZATION;
 use tower::{Layer, Service};
 
-use super::CredentialStore;
+use super::{authorization, Credential, CredentialStore, DEFAULT_PRODUCT};
 use crate::upstream::{UpstreamError, UpstreamRequest};
 
 const MERCHANT_KEY: &str = "x-imprint-merchant-key";
@@ -34,12 +34,34 @@ impl<S> Layer<S> for CredentialsLayer {
 }
 
 /// Sets `authorization` (Basic or Bearer) and, when configured,
-/// `x-imprint-merchant-key`. Without a credential the call fails before
-/// anything is sent.
+/// `x-imprint-merchant-key`, from the credential of the call's product (or
+/// the key the call must be authenticated with: a DeleteKey). Without a
+/// credential the call fails before anything is sent. The attempt holds the
+/// credential until it ends, so a rotation can wait for the calls still
+/// using the old key before deleting it.
 #[derive(Debug, Clone)]
 pub struct Credentials<S> {
     inner: S,
     store: Arc<CredentialStore>,
+}
+
+pin_project_lite::pin_project! {
+    /// An attempt's future, holding the credential it was sent with.
+    pub struct Holding<F> {
+        #[pin]
+        inner: F,
+        credential: Arc<Credential>,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Holding<F> {
+    type Output = F::Output;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().inner.poll(cx)
+    }
 }
 
 impl<S> Service<UpstreamRequest> for Credentials<S>
@@ -48,7 +70,7 @@ where
 {
     type Response = S::Response;
     type Error = UpstreamError;
-    type Future = Either<S::Future, Ready<Result<S::Response, UpstreamError>>>;
+    type Future = Either<Holding<S::Future>, Ready<Result<S::Response, UpstreamError>>>;
 
     fn poll_ready(
         &mut self,
@@ -58,11 +80,18 @@ where
     }
 
     fn call(&mut self, mut req: UpstreamRequest) -> Self::Future {
-        let Some(credential) = self.store.current() else {
+        let product = req.product.as_deref().unwrap_or(DEFAULT_PRODUCT);
+        let Some(credential) = self.store.get(product) else {
             return Either::Right(future::ready(Err(UpstreamError::NoCredential)));
         };
-        req.headers
-            .insert(AUTHORIZATION, credential.authorization.clone());
+        let header = match &req.authenticate_with {
+            Some(key) => match authorization(key, credential.scheme()) {
+                Ok(h) => h,
+                Err(_) => return Either::Right(future::ready(Err(UpstreamError::NoCredential))),
+            },
+            None => credential.authorization.clone(),
+        };
+        req.headers.insert(AUTHORIZATION, header);
         match &credential.merchant_header {
             Some(m) => {
                 req.headers.insert(MERCHANT_KEY, m.clone());
@@ -71,7 +100,10 @@ where
                 req.headers.remove(MERCHANT_KEY);
             }
         }
-        Either::Left(self.inner.call(req))
+        Either::Left(Holding {
+            inner: self.inner.call(req),
+            credential,
+        })
     }
 }
 

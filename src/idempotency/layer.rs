@@ -79,22 +79,12 @@ enum Outcome {
 /// The body with every field named in `fields` removed at any depth (list
 /// items included); `None` when secrets are declared but the body is not
 /// JSON that could be cleaned, so nothing of it may be stored.
-fn strip_secrets(body: &Bytes, fields: &[&str]) -> Option<String> {
+fn strip_secrets(body: &Bytes, fields: &[&'static str]) -> Option<String> {
     if fields.is_empty() {
         return Some(String::from_utf8_lossy(body).into_owned());
     }
-    fn strip(value: &mut serde_json::Value, fields: &[&str]) {
-        match value {
-            serde_json::Value::Object(map) => {
-                map.retain(|k, _| !fields.contains(&k.as_str()));
-                map.values_mut().for_each(|v| strip(v, fields));
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| strip(v, fields)),
-            _ => {}
-        }
-    }
     let mut value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
-    strip(&mut value, fields);
+    crate::json::remove_fields(&mut value, fields);
     Some(value.to_string())
 }
 
@@ -215,7 +205,12 @@ where
             return Box::pin(inner.call(req));
         };
         let keyed = Keyed {
-            key: format!("{}:{}", req.caller, idem_key),
+            // Scoped by caller and product: the same key used for two
+            // products names two different calls.
+            key: match &req.product {
+                Some(product) => format!("{}:{product}:{}", req.caller, idem_key),
+                None => format!("{}:{}", req.caller, idem_key),
+            },
             claim: Record {
                 fingerprint: fingerprint(&req),
                 rpc: req.rpc.to_string(),

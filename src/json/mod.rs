@@ -61,3 +61,62 @@ fn note_unknown_enum(value: &str) {
         "unknown enum value in upstream JSON mapped to UNSPECIFIED"
     );
 }
+
+/// `body` with every object member named in `fields` removed at any depth
+/// (list items included), and the names that were found; `None` when none
+/// was there (or the body is not JSON: decoding it will fail on its own).
+pub fn strip_fields(body: &[u8], fields: &[&'static str]) -> Option<(Vec<u8>, Vec<&'static str>)> {
+    // Parsed, not searched as text: a key may be written with escapes.
+    if fields.is_empty() {
+        return None;
+    }
+    let mut value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let found = remove_fields(&mut value, fields);
+    if found.is_empty() {
+        return None;
+    }
+    Some((serde_json::to_vec(&value).ok()?, found))
+}
+
+/// Removes every object member named in `fields` from `value` at any depth
+/// (list items included); returns the names that were found.
+pub fn remove_fields(value: &mut serde_json::Value, fields: &[&'static str]) -> Vec<&'static str> {
+    fn strip(
+        value: &mut serde_json::Value,
+        fields: &[&'static str],
+        found: &mut Vec<&'static str>,
+    ) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for f in fields {
+                    if map.remove(*f).is_some() && !found.contains(f) {
+                        found.push(f);
+                    }
+                }
+                map.values_mut().for_each(|v| strip(v, fields, found));
+            }
+            serde_json::Value::Array(items) => {
+                items.iter_mut().for_each(|v| strip(v, fields, found))
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    strip(value, fields, &mut found);
+    found
+}
+
+#[cfg(test)]
+mod strip_tests {
+    #[test]
+    fn strips_at_any_depth_and_reports_what() {
+        let body = br#"{"data":[{"card":{"last4":"1","pci_details":{"pan":"4111"}}},{"card":{"pci\u005fdetails":{"pan":"5"}}}]}"#;
+        let (out, found) = super::strip_fields(body, &["pci_details"]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("pan"), "{text}");
+        assert!(text.contains("last4"));
+        assert_eq!(found, ["pci_details"]);
+        assert!(super::strip_fields(br#"{"card":{}}"#, &["pci_details"]).is_none());
+        assert!(super::strip_fields(body, &[]).is_none());
+    }
+}

@@ -15,8 +15,11 @@ use tonic::{
 };
 use tower::ServiceExt;
 
+use secrecy::SecretString;
+
 use crate::{
     auth::Caller,
+    credentials::{CredentialStore, DEFAULT_PRODUCT},
     errors,
     translate::{self, Endpoint},
     upstream::{CallStats, UpstreamError, UpstreamRequest, UpstreamService},
@@ -27,15 +30,74 @@ use crate::{
 pub struct Gateway {
     upstream: UpstreamService,
     default_deadline: Duration,
+    /// The configured products, which `x-imprint-product` picks from.
+    credentials: Arc<CredentialStore>,
 }
+
+/// The metadata key naming the product (credential) a call uses.
+pub const PRODUCT_HEADER: &str = "x-imprint-product";
+
+/// Marks a call the gateway makes itself (a rotation's create, verify and
+/// delete): it has no [`Caller`], so no product policy; this names it.
+#[derive(Debug, Clone)]
+pub struct InternalActor(pub Arc<str>);
 
 impl Gateway {
     /// `default_deadline` bounds calls whose caller sent no `grpc-timeout`.
-    pub fn new(upstream: UpstreamService, default_deadline: Duration) -> Self {
+    pub fn new(
+        upstream: UpstreamService,
+        default_deadline: Duration,
+        credentials: Arc<CredentialStore>,
+    ) -> Self {
         Self {
             upstream,
             default_deadline,
+            credentials,
         }
+    }
+
+    /// The product a call uses: `x-imprint-product`, or the default one.
+    /// Unknown: INVALID_ARGUMENT naming the metadata key (never its value,
+    /// which a confused caller may have filled with a key); not in the
+    /// caller's `products`: PERMISSION_DENIED. `None` is the default product.
+    pub fn product(
+        &self,
+        metadata: &MetadataMap,
+        caller: Option<&Caller>,
+    ) -> Result<Option<Arc<str>>, Status> {
+        let name = match metadata.get(PRODUCT_HEADER) {
+            None => DEFAULT_PRODUCT,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|n| self.credentials.knows(n))
+                .ok_or_else(|| {
+                    errors::invalid_request(&[translate::FieldViolation {
+                        field: PRODUCT_HEADER.into(),
+                        description: format!("{PRODUCT_HEADER} names no configured product"),
+                    }])
+                })?,
+        };
+        if let Some(caller) = caller {
+            if !caller.may_use_product(name) {
+                return Err(Status::permission_denied(format!(
+                    "caller '{}' may not use this product ({PRODUCT_HEADER}); see `products` in the caller tokens file",
+                    caller.name
+                )));
+            }
+        }
+        Ok((name != DEFAULT_PRODUCT).then(|| Arc::from(name)))
+    }
+
+    /// [`Gateway::call`] authenticated with `key` instead of the product's
+    /// active credential (the Keys resource, and a rotation's own calls).
+    pub async fn call_with<E: Endpoint>(
+        &self,
+        request: Request<E>,
+        key: Option<SecretString>,
+    ) -> Result<Response<E::Response>, Status> {
+        self.call_inner(request, key).await
     }
 
     /// Runs one RPC: validate and translate, call Imprint through the
@@ -46,16 +108,30 @@ impl Gateway {
         &self,
         request: Request<E>,
     ) -> Result<Response<E::Response>, Status> {
+        self.call_inner(request, None).await
+    }
+
+    async fn call_inner<E: Endpoint>(
+        &self,
+        request: Request<E>,
+        authenticate_with: Option<SecretString>,
+    ) -> Result<Response<E::Response>, Status> {
         let request_id = request_id(request.metadata());
         let budget = upstream_budget(caller_timeout(request.metadata()), self.default_deadline);
         let deadline = Instant::now() + budget;
-        let caller: Arc<str> = request
-            .extensions()
-            .get::<Arc<Caller>>()
-            .map_or_else(|| Arc::from("anonymous"), |c| Arc::from(c.name.as_str()));
+        let known = request.extensions().get::<Arc<Caller>>();
+        let caller: Arc<str> = match (known, request.extensions().get::<InternalActor>()) {
+            (Some(c), _) => Arc::from(c.name.as_str()),
+            (None, Some(internal)) => internal.0.clone(),
+            (None, None) => Arc::from("anonymous"),
+        };
+        let product = self.product(request.metadata(), known.map(|c| &**c));
+        // No caller (the gateway's own verification read, a test calling a
+        // service directly) is no PCI caller.
+        let pci = known.is_some_and(|c| c.pci);
         let stats = Arc::new(CallStats::default());
-        let result = match idempotency_key(request.metadata()) {
-            Ok(key) => {
+        let result = match idempotency_key(request.metadata()).and_then(|k| Ok((k, product?))) {
+            Ok((key, product)) => {
                 let ctx = CallContext {
                     no_cache: no_cache(request.metadata()),
                     deadline,
@@ -63,6 +139,9 @@ impl Gateway {
                     caller,
                     idempotency_key: key,
                     stats: stats.clone(),
+                    product,
+                    authenticate_with,
+                    pci,
                 };
                 self.run(request.get_ref(), ctx).await
             }
@@ -88,7 +167,12 @@ impl Gateway {
             metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
         }
         match result {
-            Ok(message) => {
+            Ok((message, redacted)) => {
+                if !redacted.is_empty() {
+                    if let Ok(v) = MetadataValue::try_from(redacted.join(",")) {
+                        metadata.insert(PCI_REDACTED_HEADER, v);
+                    }
+                }
                 let mut response = Response::new(message);
                 *response.metadata_mut() = metadata;
                 Ok(response)
@@ -104,7 +188,12 @@ impl Gateway {
         }
     }
 
-    async fn run<E: Endpoint>(&self, message: &E, ctx: CallContext) -> Result<E::Response, Status> {
+    /// Runs the call; with the answer, the PCI fields stripped from it.
+    async fn run<E: Endpoint>(
+        &self,
+        message: &E,
+        ctx: CallContext,
+    ) -> Result<(E::Response, Vec<&'static str>), Status> {
         let rpc = E::ROUTE.rpc;
         let call = translate::build(message).map_err(|v| errors::invalid_request(&v))?;
         // A non-idempotent mutation nobody can safely repeat.
@@ -133,18 +222,48 @@ impl Gateway {
             sensitive_fields: E::ROUTE.sensitive_request_fields,
             secret_fields: E::ROUTE.secret_response_fields,
             stats: ctx.stats,
+            product: ctx.product,
+            authenticate_with: ctx.authenticate_with,
         };
         let response = self.upstream.clone().oneshot(request).await.map_err(|e| {
             let sent = stats.since_sent().is_some();
             errors::upstream_status(rpc, resend_unsafe, sent, &e)
         })?;
-        E::decode(&response.body)
-            .map_err(|e| errors::upstream_status(rpc, false, true, &UpstreamError::Decode(e)))
+        let mut body = std::borrow::Cow::Borrowed(&response.body[..]);
+        let mut redacted = Vec::new();
+        if !ctx.pci {
+            let fields: Vec<&'static str> = E::ROUTE
+                .secret_response_fields
+                .iter()
+                .copied()
+                .filter(|f| PCI_FIELDS.contains(f))
+                .collect();
+            if let Some(stripped) = crate::json::strip_fields(&body, &fields) {
+                body = std::borrow::Cow::Owned(stripped.0);
+                redacted = stripped.1;
+            }
+        }
+        let message = E::decode(&body)
+            .map_err(|e| errors::upstream_status(rpc, false, true, &UpstreamError::Decode(e)))?;
+        Ok((message, redacted))
     }
 }
 
+/// Response fields under PCI scope: card data only callers with `pci =
+/// true` in the caller policy receive. Each must be a response field
+/// declared `(imprint.gateway.v1.sensitive)` in the proto (only those are
+/// looked for, route by route); for everyone else the gateway strips it
+/// here, the one place every `imprint.v2` answer passes, and says so in
+/// [`PCI_REDACTED_HEADER`].
+pub const PCI_FIELDS: &[&str] = &["pci_details"];
+
+/// Response metadata naming the PCI fields stripped from the answer.
+pub const PCI_REDACTED_HEADER: &str = "x-pci-redacted";
+
 /// What the edge learned about a call before it goes upstream.
 struct CallContext {
+    /// The caller may receive PCI fields.
+    pci: bool,
     /// `cache-control: no-cache`: bypass (and refresh) the response cache.
     no_cache: bool,
     deadline: Instant,
@@ -152,6 +271,8 @@ struct CallContext {
     caller: Arc<str>,
     idempotency_key: Option<Arc<str>>,
     stats: Arc<CallStats>,
+    product: Option<Arc<str>>,
+    authenticate_with: Option<SecretString>,
 }
 
 /// The caller's `idempotency-key`: 1 to 255 visible ASCII characters.

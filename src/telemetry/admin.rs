@@ -19,26 +19,35 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
+/// A page cursor as the admin listings hand it out (the sequence number of
+/// the last item seen); none or empty: the first page.
+pub fn page_cursor(cursor: Option<&str>) -> Result<Option<u64>, Status> {
+    match cursor {
+        None | Some("") => Ok(None),
+        Some(c) => c
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| Status::invalid_argument("cursor is not one this gateway gave")),
+    }
+}
+
+/// An admin listing's `since` filter as a time (before the epoch: the epoch).
+pub fn since_time(t: prost_types::Timestamp) -> std::time::SystemTime {
+    UNIX_EPOCH
+        + Duration::new(
+            u64::try_from(t.seconds).unwrap_or(0),
+            u32::try_from(t.nanos).unwrap_or(0),
+        )
+}
+
 /// One page of the request log, filtered as `r` asks.
 pub fn list_upstream_calls(
     telemetry: &Telemetry,
     request: Request<ListUpstreamCallsRequest>,
 ) -> Result<Response<ListUpstreamCallsResponse>, Status> {
     let r = request.into_inner();
-    let before = match r.cursor.as_deref() {
-        None | Some("") => None,
-        Some(c) => Some(
-            c.parse::<u64>()
-                .map_err(|_| Status::invalid_argument("cursor is not one this gateway gave"))?,
-        ),
-    };
-    let since = r.since.map(|t| {
-        UNIX_EPOCH
-            + Duration::new(
-                u64::try_from(t.seconds).unwrap_or(0),
-                u32::try_from(t.nanos).unwrap_or(0),
-            )
-    });
+    let before = page_cursor(r.cursor.as_deref())?;
+    let since = r.since.map(since_time);
     let query = Query {
         rpc: r.rpc,
         status_class: r.status_class.and_then(|c| u16::try_from(c).ok()),

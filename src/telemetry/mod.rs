@@ -28,7 +28,7 @@ use opentelemetry_sdk::{
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
-pub use admin::list_upstream_calls;
+pub use admin::{list_upstream_calls, page_cursor, since_time};
 pub use metrics::Metrics;
 pub use propagation::{extract, inject};
 pub use request_log::RequestLog;

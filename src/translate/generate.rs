@@ -196,7 +196,9 @@ fn rpc(ann: &Annotations, package: &str, m: &MethodDescriptor) -> Result<Rpc, Ve
     if has_body && bodyless {
         fail(format!("a {method} has no body; remove `body`"));
     }
-    if !has_body && !bodyless {
+    // A request without fields has nothing to send: no body at all (Imprint's
+    // `POST /v2/keys` takes none).
+    if !has_body && !bodyless && input.fields().len() > 0 {
         fail(format!(
             "a {method} sends its fields as JSON: add `body: \"*\"`"
         ));

@@ -145,7 +145,7 @@ message DeleteWidgetRequest {{
         ("DELETE", false, None)
     );
 
-    let code = render_routes(&routes, "pb");
+    let code = render_routes(&routes, "pb", &[]);
     for expected in [
         "impl crate::translate::Endpoint for pb::GetWidgetRequest {",
         "method: http::Method::GET,",

@@ -104,6 +104,13 @@ pub struct UpstreamRequest {
     pub secret_fields: &'static [&'static str],
     /// What the layers did, for the caller's metadata.
     pub stats: Arc<CallStats>,
+    /// The configured product whose credential the call uses (`x-imprint-product`);
+    /// `None`: the default product. Scopes cache entries and idempotency keys.
+    pub product: Option<Arc<str>>,
+    /// A key to authenticate this call with instead of the product's
+    /// active one (DeleteKey: Imprint deletes the key that authenticates it;
+    /// rotation: the new key's verification). Never logged (`Debug` hides it).
+    pub authenticate_with: Option<secrecy::SecretString>,
 }
 
 impl UpstreamRequest {
@@ -239,6 +246,8 @@ pub(crate) mod test_support {
             sensitive_fields: &[],
             secret_fields: &[],
             stats: Arc::default(),
+            product: None,
+            authenticate_with: None,
         }
     }
 }

@@ -454,8 +454,29 @@ fn the_kubernetes_config_loads_with_the_deployment_environment() {
         ("GATEWAY_HTTP_ADDR", "0.0.0.0:8080".to_owned()),
     ]
     .map(|(k, v)| (k.to_owned(), v));
-    let config = imprint_gateway::config::Config::load_with_env(Some(&path), env)
-        .expect("the Kubernetes config.toml is valid");
+    let load = |extra: &[(&str, &str)]| {
+        let mut vars = env.to_vec();
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        imprint_gateway::config::Config::load_with_env(Some(&path), vars)
+            .expect("the Kubernetes config.toml is valid")
+    };
+    // The base alone has neither TLS nor plaintext chosen: `serve` refuses
+    // its non-loopback listener. The sandbox overlay and compose choose
+    // plaintext; production sets the TLS files.
+    let config = load(&[]);
+    let refused = config.check_transport().unwrap_err().to_string();
+    assert!(refused.contains("server.plaintext"), "{refused}");
+    load(&[("GATEWAY__SERVER__PLAINTEXT", "true")])
+        .check_transport()
+        .expect("the sandbox overlay's plaintext setting");
+    load(&[
+        ("GATEWAY_TLS_CERT_FILE", "/run/secrets/tls/tls.crt"),
+        ("GATEWAY_TLS_KEY_FILE", "/run/secrets/tls/tls.key"),
+        ("GATEWAY_TLS_CLIENT_CA_FILE", "/run/secrets/tls/ca.crt"),
+        ("GATEWAY__SERVER__TLS_CLIENT_CERT_REQUIRED", "true"),
+    ])
+    .check_transport()
+    .expect("the production overlay's TLS settings");
     assert_eq!(config.server.grpc_addr.to_string(), "0.0.0.0:50051");
     assert_eq!(config.server.http_addr.to_string(), "0.0.0.0:8080");
     // The Deployment's terminationGracePeriodSeconds (45) covers the

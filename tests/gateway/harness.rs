@@ -263,6 +263,7 @@ pub const TOKENS_FILE: &str = r#"
 name = "tester"
 token = "caller-token-all"
 allow = ["*"]
+pci = true
 
 [[callers]]
 name = "customers-only"

@@ -23,6 +23,8 @@ mod events_durable;
 mod events_sandbox;
 mod hardening;
 mod idempotency;
+mod identity;
+mod keys;
 mod replicas;
 mod required_presence;
 mod resilience;

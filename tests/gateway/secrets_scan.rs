@@ -3,7 +3,12 @@
 //! request log, error statuses) and [`assert_clean`] it. Later issues add
 //! their own secrets to the list.
 
-use crate::harness::{API_KEY, MERCHANT_KEY, TOKEN};
+use crate::{
+    harness::{API_KEY, MERCHANT_KEY, TOKEN},
+    keys::{
+        ADMIN_TOKEN, COBRAND_KEY, COBRAND_MERCHANT, COBRAND_TOKEN, CREATED_KEY, MASTER_KEY_HEX,
+    },
+};
 
 pub const SSN: &str = "123456789";
 pub const DOB_YEAR: i32 = 1937;
@@ -27,14 +32,27 @@ pub fn secrets() -> Vec<(&'static str, String)> {
         ("CVV", format!("\"{CVV}\"")),
         ("client_secret", CLIENT_SECRET.into()),
         ("webhook secret", WEBHOOK_SECRET.into()),
+        // Key management (#12).
+        ("second product's API key", COBRAND_KEY.into()),
+        ("second product's merchant key", COBRAND_MERCHANT.into()),
+        ("created/rotated key", CREATED_KEY.into()),
+        ("master key", MASTER_KEY_HEX.into()),
+        ("admin caller token", ADMIN_TOKEN.into()),
+        ("product caller token", COBRAND_TOKEN.into()),
     ]
 }
 
 /// Panics naming each (source, secret) found.
 pub fn assert_clean(sources: &[(&str, &str)]) {
+    assert_clean_with(sources, &[]);
+}
+
+/// [`assert_clean`] with secrets made at run time too (TLS private keys:
+/// one seed per base64 line of the PEM).
+pub fn assert_clean_with(sources: &[(&str, &str)], extra: &[(&'static str, String)]) {
     let mut found = Vec::new();
     for (source, text) in sources {
-        for (what, needle) in secrets() {
+        for (what, needle) in secrets().into_iter().chain(extra.iter().cloned()) {
             let n = text.matches(needle.as_str()).count();
             if n > 0 {
                 found.push(format!("{what} ×{n} in {source}"));

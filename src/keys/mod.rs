@@ -1,0 +1,812 @@
+//! Key management: the configured products' credentials, rotation, and
+//! the Keys resource's gateway policy.
+//!
+//! A rotation ([`Keys::rotate`]) follows Imprint's documented procedure:
+//! create a new key with the current one (`POST /v2/keys`), verify it with a
+//! harmless read (`GET /v2/transaction_intents?limit=1`), persist it (see
+//! [`vault`]), swap it in atomically (calls in flight finish on the old
+//! key: the credentials layer holds the key an attempt was sent with, and
+//! the rotation waits for those attempts), then delete the old key upstream
+//! with the old key (`DELETE /v2/keys`). Before the swap, any failure
+//! deletes the new key and leaves the old one active; a failed final delete
+//! leaves both valid, says so, and is retried every
+//! `credentials.retry_interval`.
+//!
+//! Every gateway follows its vault every `credentials.sync_interval`: a key
+//! rotated by another replica (Redis) or by `imprint-gateway rotate-key`
+//! (the data directory) is swapped in the same way.
+
+mod service;
+pub mod vault;
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+use tonic::{Request, Status};
+
+pub use service::{KeyManagement, KeyService};
+use vault::{DiskVault, KeyVault, RedisVault, Sealer, Stored};
+
+use crate::{
+    audit::{AuditLog, Outcome},
+    config::Config,
+    credentials::{fingerprint, Credential, CredentialStore, DEFAULT_PRODUCT},
+    pb::imprint::v2::{CreateKeyRequest, DeleteKeyRequest, ListTransactionIntentsRequest},
+    services::{Gateway, InternalActor, PRODUCT_HEADER},
+};
+
+/// The credentials the configuration names: the default product
+/// (`IMPRINT_API_KEY`...) and each `[[credentials.products]]`.
+pub fn configured(config: &Config) -> anyhow::Result<Vec<Credential>> {
+    let scheme = config.upstream.auth_scheme;
+    let mut out = Vec::new();
+    if let Some(key) = config.upstream.api_key.clone() {
+        out.push(
+            Credential::new(key, config.upstream.merchant_key.clone(), scheme)
+                .map_err(|e| anyhow::anyhow!("upstream.api_key: {e}"))?,
+        );
+    }
+    for p in &config.credentials.products {
+        let Some(key) = p.api_key.clone() else {
+            anyhow::bail!("credentials.products: product '{}' has no key", p.name);
+        };
+        out.push(
+            Credential::for_product(&p.name, key, p.merchant_key.clone(), scheme)
+                .map_err(|e| anyhow::anyhow!("credentials.products '{}': {e}", p.name))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The vault the configuration asks for: Redis when `GATEWAY_REDIS_URL`
+/// and a master key are set, else the data directory.
+pub fn vault_from(config: &Config) -> anyhow::Result<Arc<dyn KeyVault>> {
+    let sealer = match &config.credentials.master_key_file {
+        Some(path) => Some(Sealer::new(&crate::config::read_master_key(path)?)),
+        None => None,
+    };
+    match (&config.state.redis_url, sealer) {
+        (Some(url), Some(sealer)) => Ok(Arc::new(
+            RedisVault::new(url.expose_secret(), sealer).map_err(|e| anyhow::anyhow!("{e}"))?,
+        )),
+        (redis, sealer) => {
+            if redis.is_some() {
+                tracing::warn!(
+                    "GATEWAY_REDIS_URL is set but GATEWAY_MASTER_KEY_FILE is not: rotated keys are kept under the data directory only, not shared with other replicas"
+                );
+            }
+            Ok(Arc::new(DiskVault::new(&config.events.data_dir, sealer)))
+        }
+    }
+}
+
+/// Timing of the rotation machinery.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    pub drain_timeout: Duration,
+    pub sync_interval: Duration,
+    pub retry_interval: Duration,
+    /// `None`: no scheduled rotation.
+    pub rotate_every: Option<Duration>,
+    /// Other gateways follow this one's vault even though it is not shared
+    /// (`rotate-key` next to a running gateway on the same data directory):
+    /// wait for them like for replicas before deleting the old key.
+    pub others_follow: bool,
+}
+
+impl KeySettings {
+    pub fn from_config(config: &Config) -> Self {
+        let c = &config.credentials;
+        Self {
+            drain_timeout: c.drain_timeout,
+            sync_interval: c.sync_interval,
+            retry_interval: c.retry_interval,
+            rotate_every: (c.rotate_every_days > 0)
+                .then(|| Duration::from_secs(u64::from(c.rotate_every_days) * 86_400)),
+            others_follow: false,
+        }
+    }
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub credential: Arc<Credential>,
+    pub previous_fingerprint: String,
+    pub previous_deleted: bool,
+    pub warning: String,
+}
+
+/// The gateway's key management.
+pub struct Keys {
+    gateway: Gateway,
+    store: Arc<CredentialStore>,
+    vault: Arc<dyn KeyVault>,
+    audit: Arc<AuditLog>,
+    /// The configured key's fingerprint per product: a stored rotation
+    /// applies only to the key it started from.
+    origins: parking_lot::Mutex<BTreeMap<String, String>>,
+    settings: KeySettings,
+    /// One rotation or sync at a time in this process.
+    busy: tokio::sync::Mutex<()>,
+    started: SystemTime,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+impl Keys {
+    pub fn new(
+        gateway: Gateway,
+        store: Arc<CredentialStore>,
+        vault: Arc<dyn KeyVault>,
+        audit: Arc<AuditLog>,
+        settings: KeySettings,
+    ) -> Arc<Self> {
+        let origins = store
+            .products()
+            .iter()
+            .filter_map(|p| {
+                store
+                    .get(p)
+                    .map(|c| (p.to_string(), c.fingerprint().to_owned()))
+            })
+            .collect();
+        Arc::new(Self {
+            gateway,
+            store,
+            vault,
+            audit,
+            origins: parking_lot::Mutex::new(origins),
+            settings,
+            busy: tokio::sync::Mutex::new(()),
+            started: SystemTime::now(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<CredentialStore> {
+        &self.store
+    }
+
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// A configured key re-read on SIGHUP: the same key as at start changes
+    /// nothing (a rotated key stays in use); another key is the operator's
+    /// new choice, used from now on (and the origin of later rotations).
+    /// Whether it was applied.
+    pub fn reconfigured(&self, credential: Credential) -> bool {
+        let product = credential.product().to_owned();
+        let mut origins = self.origins.lock();
+        if origins.get(&product).map(String::as_str) == Some(credential.fingerprint()) {
+            return false;
+        }
+        origins.insert(product, credential.fingerprint().to_owned());
+        self.store.replace(credential);
+        true
+    }
+
+    /// A retiring key was deleted through KeyService/DeleteKey: forget it.
+    pub async fn retired_deleted(&self, product: &str, fingerprint: &str) {
+        self.store.forget_retiring(fingerprint);
+        let _busy = self.busy.lock().await;
+        if let Some(current) = self.store.get(product) {
+            if let Err(e) = self
+                .persist(product, &current, &current.api_key().clone(), &[])
+                .await
+            {
+                tracing::warn!(product, "could not record a retired key's deletion: {e}");
+            }
+        }
+    }
+
+    /// Applies what the vault holds (at start, and every sync interval):
+    /// a product whose stored key descends from its configured key uses the
+    /// stored key. Returns how many products switched.
+    pub async fn sync(&self) -> Result<usize, vault::VaultError> {
+        let Ok(_busy) = self.busy.try_lock() else {
+            return Ok(0);
+        };
+        let records = self.vault.load().await?;
+        let mut switched = 0;
+        for r in records {
+            if self.origins.lock().get(&r.product) != Some(&r.origin) {
+                continue;
+            }
+            let Some(current) = self.store.get(&r.product) else {
+                continue;
+            };
+            // Keys a rotation elsewhere replaced: retried here too, but
+            // only once that rotation had time to delete them itself
+            // (its drain and wait for the replicas), never under it.
+            let settled = self.settings.drain_timeout
+                + 2 * self.settings.sync_interval
+                + Duration::from_secs(5);
+            let retiring: &[SecretString] =
+                if unix_now().saturating_sub(r.created_at) > settled.as_secs() {
+                    &r.retiring
+                } else {
+                    &[]
+                };
+            for old in retiring {
+                if let Ok(c) = current.with_key(old.clone(), None) {
+                    if c.fingerprint() != fingerprint(r.api_key.expose_secret()) {
+                        self.store.retire(Arc::new(c));
+                    }
+                }
+            }
+            let stored_fp = fingerprint(r.api_key.expose_secret());
+            if current.fingerprint() == stored_fp {
+                continue;
+            }
+            let created = UNIX_EPOCH + Duration::from_secs(r.created_at);
+            let Ok(new) = current.with_key(r.api_key.clone(), Some(created)) else {
+                continue;
+            };
+            if self.store.swap(new).is_ok() {
+                switched += 1;
+                tracing::info!(
+                    product = r.product,
+                    fingerprint = stored_fp,
+                    previous = current.fingerprint(),
+                    "switched to a key rotated elsewhere ({})",
+                    self.vault.describe()
+                );
+                self.audit.record(
+                    "gateway",
+                    "credential.sync",
+                    &r.product,
+                    Outcome::Ok,
+                    &format!("now {stored_fp}, was {}", current.fingerprint()),
+                    "",
+                );
+            }
+        }
+        Ok(switched)
+    }
+
+    /// An upstream call the gateway makes itself, authenticated with `key`.
+    async fn upstream<E: crate::translate::Endpoint>(
+        &self,
+        message: E,
+        product: &str,
+        key: &SecretString,
+        actor: &str,
+    ) -> Result<E::Response, Status> {
+        let mut request = Request::new(message);
+        if product != DEFAULT_PRODUCT {
+            let value = product
+                .parse()
+                .map_err(|_| Status::invalid_argument("product name"))?;
+            request.metadata_mut().insert(PRODUCT_HEADER, value);
+        }
+        request
+            .extensions_mut()
+            .insert(InternalActor(Arc::from(actor)));
+        self.gateway
+            .call_with(request, Some(key.clone()))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Deletes `key` upstream (authenticated with itself). A 401-class
+    /// answer means Imprint no longer knows the key: as good as deleted.
+    async fn delete_upstream(
+        &self,
+        product: &str,
+        key: &SecretString,
+        actor: &str,
+    ) -> Result<(), Status> {
+        match self
+            .upstream(DeleteKeyRequest::default(), product, key, actor)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if is_key_refused(&s) => Ok(()),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// Rotates `product`'s key (the default product when `None`).
+    pub async fn rotate(
+        &self,
+        product: Option<&str>,
+        actor: &str,
+        request_id: &str,
+    ) -> Result<Rotation, Status> {
+        let product = product.unwrap_or(DEFAULT_PRODUCT).to_owned();
+        let result = self.rotate_inner(&product, actor).await;
+        match &result {
+            Ok(r) => self.audit.record(
+                actor,
+                "credential.rotate",
+                &product,
+                Outcome::Ok,
+                &format!(
+                    "now {}, was {}{}",
+                    r.credential.fingerprint(),
+                    r.previous_fingerprint,
+                    if r.previous_deleted {
+                        " (deleted)".to_owned()
+                    } else {
+                        format!(" (not deleted yet: {})", r.warning)
+                    }
+                ),
+                request_id,
+            ),
+            Err(s) => self.audit.record(
+                actor,
+                "credential.rotate",
+                &product,
+                Outcome::Failed,
+                s.message(),
+                request_id,
+            ),
+        }
+        result
+    }
+
+    async fn rotate_inner(&self, product: &str, actor: &str) -> Result<Rotation, Status> {
+        if !self.store.knows(product) {
+            return Err(Status::not_found(format!(
+                "no product '{product}' is configured"
+            )));
+        }
+        let _busy = self.busy.lock().await;
+        // Longer than a rotation can take: a crashed rotator frees it.
+        let lock_ttl = self.settings.drain_timeout
+            + 4 * self.settings.sync_interval
+            + Duration::from_secs(120);
+        match self.vault.lock(product, lock_ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Status::aborted(format!(
+                    "a rotation of product '{product}' is already running"
+                )))
+            }
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "cannot take the rotation lock ({}): {e}",
+                    self.vault.describe()
+                )))
+            }
+        }
+        let result = self.rotate_locked(product, actor).await;
+        self.vault.unlock(product).await;
+        result
+    }
+
+    async fn rotate_locked(&self, product: &str, actor: &str) -> Result<Rotation, Status> {
+        let old = self.store.get(product).ok_or_else(|| {
+            Status::failed_precondition(format!("product '{product}' has no key to rotate"))
+        })?;
+        let old_key = old.api_key().clone();
+        // 1. Create the new key with the current one.
+        let created = self
+            .upstream(CreateKeyRequest {}, product, &old_key, actor)
+            .await
+            .map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!(
+                        "creating the new key failed; the current key stays active: {}",
+                        s.message()
+                    ),
+                )
+            })?;
+        if created.key.is_empty() {
+            return Err(Status::internal(
+                "Imprint's answer to POST /v2/keys has no key; the current key stays active",
+            ));
+        }
+        let new_key = SecretString::from(created.key);
+        let new = old
+            .with_key(new_key.clone(), Some(SystemTime::now()))
+            .map_err(|e| Status::internal(format!("the new key is unusable: {e}")))?;
+        let new_fp = new.fingerprint().to_owned();
+        // 2. Verify it with a harmless read; 3. persist it. Either failing
+        // deletes the new key and leaves the old one active.
+        let verify = ListTransactionIntentsRequest {
+            limit: Some(1),
+            ..Default::default()
+        };
+        let verified = match self.upstream(verify, product, &new_key, actor).await {
+            Ok(_) => Ok(()),
+            // Answered without refusing the key: it works.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::NotFound
+                ) =>
+            {
+                Ok(())
+            }
+            Err(s) => Err(format!("verifying the new key failed: {}", s.message())),
+        };
+        let persisted = match verified {
+            Ok(()) => self
+                .persist(product, &old, &new_key, std::slice::from_ref(&old_key))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "persisting the new key failed ({}): {e}",
+                        self.vault.describe()
+                    )
+                }),
+            Err(e) => Err(e),
+        };
+        if let Err(why) = persisted {
+            let cleanup = match self.delete_upstream(product, &new_key, actor).await {
+                Ok(()) => "the new key was deleted".to_owned(),
+                Err(s) => format!(
+                    "deleting the new key {new_fp} failed too ({}); delete it with KeyService/DeleteKey",
+                    s.message()
+                ),
+            };
+            tracing::warn!(
+                product,
+                new = new_fp,
+                "rotation abandoned: {why}; {cleanup}"
+            );
+            return Err(Status::failed_precondition(format!(
+                "{why}; {cleanup}; the current key stays active"
+            )));
+        }
+        // 4. Swap: new calls use the new key from here on.
+        let replaced = self
+            .store
+            .swap(new)
+            .map_err(|_| Status::internal("product vanished during rotation"))?;
+        drop(replaced);
+        let credential = self
+            .store
+            .get(product)
+            .ok_or_else(|| Status::internal("product vanished during rotation"))?;
+        tracing::info!(
+            product,
+            fingerprint = credential.fingerprint(),
+            previous = old.fingerprint(),
+            "credential rotated; new calls use the new key"
+        );
+        // 5. Let calls still using the old key finish (here, and on the
+        // other replicas, which switch within a sync interval).
+        if !CredentialStore::drained(&old, self.settings.drain_timeout).await {
+            tracing::warn!(
+                product,
+                "calls still hold the old key after credentials.drain_timeout; deleting it anyway"
+            );
+        }
+        if self.vault.shared() || self.settings.others_follow {
+            tokio::time::sleep(2 * self.settings.sync_interval + Duration::from_millis(200)).await;
+        }
+        // 6. Delete the old key, with the old key.
+        let previous_fingerprint = old.fingerprint().to_owned();
+        match self.delete_upstream(product, &old_key, actor).await {
+            Ok(()) => {
+                if let Err(e) = self.persist(product, &old, &new_key, &[]).await {
+                    tracing::warn!(product, "could not record the old key's deletion: {e}");
+                }
+                Ok(Rotation {
+                    credential,
+                    previous_fingerprint,
+                    previous_deleted: true,
+                    warning: String::new(),
+                })
+            }
+            Err(s) => {
+                let warning = format!(
+                    "deleting the old key failed ({}): it stays valid and is retried every {}",
+                    s.message(),
+                    humantime::format_duration(self.settings.retry_interval)
+                );
+                tracing::warn!(product, previous = previous_fingerprint, "{warning}");
+                self.store.retire(old);
+                Ok(Rotation {
+                    credential,
+                    previous_fingerprint,
+                    previous_deleted: false,
+                    warning,
+                })
+            }
+        }
+    }
+
+    /// Writes `product`'s record: `key` active, `retiring` pending deletion
+    /// (with those already pending, minus the active key).
+    async fn persist(
+        &self,
+        product: &str,
+        current: &Credential,
+        key: &SecretString,
+        retiring: &[SecretString],
+    ) -> Result<(), vault::VaultError> {
+        let origin = self
+            .origins
+            .lock()
+            .get(product)
+            .cloned()
+            .unwrap_or_else(|| current.fingerprint().to_owned());
+        let key_fp = fingerprint(key.expose_secret());
+        let mut pending: Vec<SecretString> = self
+            .store
+            .retiring()
+            .iter()
+            .filter(|c| c.product() == product)
+            .map(|c| c.api_key().clone())
+            .collect();
+        pending.extend(retiring.iter().cloned());
+        let mut seen = std::collections::BTreeSet::new();
+        pending.retain(|k| {
+            let fp = fingerprint(k.expose_secret());
+            fp != key_fp && seen.insert(fp)
+        });
+        self.vault
+            .save(&Stored {
+                product: product.to_owned(),
+                origin,
+                api_key: key.clone(),
+                created_at: unix_now(),
+                retiring: pending,
+            })
+            .await
+    }
+
+    /// Retries deleting replaced keys whose final delete failed.
+    pub async fn retry_retiring(&self) {
+        for old in self.store.retiring() {
+            let product = old.product().to_owned();
+            let fp = old.fingerprint().to_owned();
+            match self
+                .delete_upstream(&product, old.api_key(), "gateway")
+                .await
+            {
+                Ok(()) => {
+                    self.store.forget_retiring(&fp);
+                    if let Some(current) = self.store.get(&product) {
+                        if let Err(e) = self
+                            .persist(&product, &current, &current.api_key().clone(), &[])
+                            .await
+                        {
+                            tracing::warn!(
+                                product,
+                                "could not record a retired key's deletion: {e}"
+                            );
+                        }
+                    }
+                    self.audit.record(
+                        "gateway",
+                        "credential.delete_retired",
+                        &product,
+                        Outcome::Ok,
+                        &format!("deleted {fp}"),
+                        "",
+                    );
+                }
+                Err(s) => {
+                    tracing::warn!(
+                        product,
+                        fingerprint = fp,
+                        "retired key still not deleted: {}",
+                        s.message()
+                    );
+                    self.audit.record(
+                        "gateway",
+                        "credential.delete_retired",
+                        &product,
+                        Outcome::Failed,
+                        &format!("{fp}: {:?}", s.code()),
+                        "",
+                    );
+                }
+            }
+        }
+    }
+
+    /// Rotates every product whose key is older than `rotate_every`
+    /// (a configured key's age counts from this gateway's start).
+    async fn rotate_due(&self, every: Duration) {
+        for product in self.store.products() {
+            let Some(c) = self.store.get(&product) else {
+                continue;
+            };
+            let born = c.created_at().unwrap_or(self.started);
+            if SystemTime::now().duration_since(born).unwrap_or_default() < every {
+                continue;
+            }
+            if let Err(s) = self.rotate(Some(&product), "rotation-scheduler", "").await {
+                tracing::warn!(
+                    product = &*product,
+                    "scheduled rotation failed: {}",
+                    s.message()
+                );
+            }
+        }
+    }
+
+    /// Starts following the vault, retrying retired keys' deletion, and
+    /// (when configured) scheduled rotation, until `stopping`.
+    pub fn spawn_background(self: &Arc<Self>, stopping: watch::Receiver<bool>) {
+        let keys = self.clone();
+        let mut stop = stopping.clone();
+        tokio::spawn(async move {
+            let mut last_retry = tokio::time::Instant::now();
+            let mut last_schedule = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(keys.settings.sync_interval) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = keys.sync().await {
+                    tracing::warn!("cannot read rotated keys ({}): {e}", keys.vault.describe());
+                }
+                if last_retry.elapsed() >= keys.settings.retry_interval {
+                    last_retry = tokio::time::Instant::now();
+                    keys.retry_retiring().await;
+                }
+                if let Some(every) = keys.settings.rotate_every {
+                    if last_schedule.elapsed() >= Duration::from_secs(3600).min(every) {
+                        last_schedule = tokio::time::Instant::now();
+                        keys.rotate_due(every).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Whether Imprint refused the key itself (401, mapped to INTERNAL with
+/// `ErrorInfo` reason naming the credential; or a 403).
+fn is_key_refused(s: &Status) -> bool {
+    s.code() == tonic::Code::PermissionDenied
+        || (s.code() == tonic::Code::Internal
+            && s.message().contains("rejected the gateway's credential"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+    use parking_lot::Mutex;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::{
+        credentials::AuthScheme,
+        idempotency::MemoryStore,
+        stack::{stack_over, StackConfig},
+        upstream::{UpstreamError, UpstreamRequest, UpstreamResponse},
+    };
+
+    type Log = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    /// An in-memory Imprint: creates `sk_new_<n>`, answers reads and deletes.
+    fn imprint(log: Log) -> crate::upstream::UpstreamService {
+        let n = Arc::new(AtomicU32::new(0));
+        let svc = service_fn(move |r: UpstreamRequest| {
+            let (log, n) = (log.clone(), n.clone());
+            async move {
+                let auth = r
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let path = r.call.path_and_query.clone();
+                log.lock()
+                    .push((r.call.method.to_string(), path.clone(), auth));
+                let body = match (r.call.method.as_str(), path.as_str()) {
+                    ("POST", "/v2/keys") => format!(
+                        r#"{{"key":"sk_new_{}"}}"#,
+                        n.fetch_add(1, Ordering::SeqCst) + 1
+                    ),
+                    _ => r#"{"data":[],"has_more":false,"total":0}"#.to_owned(),
+                };
+                Ok::<_, UpstreamError>(UpstreamResponse {
+                    status: StatusCode::OK,
+                    headers: HeaderMap::new(),
+                    body: Bytes::from(body),
+                })
+            }
+        });
+        tower::util::BoxCloneSyncService::new(svc)
+    }
+
+    fn keys(configured: &str, dir: &std::path::Path, log: Log) -> Arc<Keys> {
+        let store = Arc::new(CredentialStore::new(Some(
+            Credential::new(
+                SecretString::from(configured.to_owned()),
+                None,
+                AuthScheme::Bearer,
+            )
+            .unwrap(),
+        )));
+        let upstream = stack_over(
+            imprint(log),
+            store.clone(),
+            Arc::new(MemoryStore::new()),
+            &StackConfig::default(),
+        );
+        let gateway = Gateway::new(upstream, Duration::from_secs(5), store.clone());
+        Keys::new(
+            gateway,
+            store,
+            Arc::new(DiskVault::new(dir, None)),
+            Arc::new(AuditLog::new(100)),
+            KeySettings {
+                drain_timeout: Duration::from_secs(1),
+                sync_interval: Duration::from_millis(100),
+                retry_interval: Duration::from_secs(1),
+                rotate_every: None,
+                others_follow: false,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn scheduled_rotation_rotates_due_keys_only_and_restores_by_origin() {
+        let dir = std::env::temp_dir().join(format!("igw-keys-sched-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log: Log = Arc::default();
+        let k = keys("sk_old", &dir, log.clone());
+        // Due (any age is at least zero): rotated by the scheduler.
+        k.rotate_due(Duration::ZERO).await;
+        assert_eq!(
+            k.store.current().unwrap().fingerprint(),
+            fingerprint("sk_new_1")
+        );
+        let calls: Vec<_> = log
+            .lock()
+            .iter()
+            .map(|(m, p, a)| format!("{m} {p} {a}"))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                "POST /v2/keys Bearer sk_old",
+                "GET /v2/transaction_intents?limit=1 Bearer sk_new_1",
+                "DELETE /v2/keys Bearer sk_old",
+            ]
+        );
+        let (events, _) = k.audit.list(&crate::audit::Query {
+            action: Some("credential.rotate".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(events[0].actor, "rotation-scheduler");
+        // Not due: a key made just now is younger than an hour.
+        k.rotate_due(Duration::from_secs(3600)).await;
+        assert_eq!(log.lock().len(), 3);
+
+        // A restart with the same configured key takes the rotated one...
+        let again = keys("sk_old", &dir, Arc::default());
+        assert_eq!(again.sync().await.unwrap(), 1);
+        assert_eq!(
+            again.store.current().unwrap().fingerprint(),
+            fingerprint("sk_new_1")
+        );
+        // ...another configured key (the operator's) wins over the record.
+        let other = keys("sk_operator", &dir, Arc::default());
+        assert_eq!(other.sync().await.unwrap(), 0);
+        assert_eq!(
+            other.store.current().unwrap().fingerprint(),
+            fingerprint("sk_operator")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

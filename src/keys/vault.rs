@@ -1,0 +1,446 @@
+//! Where rotated keys are kept, so that a restart (and, with Redis, every
+//! replica) uses the key a rotation made. Behind [`KeyVault`], with a
+//! data-directory implementation and a Redis one.
+//!
+//! A record holds, per product, the active key, the keys it replaced whose
+//! deletion upstream is still pending, and the fingerprint of the configured
+//! key the rotations started from (`origin`): when the configuration names
+//! another key, the configuration wins and the record is ignored.
+//!
+//! On disk: `<GATEWAY_DATA_DIR>/credentials.json`, mode 0600, written to a
+//! temporary file first and renamed over (never half written); sealed with
+//! the master key when one is configured. In Redis: one hash field per
+//! product, always sealed with AES-256-GCM under the master key.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aes_gcm::{
+    aead::{Aead, KeyInit},
+    Aes256Gcm, Nonce,
+};
+use base64::Engine as _;
+use rand::RngCore as _;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// A product's rotated keys.
+#[derive(Clone)]
+pub struct Stored {
+    pub product: String,
+    /// Fingerprint of the configured key the rotations started from.
+    pub origin: String,
+    pub api_key: SecretString,
+    /// Unix seconds of the rotation that made `api_key`.
+    pub created_at: u64,
+    /// Replaced keys not deleted upstream yet.
+    pub retiring: Vec<SecretString>,
+}
+
+impl std::fmt::Debug for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stored")
+            .field("product", &self.product)
+            .field("origin", &self.origin)
+            .field(
+                "api_key",
+                &crate::credentials::fingerprint(self.api_key.expose_secret()),
+            )
+            .field("retiring", &self.retiring.len())
+            .finish()
+    }
+}
+
+/// The serialized form: exists only while being written or read.
+#[derive(Serialize, Deserialize)]
+struct Plain {
+    product: String,
+    origin: String,
+    api_key: String,
+    created_at: u64,
+    #[serde(default)]
+    retiring: Vec<String>,
+}
+
+impl From<&Stored> for Plain {
+    fn from(s: &Stored) -> Self {
+        Self {
+            product: s.product.clone(),
+            origin: s.origin.clone(),
+            api_key: s.api_key.expose_secret().to_owned(),
+            created_at: s.created_at,
+            retiring: s
+                .retiring
+                .iter()
+                .map(|k| k.expose_secret().to_owned())
+                .collect(),
+        }
+    }
+}
+
+impl From<Plain> for Stored {
+    fn from(p: Plain) -> Self {
+        Self {
+            product: p.product,
+            origin: p.origin,
+            api_key: SecretString::from(p.api_key),
+            created_at: p.created_at,
+            retiring: p.retiring.into_iter().map(SecretString::from).collect(),
+        }
+    }
+}
+
+/// A vault failure; never holds a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct VaultError(pub String);
+
+/// Where rotated keys live.
+#[async_trait::async_trait]
+pub trait KeyVault: Send + Sync {
+    /// Every product's record.
+    async fn load(&self) -> Result<Vec<Stored>, VaultError>;
+    /// Writes one product's record (replacing it).
+    async fn save(&self, record: &Stored) -> Result<(), VaultError>;
+    /// Whether other replicas read the same records (a rotation then waits
+    /// for them to switch before deleting the old key).
+    fn shared(&self) -> bool;
+    /// Takes the rotation lock of `product` for `ttl`; whether it got it.
+    async fn lock(&self, product: &str, ttl: Duration) -> Result<bool, VaultError>;
+    /// Releases it.
+    async fn unlock(&self, product: &str);
+    /// What it is, for logs (`data directory`, `Redis`).
+    fn describe(&self) -> &'static str;
+}
+
+/// AES-256-GCM under the master key: `base64(nonce || ciphertext)`.
+#[derive(Clone)]
+pub struct Sealer(Aes256Gcm);
+
+impl Sealer {
+    pub fn new(master_key: &[u8; 32]) -> Self {
+        Self(Aes256Gcm::new(master_key.into()))
+    }
+
+    fn seal(&self, plain: &[u8]) -> Result<String, VaultError> {
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .0
+            .encrypt(Nonce::from_slice(&nonce), plain)
+            .map_err(|_| VaultError("encryption failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    fn open(&self, text: &str) -> Result<Vec<u8>, VaultError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| VaultError("a sealed record is not base64".into()))?;
+        if bytes.len() < 12 {
+            return Err(VaultError("a sealed record is too short".into()));
+        }
+        let (nonce, sealed) = bytes.split_at(12);
+        self.0
+            .decrypt(Nonce::from_slice(nonce), sealed)
+            .map_err(|_| {
+                VaultError(
+                    "a sealed record does not open with this master key (GATEWAY_MASTER_KEY_FILE)"
+                        .into(),
+                )
+            })
+    }
+}
+
+fn encode(record: &Stored, sealer: Option<&Sealer>) -> Result<String, VaultError> {
+    let json = serde_json::to_vec(&Plain::from(record))
+        .map_err(|e| VaultError(format!("encoding a record: {e}")))?;
+    match sealer {
+        Some(s) => s.seal(&json),
+        None => String::from_utf8(json).map_err(|_| VaultError("not UTF-8".into())),
+    }
+}
+
+fn decode(text: &str, sealer: Option<&Sealer>) -> Result<Stored, VaultError> {
+    let json = match sealer {
+        Some(s) => s.open(text)?,
+        None => text.as_bytes().to_vec(),
+    };
+    let plain: Plain = serde_json::from_slice(&json).map_err(|e| {
+        VaultError(format!(
+            "a stored record is malformed: {}",
+            e.classify() as u8
+        ))
+    })?;
+    Ok(plain.into())
+}
+
+/// `<data dir>/credentials.json`: records by product, each sealed when a
+/// master key is configured.
+pub struct DiskVault {
+    path: PathBuf,
+    sealer: Option<Sealer>,
+    locks: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct DiskFile {
+    version: u32,
+    /// product → the record (JSON, or sealed).
+    products: BTreeMap<String, String>,
+}
+
+impl DiskVault {
+    pub fn new(data_dir: &Path, sealer: Option<Sealer>) -> Self {
+        Self {
+            path: data_dir.join("credentials.json"),
+            sealer,
+            locks: tokio::sync::Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> Result<DiskFile, VaultError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|_| {
+                VaultError(format!("{} is not a credentials file", self.path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DiskFile::default()),
+            Err(e) => Err(VaultError(format!("reading {}: {e}", self.path.display()))),
+        }
+    }
+
+    /// Temp file (0600) in the same directory, fsync, rename over.
+    fn write(&self, file: &DiskFile) -> Result<(), VaultError> {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| VaultError(format!("creating {}: {e}", dir.display())))?;
+        let tmp = dir.join(format!(
+            ".credentials.json.{}.{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let io = |e: std::io::Error| VaultError(format!("writing {}: {e}", tmp.display()));
+        let bytes = serde_json::to_vec_pretty(file).map_err(|e| VaultError(e.to_string()))?;
+        let result = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            // The rename itself survives a crash once the directory is synced.
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(io)
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyVault for DiskVault {
+    async fn load(&self) -> Result<Vec<Stored>, VaultError> {
+        self.read()?
+            .products
+            .values()
+            .map(|v| decode(v, self.sealer.as_ref()))
+            .collect()
+    }
+
+    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
+        let mut file = self.read()?;
+        file.version = 1;
+        file.products.insert(
+            record.product.clone(),
+            encode(record, self.sealer.as_ref())?,
+        );
+        self.write(&file)
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    async fn lock(&self, product: &str, _ttl: Duration) -> Result<bool, VaultError> {
+        Ok(self.locks.lock().await.insert(product.to_owned()))
+    }
+
+    async fn unlock(&self, product: &str) {
+        self.locks.lock().await.remove(product);
+    }
+
+    fn describe(&self) -> &'static str {
+        "data directory"
+    }
+}
+
+/// Records in the Redis hash `imprint-gateway:credentials`, sealed.
+pub struct RedisVault {
+    client: redis::Client,
+    sealer: Sealer,
+    /// Identifies this process's rotation locks.
+    token: String,
+}
+
+const HASH: &str = "imprint-gateway:credentials";
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RedisVault {
+    pub fn new(url: &str, sealer: Sealer) -> Result<Self, VaultError> {
+        let client = redis::Client::open(url)
+            .map_err(|_| VaultError("GATEWAY_REDIS_URL is not usable".into()))?;
+        Ok(Self {
+            client,
+            sealer,
+            token: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+
+    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, VaultError> {
+        tokio::time::timeout(OP_TIMEOUT, self.client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| VaultError("Redis did not answer in time".into()))?
+            .map_err(|e| VaultError(format!("Redis: {}", e.kind_name())))
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, VaultError> {
+        let mut conn = self.conn().await?;
+        tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut conn))
+            .await
+            .map_err(|_| VaultError("Redis did not answer in time".into()))?
+            .map_err(|e| VaultError(format!("Redis: {}", e.kind_name())))
+    }
+}
+
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for redis::RedisError {
+    /// The error's kind only: a Redis error can quote the URL.
+    fn kind_name(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyVault for RedisVault {
+    async fn load(&self) -> Result<Vec<Stored>, VaultError> {
+        let all: BTreeMap<String, String> = self.run(redis::cmd("HGETALL").arg(HASH)).await?;
+        all.values()
+            .map(|v| decode(v, Some(&self.sealer)))
+            .collect()
+    }
+
+    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
+        let sealed = encode(record, Some(&self.sealer))?;
+        let _: i64 = self
+            .run(
+                redis::cmd("HSET")
+                    .arg(HASH)
+                    .arg(&record.product)
+                    .arg(sealed),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn lock(&self, product: &str, ttl: Duration) -> Result<bool, VaultError> {
+        let got: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{HASH}:lock:{product}"))
+                    .arg(&self.token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            )
+            .await?;
+        Ok(got.is_some())
+    }
+
+    async fn unlock(&self, product: &str) {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        if let Ok(mut conn) = self.conn().await {
+            let _ = tokio::time::timeout(
+                OP_TIMEOUT,
+                script
+                    .key(format!("{HASH}:lock:{product}"))
+                    .arg(&self.token)
+                    .invoke_async::<i64>(&mut conn),
+            )
+            .await;
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        "Redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Stored {
+        Stored {
+            product: "default".into(),
+            origin: "sha256:abc".into(),
+            api_key: SecretString::from("sk_rotated_secret"),
+            created_at: 1,
+            retiring: vec![SecretString::from("sk_old_secret")],
+        }
+    }
+
+    #[test]
+    fn sealed_records_hide_the_key_and_need_the_master_key() {
+        let sealer = Sealer::new(&[7; 32]);
+        let text = encode(&record(), Some(&sealer)).unwrap();
+        assert!(!text.contains("sk_rotated_secret") && !text.contains("sk_old"));
+        let back = decode(&text, Some(&sealer)).unwrap();
+        assert_eq!(back.api_key.expose_secret(), "sk_rotated_secret");
+        assert!(decode(&text, Some(&Sealer::new(&[8; 32]))).is_err());
+        assert!(!format!("{back:?}").contains("sk_rotated"));
+    }
+
+    #[tokio::test]
+    async fn the_file_is_private_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("igw-vault-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let vault = DiskVault::new(&dir, None);
+        vault.save(&record()).await.unwrap();
+        let mode = std::fs::metadata(vault.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let loaded = vault.load().await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].retiring.len(), 1);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert!(vault.lock("default", Duration::from_secs(1)).await.unwrap());
+        assert!(!vault.lock("default", Duration::from_secs(1)).await.unwrap());
+        vault.unlock("default").await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
