@@ -100,7 +100,8 @@ fn bench(c: &mut Criterion) {
         (
             "breaker",
             BoxCloneSyncService::new(
-                upstream::CircuitBreakerLayer::new(Default::default()).layer(imprint.clone()),
+                upstream::CircuitBreakerLayer::new(Default::default(), Telemetry::disabled())
+                    .layer(imprint.clone()),
             ),
         ),
         (
