@@ -45,6 +45,9 @@ async fn a_call_is_one_server_span_and_one_client_span_per_attempt() {
         "traceparent",
         MetadataValue::try_from(format!("00-{TRACE_ID}-{CALLER_SPAN}-01")).unwrap(),
     );
+    request
+        .metadata_mut()
+        .insert("tracestate", MetadataValue::from_static("vendor=opaque-7"));
     let resp = CustomerServiceClient::new(gw.channel.clone())
         .get_customer(request)
         .await
@@ -137,6 +140,10 @@ async fn a_call_is_one_server_span_and_one_client_span_per_attempt() {
             tp,
             &format!("00-{TRACE_ID}-{}-01", hex::encode(&client.span_id))
         );
+    }
+    // The caller's tracestate goes along, unchanged.
+    for r in up.requests() {
+        assert_eq!(r.header("tracestate"), Some("vendor=opaque-7"));
     }
 }
 
