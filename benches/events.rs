@@ -7,8 +7,13 @@
 //!    sender posts events at a steady pace — p99 from the POST to each
 //!    subscriber's receipt, and the gateway's RSS (peak).
 //!
+//! 0. The floor under both: what one durable commit costs on this disk —
+//!    `fdatasync` of a 1 KiB append, and a one-event redb commit (the same
+//!    `Durability::Immediate` the gateway uses) — p50 and p99.
+//!
 //! Every loop is bounded by a count and a time limit. Not a test.
-//! Run: `cargo bench --bench events`. Results: docs/BENCHMARKS.md.
+//! Run: `cargo bench --bench events` (`FANOUT=1000` for one round only).
+//! Results: docs/BENCHMARKS.md.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -184,6 +189,44 @@ async fn ingest(gw: &Gateway) {
     );
 }
 
+/// The durable-commit floor on the filesystem of the gateway's data dir.
+fn commit_floor() {
+    use std::io::Write as _;
+    const N: usize = 200;
+    let dir = std::env::temp_dir().join(format!("igw-bench-fsync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut file = std::fs::File::create(dir.join("append")).unwrap();
+    let record = [7u8; 1024];
+    let mut fsync = Vec::with_capacity(N);
+    for _ in 0..N {
+        let t0 = Instant::now();
+        file.write_all(&record).unwrap();
+        file.sync_data().unwrap();
+        fsync.push(t0.elapsed());
+    }
+    const T: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");
+    let db = redb::Database::create(dir.join("floor.redb")).unwrap();
+    let mut commits = Vec::with_capacity(N);
+    for i in 0..N as u64 {
+        let t0 = Instant::now();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(T).unwrap().insert(i, &record[..]).unwrap();
+        txn.commit().unwrap();
+        commits.push(t0.elapsed());
+    }
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+    fsync.sort();
+    commits.sort();
+    println!(
+        "commit floor ({N} each): fdatasync of a 1 KiB append p50 {:.2?} p99 {:.2?}; one-event redb commit p50 {:.2?} p99 {:.2?}",
+        p(&fsync, 0.50),
+        p(&fsync, 0.99),
+        p(&commits, 0.50),
+        p(&commits, 0.99),
+    );
+}
+
 async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     // At most ~1000 streams per HTTP/2 connection.
     let mut channels: Vec<Channel> = Vec::new();
@@ -245,11 +288,15 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let (rss_idle, _) = rss_mib(gw.child.id());
     let client = reqwest::Client::new();
     let mut tick = tokio::time::interval(FANOUT_PACE);
+    let mut to_2xx = Vec::with_capacity(FANOUT_EVENTS);
     for n in 0..FANOUT_EVENTS {
         tick.tick().await;
-        sent_at.lock()[n] = Some(Instant::now());
+        let t0 = Instant::now();
+        sent_at.lock()[n] = Some(t0);
         assert!(post(&client, gw.http, &format!("fan{round}-{n}")).await);
+        to_2xx.push(t0.elapsed());
     }
+    to_2xx.sort();
     for t in tasks {
         let _ = t.await;
     }
@@ -257,13 +304,15 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let mut l = latencies.lock().clone();
     l.sort();
     println!(
-        "fan-out to {subscribers} subscribers ({} streams set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB",
+        "fan-out to {subscribers} subscribers ({} streams set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB",
         subscribers,
         l.len(),
         subscribers * FANOUT_EVENTS,
         p(&l, 0.50),
         p(&l, 0.99),
         l.last().copied().unwrap_or_default(),
+        p(&to_2xx, 0.50),
+        p(&to_2xx, 0.99),
     );
 }
 
@@ -276,10 +325,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    commit_floor();
     rt.block_on(async {
         let gw = spawn_gateway();
         ingest(&gw).await;
-        for (round, n) in [1_000, 10_000].into_iter().enumerate() {
+        // FANOUT=1000 runs one round only.
+        let rounds: Vec<usize> = std::env::var("FANOUT")
+            .unwrap_or_else(|_| "1000,10000".into())
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect();
+        for (round, n) in rounds.into_iter().enumerate() {
             fanout(&gw, n, round).await;
         }
     });

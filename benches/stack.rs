@@ -102,7 +102,8 @@ fn bench(c: &mut Criterion) {
         (
             "breaker",
             BoxCloneSyncService::new(
-                upstream::CircuitBreakerLayer::new(Default::default()).layer(imprint.clone()),
+                upstream::CircuitBreakerLayer::new(Default::default(), Telemetry::disabled())
+                    .layer(imprint.clone()),
             ),
         ),
         (
@@ -136,7 +137,7 @@ fn bench(c: &mut Criterion) {
 
     // Telemetry off (no endpoint: no spans, metrics only) against on (OTLP
     // export configured, inside a sampled caller trace), same stack, same run.
-    let on = rt.block_on(async {
+    let (on, on_telemetry) = rt.block_on(async {
         let telemetry = Telemetry::new(&TelemetrySettings {
             // Nothing listens: spans are built, batched and their export fails
             // off the call path, which is what the call itself pays for.
@@ -148,15 +149,16 @@ fn bench(c: &mut Criterion) {
         })
         .unwrap();
         let config = StackConfig {
-            telemetry,
+            telemetry: telemetry.clone(),
             ..StackConfig::default()
         };
-        stack::stack_over(
+        let on = stack::stack_over(
             imprint.clone(),
             on_credentials.clone(),
             Arc::new(MemoryStore::new()),
             &config,
-        )
+        );
+        (on, telemetry)
     });
     let caller_trace = Context::new().with_remote_span_context(SpanContext::new(
         TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
@@ -187,6 +189,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    // Stop the exporters while the runtime that runs their tasks is driven:
+    // dropped later, the provider would wait on a task nothing polls.
+    drop(on);
+    rt.block_on(on_telemetry.shutdown(Duration::from_secs(1)));
 
     let mut g = c.benchmark_group("layer_alone");
     for (name, svc) in alone {

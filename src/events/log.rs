@@ -4,9 +4,10 @@
 //! `GATEWAY_DATA_DIR`, group commit) and [`super::RedisLog`] (a Redis stream
 //! shared by every replica). Cursors are dense `u64`s handed out by the log.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::broadcast;
 
@@ -20,6 +21,8 @@ pub struct StoredEvent {
     pub event: pb::Event,
     /// The customer it names ("" if none), for filtering.
     pub customer_id: String,
+    /// `event` encoded, once, for every subscriber it goes to.
+    encoded: OnceLock<Bytes>,
 }
 
 impl StoredEvent {
@@ -38,7 +41,17 @@ impl StoredEvent {
             cursor,
             event,
             customer_id,
+            encoded: OnceLock::new(),
         }
+    }
+
+    /// The protobuf encoding of [`Self::event`], made on first use and then
+    /// shared: a thousand subscribers cost one encoding, not a thousand
+    /// clones and encodings.
+    pub fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
+            .clone()
     }
 
     /// Milliseconds since the epoch at which the gateway stored it.

@@ -10,6 +10,7 @@
 //! Logs: [`RedbLog`] (embedded, under `GATEWAY_DATA_DIR`) and [`RedisLog`]
 //! (a Redis stream every replica shares, with `GATEWAY_REDIS_URL`).
 
+pub mod codec;
 pub mod decode;
 pub mod ingest;
 pub mod invalidate;
@@ -27,7 +28,7 @@ pub use invalidate::{CacheInvalidator, NoCache, ResourceRef};
 pub use log::{Appended, Bounds, EventLog, LogError, NewEvent, Retention, StoredEvent};
 pub use redb_log::RedbLog;
 pub use redis_log::RedisLog;
-pub use service::EventsService;
+pub use service::{EventsServer, EventsService};
 
 use std::sync::Arc;
 

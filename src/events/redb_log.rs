@@ -206,6 +206,8 @@ impl Writer {
             Ok(results) => {
                 for ((_, waiter), r) in batch.drain(..).zip(results) {
                     if let Appended::New(ev) = &r {
+                        // Encoded once, here off the runtime, for every subscriber.
+                        ev.encoded();
                         // Published after the commit: a subscriber never sees
                         // an event the log could still lose.
                         let _ = self.live.send(ev.clone());

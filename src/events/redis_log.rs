@@ -178,6 +178,8 @@ async fn tail(
                         Ok(events) => {
                             for e in events {
                                 last = e.cursor;
+                                // Encoded once here, for every subscriber.
+                                e.encoded();
                                 let _ = live.send(e);
                             }
                         }

@@ -7,14 +7,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
+    codec::{EncodedEvent, SubscribeCodec},
     invalidate::{self, CacheInvalidator},
-    log::{Bounds, EventLog, Retention},
+    log::{Bounds, EventLog, Retention, StoredEvent},
     pb::{
         self, event_service_server::EventService, ListEventsRequest, ListEventsResponse,
         StartPosition, SubscribeRequest,
     },
     subscribe::{self, Filter},
 };
+
+/// A subscriber's queue: what its task put there, in cursor order.
+type Subscription = ReceiverStream<Result<Arc<StoredEvent>, Status>>;
 
 /// Default and largest ListEvents page.
 const DEFAULT_LIMIT: usize = 100;
@@ -46,9 +50,15 @@ impl EventsService {
         self.stopping.send_replace(true);
     }
 
-    /// The tonic server for this service.
-    pub fn server(self) -> pb::event_service_server::EventServiceServer<Self> {
-        pb::event_service_server::EventServiceServer::new(self)
+    /// The tonic service for EventService: Subscribe sends shared,
+    /// once-encoded events; ListEvents is the generated server's.
+    pub fn server(self) -> EventsServer {
+        EventsServer {
+            subscribe: self.clone(),
+            generated: pb::event_service_server::EventServiceServer::new(self),
+            max_decoding: None,
+            max_encoding: None,
+        }
     }
 
     /// Checks `cursor` against the log: OUT_OF_RANGE when events after it
@@ -72,24 +82,9 @@ impl EventsService {
         Ok(c)
     }
 
-    async fn bounds(&self) -> Result<Bounds, Status> {
-        self.log
-            .bounds()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))
-    }
-}
-
-#[tonic::async_trait]
-impl EventService for EventsService {
-    type SubscribeStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
-
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let r = request.into_inner();
+    /// Starts a subscription: its task feeds the returned queue (history,
+    /// then live) until the client goes away.
+    async fn open(&self, r: SubscribeRequest) -> Result<Subscription, Status> {
         // Live first, then the position: nothing stored in between is missed.
         let live = self.log.live();
         let bounds = self.bounds().await?;
@@ -111,8 +106,32 @@ impl EventService for EventsService {
             tx,
             stopping,
         ));
+        Ok(ReceiverStream::new(rx))
+    }
+
+    async fn bounds(&self) -> Result<Bounds, Status> {
+        self.log
+            .bounds()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+#[tonic::async_trait]
+impl EventService for EventsService {
+    type SubscribeStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    /// Not what the gateway serves (see [`EventsServer`], whose Subscribe
+    /// sends each event's shared encoding); the same subscription, for
+    /// anyone mounting the generated `EventServiceServer` directly.
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         use tokio_stream::StreamExt as _;
-        let stream = ReceiverStream::new(rx).map(|r| r.map(|e| e.event.clone()));
+        let queue = self.open(request.into_inner()).await?;
+        let stream = queue.map(|r| r.map(|e| e.event.clone()));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -164,6 +183,94 @@ impl EventService for EventsService {
             has_more: after < head,
             next_cursor: after.to_string(),
         }))
+    }
+}
+
+/// The gRPC path of Subscribe.
+const SUBSCRIBE_PATH: &str = "/imprint.gateway.v1.EventService/Subscribe";
+
+/// EventService as mounted on the gateway's server: Subscribe with
+/// [`SubscribeCodec`] (each event encoded once, its bytes shared by every
+/// subscriber: a thousand subscribers cost one encoding and a thousand
+/// copies, not a thousand message clones and encodings); every other
+/// method is the generated server's.
+#[derive(Clone)]
+pub struct EventsServer {
+    subscribe: EventsService,
+    generated: pb::event_service_server::EventServiceServer<EventsService>,
+    max_decoding: Option<usize>,
+    max_encoding: Option<usize>,
+}
+
+impl EventsServer {
+    /// Limits the size of a decoded request.
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.generated = self.generated.max_decoding_message_size(limit);
+        self.max_decoding = Some(limit);
+        self
+    }
+
+    /// Limits the size of an encoded response.
+    #[must_use]
+    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+        self.generated = self.generated.max_encoding_message_size(limit);
+        self.max_encoding = Some(limit);
+        self
+    }
+}
+
+impl tonic::server::NamedService for EventsServer {
+    const NAME: &'static str = super::Events::SERVICE_NAME;
+}
+
+/// Subscribe, answering with shared encoded events.
+struct SubscribeEncoded(EventsService);
+
+impl tonic::server::ServerStreamingService<SubscribeRequest> for SubscribeEncoded {
+    type Response = EncodedEvent;
+    type ResponseStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<EncodedEvent, Status>> + Send + 'static>,
+    >;
+    type Future =
+        futures::future::BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move {
+            use tokio_stream::StreamExt as _;
+            let queue = service.open(request.into_inner()).await?;
+            let stream: Self::ResponseStream =
+                Box::pin(queue.map(|r| r.map(|e| EncodedEvent(e.encoded()))));
+            Ok(Response::new(stream))
+        })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for EventsServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != SUBSCRIBE_PATH {
+            return self.generated.call(req);
+        }
+        let method = SubscribeEncoded(self.subscribe.clone());
+        let mut grpc = tonic::server::Grpc::new(SubscribeCodec)
+            .apply_max_message_size_config(self.max_decoding, self.max_encoding);
+        Box::pin(async move { Ok(grpc.server_streaming(method, req).await) })
     }
 }
 

@@ -89,11 +89,16 @@ pub(super) async fn run(
                 break;
             }
         }
-        // Live.
+        // Live. The two futures that end it are made once, not per event:
+        // with a thousand subscribers, every event wakes a thousand loops.
+        let closed = out.closed();
+        tokio::pin!(closed);
+        let stop = stopping.wait_for(|s| *s);
+        tokio::pin!(stop);
         loop {
             let e = tokio::select! {
-                () = out.closed() => return,
-                _ = stopping.wait_for(|s| *s) => {
+                () = &mut closed => return,
+                _ = &mut stop => {
                     let _ = out.try_send(Err(Status::unavailable(format!(
                         "gateway shutting down; resume after cursor {delivered}"
                     ))));

@@ -6,7 +6,9 @@
 //! tokens file (never from input).
 
 use opentelemetry::{
-    metrics::{Counter, Histogram, Meter, ObservableCounter, ObservableGauge, UpDownCounter},
+    metrics::{
+        Counter, Gauge, Histogram, Meter, ObservableCounter, ObservableGauge, UpDownCounter,
+    },
     KeyValue,
 };
 
@@ -30,6 +32,11 @@ pub struct Metrics {
     pub in_flight: UpDownCounter<i64>,
     /// `gateway.upstream.rejected` {reason = breaker_open | shed}.
     pub rejected: Counter<u64>,
+    /// `gateway.breaker.state` {server.address, state = closed | open |
+    /// half_open}: 1 for the breaker's current state, 0 for the others.
+    pub breaker_state: Gauge<u64>,
+    /// `gateway.breaker.transitions` {server.address, from, to}.
+    pub breaker_transitions: Counter<u64>,
     /// `gateway.ratelimit.rejected` {caller}.
     pub rate_limited: Counter<u64>,
     /// `gateway.idempotency.outcomes` {outcome = replayed | conflict}.
@@ -68,6 +75,16 @@ impl Metrics {
             rejected: meter
                 .u64_counter("gateway.upstream.rejected")
                 .with_description("Calls not sent: breaker open or shed")
+                .build(),
+            breaker_state: meter
+                .u64_gauge("gateway.breaker.state")
+                .with_description(
+                    "The circuit breaker's state: 1 for the current one, 0 for the others",
+                )
+                .build(),
+            breaker_transitions: meter
+                .u64_counter("gateway.breaker.transitions")
+                .with_description("Circuit breaker state changes, by from and to")
                 .build(),
             rate_limited: meter
                 .u64_counter("gateway.ratelimit.rejected")

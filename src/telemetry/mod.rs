@@ -36,16 +36,15 @@ pub use rpc::{RpcTelemetry, RpcTelemetryLayer};
 
 use crate::config::LogFormat;
 
-/// Span event names other layers emit on the current span; one place so
-/// dashboards and the cache (which emits `cache.hit` / `cache.miss`) agree.
+/// Span event names the upstream trace layer emits on the call's span.
 pub mod events {
     pub const BREAKER_REJECTED: &str = "breaker.rejected";
     pub const LOAD_SHED: &str = "load.shed";
     pub const IDEMPOTENT_REPLAY: &str = "idempotency.replayed";
     pub const IDEMPOTENCY_CONFLICT: &str = "idempotency.conflict";
-    /// For the response cache: the answer came from the cache.
+    /// The answer came from the response cache.
     pub const CACHE_HIT: &str = "cache.hit";
-    /// For the response cache: the cache was consulted and had nothing.
+    /// The response cache was consulted and had nothing.
     pub const CACHE_MISS: &str = "cache.miss";
 }
 

@@ -7,6 +7,12 @@
 //! (up to `half_open_probes` calls at once; one success closes, one failure
 //! reopens). Only signs of an unhealthy upstream count as failures:
 //! transport errors, timeouts and 5xx; a 404 is not Imprint's fault.
+//!
+//! There is one breaker per upstream stack, i.e. per Imprint base URL (the
+//! gateway talks to one). Its state and every transition are metrics
+//! (`gateway.breaker.state`, `gateway.breaker.transitions`, labelled with
+//! `server.address`); open → half-open happens when the first call arrives
+//! after `open_for`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,7 +21,10 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use opentelemetry::KeyValue;
+
 use super::{CallStats, UpstreamError, UpstreamRequest};
+use crate::telemetry::Telemetry;
 
 /// Breaker settings (`[breaker]` in the configuration file).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -52,6 +61,19 @@ enum State {
     Closed,
     Open { until: Instant },
     HalfOpen { probes: usize },
+}
+
+/// Every state's metric label, in a fixed order.
+const STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Closed => STATES[0],
+            State::Open { .. } => STATES[1],
+            State::HalfOpen { .. } => STATES[2],
+        }
+    }
 }
 
 /// Slots of the rolling window; outcomes are counted per slot, so recording
@@ -107,6 +129,8 @@ impl Inner {
 struct Breaker {
     config: BreakerConfig,
     inner: Mutex<Inner>,
+    /// Where state and transitions are recorded.
+    telemetry: Arc<Telemetry>,
 }
 
 /// What a call may do.
@@ -116,6 +140,33 @@ enum Admission {
 }
 
 impl Breaker {
+    /// Moves to `to`, recording the transition and the new state.
+    fn transition(&self, inner: &mut Inner, to: State) {
+        let (from, to_name) = (inner.state.name(), to.name());
+        inner.state = to;
+        let m = self.telemetry.metrics();
+        let host = KeyValue::new("server.address", self.telemetry.upstream_host().to_string());
+        m.breaker_transitions.add(
+            1,
+            &[
+                host.clone(),
+                KeyValue::new("from", from),
+                KeyValue::new("to", to_name),
+            ],
+        );
+        self.record_state(to_name, &host);
+    }
+
+    /// The state gauge: 1 for `current`, 0 for the others.
+    fn record_state(&self, current: &str, host: &KeyValue) {
+        for state in STATES {
+            self.telemetry.metrics().breaker_state.record(
+                u64::from(state == current),
+                &[host.clone(), KeyValue::new("state", state)],
+            );
+        }
+    }
+
     fn admit(&self) -> Result<Admission, UpstreamError> {
         let mut inner = self.inner.lock();
         let now = Instant::now();
@@ -126,7 +177,7 @@ impl Breaker {
             }),
             State::Open { .. } => {
                 tracing::info!("circuit half-open: probing Imprint");
-                inner.state = State::HalfOpen { probes: 1 };
+                self.transition(&mut inner, State::HalfOpen { probes: 1 });
                 Ok(Admission::Probe)
             }
             State::HalfOpen { probes } if probes < self.config.half_open_probes => {
@@ -150,12 +201,11 @@ impl Breaker {
                 }
                 if failed {
                     tracing::warn!(open_for = ?self.config.open_for, "probe failed: circuit open again");
-                    inner.state = State::Open {
-                        until: now + self.config.open_for,
-                    };
+                    let until = now + self.config.open_for;
+                    self.transition(&mut inner, State::Open { until });
                 } else {
                     tracing::info!("probe succeeded: circuit closed");
-                    inner.state = State::Closed;
+                    self.transition(&mut inner, State::Closed);
                     inner.clear();
                 }
             }
@@ -169,9 +219,8 @@ impl Breaker {
                     && f64::from(failures) >= self.config.failure_rate * f64::from(total)
                 {
                     tracing::warn!(failures, total, open_for = ?self.config.open_for, "circuit open: Imprint is failing");
-                    inner.state = State::Open {
-                        until: now + self.config.open_for,
-                    };
+                    let until = now + self.config.open_for;
+                    self.transition(&mut inner, State::Open { until });
                     inner.clear();
                 }
             }
@@ -257,16 +306,25 @@ pub struct CircuitBreakerLayer {
 }
 
 impl CircuitBreakerLayer {
-    pub fn new(config: BreakerConfig) -> Self {
-        Self {
-            breaker: Arc::new(Breaker {
-                config,
-                inner: Mutex::new(Inner {
-                    state: State::Closed,
-                    start: Instant::now(),
-                    slots: [Slot::default(); SLOTS],
-                }),
+    /// A closed breaker whose state and transitions are recorded in
+    /// `telemetry`'s metrics.
+    pub fn new(config: BreakerConfig, telemetry: Arc<Telemetry>) -> Self {
+        let breaker = Breaker {
+            config,
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                start: Instant::now(),
+                slots: [Slot::default(); SLOTS],
             }),
+            telemetry,
+        };
+        let host = KeyValue::new(
+            "server.address",
+            breaker.telemetry.upstream_host().to_string(),
+        );
+        breaker.record_state(State::Closed.name(), &host);
+        Self {
+            breaker: Arc::new(breaker),
         }
     }
 }
@@ -334,6 +392,10 @@ mod tests {
     use super::*;
     use crate::upstream::{test_support::request, ApiError};
 
+    fn breaker_layer(config: BreakerConfig) -> CircuitBreakerLayer {
+        CircuitBreakerLayer::new(config, Telemetry::disabled())
+    }
+
     fn unavailable() -> UpstreamError {
         UpstreamError::Status {
             status: http::StatusCode::SERVICE_UNAVAILABLE,
@@ -358,7 +420,7 @@ mod tests {
                 }
             }
         });
-        let svc = CircuitBreakerLayer::new(BreakerConfig {
+        let svc = breaker_layer(BreakerConfig {
             window: Duration::from_secs(10),
             min_requests: 4,
             failure_rate: 0.5,
@@ -409,7 +471,7 @@ mod tests {
                 }
             }
         });
-        let svc = CircuitBreakerLayer::new(BreakerConfig {
+        let svc = breaker_layer(BreakerConfig {
             window: Duration::from_secs(10),
             min_requests: 4,
             failure_rate: 0.5,
@@ -479,8 +541,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hanging_imprint_opens_it_even_under_short_deadlines() {
         let (upstream, calls) = hanging_after(u32::MAX);
-        let svc = crate::upstream::DeadlineLayer::new()
-            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        let svc =
+            crate::upstream::DeadlineLayer::new().layer(breaker_layer(config()).layer(upstream));
         for _ in 0..4 {
             let err = svc.clone().oneshot(with_deadline(200)).await.unwrap_err();
             assert!(matches!(err, UpstreamError::DeadlineExceeded), "{err:?}");
@@ -495,8 +557,8 @@ mod tests {
     async fn a_probe_cut_by_its_deadline_reopens_instead_of_wedging() {
         // Calls 1-5 hang; from the 6th Imprint answers.
         let (upstream, calls) = hanging_after(6);
-        let svc = crate::upstream::DeadlineLayer::new()
-            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        let svc =
+            crate::upstream::DeadlineLayer::new().layer(breaker_layer(config()).layer(upstream));
         for _ in 0..4 {
             svc.clone().oneshot(with_deadline(100)).await.unwrap_err();
         }
@@ -532,8 +594,8 @@ mod tests {
                 }
             }
         });
-        let svc = crate::upstream::DeadlineLayer::new()
-            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        let svc =
+            crate::upstream::DeadlineLayer::new().layer(breaker_layer(config()).layer(upstream));
         for _ in 0..4 {
             svc.clone().oneshot(with_deadline(100)).await.unwrap_err();
         }
@@ -561,7 +623,7 @@ mod tests {
                 retry_after: None,
             })
         });
-        let svc = CircuitBreakerLayer::new(BreakerConfig {
+        let svc = breaker_layer(BreakerConfig {
             min_requests: 2,
             ..BreakerConfig::default()
         })
@@ -577,15 +639,14 @@ mod tests {
         // Imprint hangs, but the callers' deadlines (5 ms) are far too short
         // to blame it; and calls refused below the breaker never reached it.
         let (upstream, calls) = hanging_after(u32::MAX);
-        let svc = crate::upstream::DeadlineLayer::new()
-            .layer(CircuitBreakerLayer::new(config()).layer(upstream));
+        let svc =
+            crate::upstream::DeadlineLayer::new().layer(breaker_layer(config()).layer(upstream));
         for _ in 0..10 {
             svc.clone().oneshot(with_deadline(5)).await.unwrap_err();
         }
-        let shed =
-            CircuitBreakerLayer::new(config()).layer(service_fn(|_: UpstreamRequest| async {
-                Err::<(), _>(UpstreamError::Overloaded)
-            }));
+        let shed = breaker_layer(config()).layer(service_fn(|_: UpstreamRequest| async {
+            Err::<(), _>(UpstreamError::Overloaded)
+        }));
         for _ in 0..10 {
             shed.clone().oneshot(request()).await.unwrap_err();
         }

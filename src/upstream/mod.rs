@@ -39,7 +39,7 @@ pub use error::{
 };
 pub use limit::{LoadShed, LoadShedConfig, LoadShedLayer};
 pub use retry::{Retry, RetryConfig, RetryLayer};
-pub use trace::{Trace, TraceLayer};
+pub use trace::{ContinueTrace, ContinueTraceLayer, Trace, TraceLayer};
 
 use crate::translate::RestCall;
 
@@ -134,6 +134,9 @@ pub struct CallStats {
     sent_at: Mutex<Option<Instant>>,
     /// What the response cache did (0: not a cacheable call).
     cache: std::sync::atomic::AtomicU8,
+    /// The call's log span and trace context, for layers that run in
+    /// another task (a cache miss runs in its own): see [`ContinueTrace`].
+    trace: std::sync::OnceLock<(tracing::Span, opentelemetry::Context)>,
 }
 
 impl CallStats {
@@ -198,6 +201,15 @@ impl CallStats {
             3 => Some(CacheStatus::Bypass),
             _ => None,
         }
+    }
+
+    /// The call's log span and trace context, once the trace layer set them.
+    pub fn trace(&self) -> Option<&(tracing::Span, opentelemetry::Context)> {
+        self.trace.get()
+    }
+
+    pub(crate) fn set_trace(&self, span: tracing::Span, cx: opentelemetry::Context) {
+        let _ = self.trace.set((span, cx));
     }
 
     pub(crate) fn set_cache(&self, status: CacheStatus) {

@@ -1,6 +1,7 @@
 //! One tracing span per upstream call, with the outcome recorded on it,
-//! and what the layers below decided without Imprint (breaker rejection,
-//! shedding, idempotent replay or conflict) as span events and counters.
+//! and what the layers below decided without Imprint (cache hit or miss,
+//! breaker rejection, shedding, idempotent replay or conflict) as span
+//! events and counters.
 
 use std::{sync::Arc, time::Instant};
 
@@ -10,7 +11,7 @@ use tracing::{field, Instrument};
 
 use opentelemetry::{trace::TraceContextExt as _, Context, KeyValue};
 
-use super::{IdempotencyError, UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::{CacheStatus, IdempotencyError, UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::telemetry::{events, Telemetry};
 
 /// Builds [`Trace`].
@@ -75,6 +76,7 @@ where
         let rpc = req.rpc;
         let telemetry = self.telemetry.clone();
         let logged = telemetry.request_log().enabled().then(|| Logged::of(&req));
+        stats.set_trace(span.clone(), Context::current());
         let fut = {
             let _enter = span.enter();
             self.inner.call(req)
@@ -83,6 +85,7 @@ where
             async move {
                 let result = fut.await;
                 note_decisions(&telemetry, rpc, stats.replayed(), result.as_ref().err());
+                note_cache(stats.cache());
                 // A log of calls to Imprint: a cache hit made none.
                 let hit = stats.cache() == Some(crate::upstream::CacheStatus::Hit);
                 if let Some(logged) = logged.filter(|_| !hit) {
@@ -107,6 +110,57 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Builds [`ContinueTrace`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContinueTraceLayer;
+
+impl<S> Layer<S> for ContinueTraceLayer {
+    type Service = ContinueTrace<S>;
+    fn layer(&self, inner: S) -> ContinueTrace<S> {
+        ContinueTrace { inner }
+    }
+}
+
+/// Runs the layers below it inside the call's log span and trace context
+/// (set by [`Trace`] in the call's stats), for when a layer above started
+/// them in a task of their own: the response cache runs a miss in its own
+/// task, and without this its attempts would have no CLIENT span, send no
+/// `traceparent`, and log without the call's trace id.
+#[derive(Debug, Clone)]
+pub struct ContinueTrace<S> {
+    inner: S,
+}
+
+impl<S> Service<UpstreamRequest> for ContinueTrace<S>
+where
+    S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
+    S::Future: Send + 'static,
+{
+    type Response = UpstreamResponse;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
+        use opentelemetry::trace::FutureExt as _;
+        let Some((span, cx)) = req.stats.trace().cloned() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let fut = {
+            let _enter = span.enter();
+            let _attached = cx.clone().attach();
+            self.inner.call(req)
+        };
+        Box::pin(fut.with_context(cx).instrument(span))
     }
 }
 
@@ -157,6 +211,20 @@ fn note_decisions(
         if cx.has_active_span() {
             cx.span().add_event(event, Vec::new());
         }
+    }
+}
+
+/// What the response cache did, as an event on the call's span (a bypass
+/// is not news: the RPC or the request is not cacheable).
+fn note_cache(status: Option<CacheStatus>) {
+    let event = match status {
+        Some(CacheStatus::Hit) => events::CACHE_HIT,
+        Some(CacheStatus::Miss) => events::CACHE_MISS,
+        Some(CacheStatus::Bypass) | None => return,
+    };
+    let cx = Context::current();
+    if cx.has_active_span() {
+        cx.span().add_event(event, Vec::new());
     }
 }
 

@@ -15,7 +15,8 @@ pub const DOB_YEAR: i32 = 1937;
 pub const PAN: &str = "4111111111111111";
 pub const CVV: &str = "9731";
 pub const CLIENT_SECRET: &str = "QzMyNzg4QzgtNEUwOS00QkU4";
-/// Another engineer's (webhooks); listed so the scanner covers it once used.
+/// The webhook secret: seeded by the binary test, which posts a signed and a
+/// forged webhook.
 pub const WEBHOOK_SECRET: &str = "whsec_scan_only_never_emitted";
 
 /// (what, needle): every needle is distinctive enough not to occur by

@@ -4,6 +4,8 @@
 use axum::http::Method;
 use imprint_gateway::pb::imprint::v2::{customer_service_client::CustomerServiceClient, *};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use std::time::Duration;
+
 use tonic::metadata::MetadataValue;
 
 use crate::{
@@ -43,6 +45,9 @@ async fn a_call_is_one_server_span_and_one_client_span_per_attempt() {
         "traceparent",
         MetadataValue::try_from(format!("00-{TRACE_ID}-{CALLER_SPAN}-01")).unwrap(),
     );
+    request
+        .metadata_mut()
+        .insert("tracestate", MetadataValue::from_static("vendor=opaque-7"));
     let resp = CustomerServiceClient::new(gw.channel.clone())
         .get_customer(request)
         .await
@@ -136,6 +141,10 @@ async fn a_call_is_one_server_span_and_one_client_span_per_attempt() {
             &format!("00-{TRACE_ID}-{}-01", hex::encode(&client.span_id))
         );
     }
+    // The caller's tracestate goes along, unchanged.
+    for r in up.requests() {
+        assert_eq!(r.header("tracestate"), Some("vendor=opaque-7"));
+    }
 }
 
 #[tokio::test]
@@ -165,6 +174,60 @@ async fn a_caller_without_traceparent_starts_a_new_trace() {
     assert!(tp.starts_with(&format!("00-{trace_id}-")), "{tp}");
     // Exporters stop with the gateway, not with the test's runtime.
     gw.running.take().unwrap().shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cache_hits_and_misses_are_events_on_the_call_span() {
+    let collector = Collector::start().await;
+    let up = FakeUpstream::start().await;
+    let endpoint = collector.endpoint();
+    let mut gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("GATEWAY__CACHE__ENABLED", "true"),
+        ],
+    )
+    .await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    let mut client = CustomerServiceClient::new(gw.channel.clone());
+    let mut trace_ids = Vec::new();
+    for _ in 0..2 {
+        let resp = client.get_customer(get_c1()).await.unwrap();
+        let id = resp.metadata().get("x-trace-id").unwrap().to_str().unwrap();
+        trace_ids.push(id.to_owned());
+    }
+    assert_eq!(up.requests().len(), 1, "the second call is a hit");
+    gw.running.take().unwrap().shutdown().await.unwrap();
+    collector
+        .wait_for("two calls' spans", |c| c.spans().len() >= 3)
+        .await;
+    let spans = collector.spans();
+    let events_of = |trace_id: &str| -> Vec<String> {
+        let server = spans
+            .iter()
+            .find(|s| s.kind == SpanKind::Server as i32 && hex::encode(&s.trace_id) == trace_id)
+            .expect("a SERVER span per call");
+        server.events.iter().map(|e| e.name.clone()).collect()
+    };
+    assert_eq!(events_of(&trace_ids[0]), ["cache.miss"]);
+    assert_eq!(events_of(&trace_ids[1]), ["cache.hit"]);
+    // The miss ran in the cache's own task, still in the caller's trace.
+    let clients: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    assert_eq!(clients.len(), 1, "a hit sends no attempt: {spans:#?}");
+    assert_eq!(hex::encode(&clients[0].trace_id), trace_ids[0]);
+    let tp = up.only_request().header("traceparent").unwrap().to_owned();
+    assert_eq!(
+        tp,
+        format!(
+            "00-{}-{}-01",
+            trace_ids[0],
+            hex::encode(&clients[0].span_id)
+        )
+    );
 }
 
 #[tokio::test]
@@ -330,6 +393,127 @@ async fn metrics_count_known_traffic_with_bounded_labels() {
     // Ids never become label values.
     assert!(!text.contains("ID-NEVER-A-LABEL"), "{text}");
     assert!(!text.contains("C1\""), "{text}");
+}
+
+/// The breaker's state gauge and transition counter on `/metrics`.
+fn breaker_state(text: &str, state: &str) -> Option<f64> {
+    sample(
+        text,
+        "gateway_breaker_state",
+        &[
+            r#"server_address="127.0.0.1""#,
+            &format!(r#"state="{state}""#),
+        ],
+    )
+}
+
+fn breaker_transitions(text: &str, from: &str, to: &str) -> Option<f64> {
+    sample(
+        text,
+        "gateway_breaker_transitions_total",
+        &[
+            r#"server_address="127.0.0.1""#,
+            &format!(r#"from="{from}""#),
+            &format!(r#"to="{to}""#),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn breaker_state_and_transitions_are_metrics() {
+    let collector = Collector::start().await;
+    let up = FakeUpstream::start().await;
+    let endpoint = collector.endpoint();
+    let mut gw = TestGateway::start_with(
+        &up.url(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("GATEWAY__RETRY__MAX_ATTEMPTS", "1"),
+            ("GATEWAY__BREAKER__MIN_REQUESTS", "4"),
+            ("GATEWAY__BREAKER__OPEN_FOR", "\"500ms\""),
+        ],
+    )
+    .await;
+    let unavailable = || Reply::json(503, r#"{"error":{"type":"UNAVAILABLE","message":"later"}}"#);
+    // Four failures open it; the first probe fails, the second succeeds.
+    for _ in 0..5 {
+        up.on(Method::GET, "/v2/customers/C1", unavailable());
+    }
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    let mut client = CustomerServiceClient::new(gw.channel.clone());
+
+    let text = scrape(&gw).await;
+    assert_eq!(breaker_state(&text, "closed"), Some(1.0), "{text}");
+    assert_eq!(breaker_state(&text, "open"), Some(0.0), "{text}");
+
+    for _ in 0..4 {
+        client.get_customer(get_c1()).await.unwrap_err();
+    }
+    let refused = client.get_customer(get_c1()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(up.requests().len(), 4, "open: nothing reached Imprint");
+    let text = scrape(&gw).await;
+    assert_eq!(breaker_state(&text, "open"), Some(1.0), "{text}");
+    assert_eq!(breaker_state(&text, "closed"), Some(0.0), "{text}");
+    assert_eq!(breaker_state(&text, "half_open"), Some(0.0), "{text}");
+    assert_eq!(
+        breaker_transitions(&text, "closed", "open"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // After open_for the first call probes (half-open); Imprint still fails.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.get_customer(get_c1()).await.unwrap_err();
+    assert_eq!(up.requests().len(), 5);
+    let text = scrape(&gw).await;
+    assert_eq!(breaker_state(&text, "open"), Some(1.0), "{text}");
+    assert_eq!(
+        breaker_transitions(&text, "open", "half_open"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        breaker_transitions(&text, "half_open", "open"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // The next probe succeeds: closed again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client.get_customer(get_c1()).await.unwrap();
+    assert_eq!(up.requests().len(), 6);
+    let text = scrape(&gw).await;
+    assert_eq!(breaker_state(&text, "closed"), Some(1.0), "{text}");
+    assert_eq!(breaker_state(&text, "open"), Some(0.0), "{text}");
+    assert_eq!(breaker_state(&text, "half_open"), Some(0.0), "{text}");
+    assert_eq!(
+        breaker_transitions(&text, "open", "half_open"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        breaker_transitions(&text, "half_open", "closed"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        breaker_transitions(&text, "closed", "open"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // The same instruments go out over OTLP; shutdown flushes them.
+    gw.running.take().unwrap().shutdown().await.unwrap();
+    collector
+        .wait_for("breaker metrics", |c| {
+            let names = c.metric_names();
+            names.iter().any(|n| n == "gateway.breaker.state")
+                && names.iter().any(|n| n == "gateway.breaker.transitions")
+        })
+        .await;
+    let exported = collector.metrics_text();
+    assert!(exported.contains("half_open"), "{exported}");
 }
 
 #[tokio::test]
@@ -536,6 +720,7 @@ async fn trace_level_json_logs_carry_the_trace_id_and_no_secret() {
         .env("IMPRINT_API_KEY", crate::harness::API_KEY)
         .env("IMPRINT_MERCHANT_KEY", crate::harness::MERCHANT_KEY)
         .env("IMPRINT_WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("GATEWAY_DATA_DIR", dir.0.join("data"))
         .env("GATEWAY_CALLER_TOKENS_FILE", &tokens)
         .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
@@ -574,6 +759,27 @@ async fn trace_level_json_logs_carry_the_trace_id_and_no_secret() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // Webhooks: one signed with the secret (stored), one forged (refused).
+    let body = r#"{"object":"TRANSACTION","data":{"event_id":"ev-scan-1","transaction_id":"t1"}}"#;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let signed = imprint_gateway::sandbox::sign(WEBHOOK_SECRET.as_bytes(), &t, body.as_bytes());
+    let http_client = reqwest::Client::new();
+    for (signature, ok) in [(signed, true), ("0".repeat(64), false)] {
+        let resp = http_client
+            .post(format!("http://127.0.0.1:{http}/webhooks/imprint"))
+            .header("content-type", "application/json")
+            .header("X-IMPRINT-HMAC-SIGNATURE", format!("t={t},s={signature}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().is_success(), ok, "{resp:?}");
+    }
 
     // SIGTERM: a graceful stop, which flushes the spans.
     let killed = std::process::Command::new("kill")
