@@ -71,6 +71,8 @@ struct Shared {
     keys: Arc<Keys>,
     /// The gRPC listener's TLS configuration (None: plaintext).
     tls: Option<Arc<TlsServer>>,
+    /// The response cache's metrics, published while the server runs.
+    _cache_metrics: Option<crate::cache::CacheInstruments>,
 }
 
 /// Builds the credentials described by `config` (every product's).
@@ -217,6 +219,7 @@ pub async fn start(
         CacheBus::start(url.expose_secret(), cache).context("GATEWAY_REDIS_URL")?;
     }
     stack_config.cache = cache.clone();
+    let cache_metrics = cache.as_ref().map(|c| c.instruments(&telemetry.meter()));
     let gateway = Gateway::new(
         stack::stack(
             client.clone(),
@@ -331,6 +334,7 @@ pub async fn start(
         telemetry: telemetry.clone(),
         keys: keys.clone(),
         tls: tls.clone(),
+        _cache_metrics: cache_metrics,
     });
     spawn_health_refresh(shared.clone());
     spawn_file_watch(shared.clone());

@@ -227,6 +227,23 @@ pub struct CacheStats {
     pub feed_losses: AtomicU64,
 }
 
+/// The cache's instruments on a meter (kept alive with the cache's owner):
+/// `gateway.cache.lookups` {result = hit | miss | bypass},
+/// `gateway.cache.evictions`, `gateway.cache.invalidations`,
+/// `gateway.cache.feed_losses` (counters), `gateway.cache.entries` and
+/// `gateway.cache.size` in bytes (gauges, as of moka's last housekeeping:
+/// they may trail the counters by a moment).
+pub struct CacheInstruments {
+    _counters: Vec<opentelemetry::metrics::ObservableCounter<u64>>,
+    _gauges: Vec<opentelemetry::metrics::ObservableGauge<u64>>,
+}
+
+impl std::fmt::Debug for CacheInstruments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheInstruments")
+    }
+}
+
 /// A snapshot of [`CacheStats`] plus the cache's size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
@@ -351,6 +368,95 @@ impl ResponseCache {
 
     pub fn stats(&self) -> &Arc<CacheStats> {
         &self.stats
+    }
+
+    /// Publishes the cache's counters and size on `meter`. The callbacks
+    /// hold the cache weakly: a dropped cache reports nothing.
+    pub fn instruments(
+        self: &Arc<Self>,
+        meter: &opentelemetry::metrics::Meter,
+    ) -> CacheInstruments {
+        use opentelemetry::KeyValue;
+        let weak = Arc::downgrade(self);
+        let counter =
+            |name: &'static str,
+             description: &'static str,
+             read: fn(&CacheStats) -> Vec<(u64, Option<&'static str>)>| {
+                let weak = weak.clone();
+                meter
+                    .u64_observable_counter(name)
+                    .with_description(description)
+                    .with_callback(move |o| {
+                        if let Some(cache) = weak.upgrade() {
+                            for (value, result) in read(&cache.stats) {
+                                match result {
+                                    Some(r) => o.observe(value, &[KeyValue::new("result", r)]),
+                                    None => o.observe(value, &[]),
+                                }
+                            }
+                        }
+                    })
+                    .build()
+            };
+        let counters = vec![
+            counter(
+                "gateway.cache.lookups",
+                "Cacheable reads by outcome: hit, miss (went to Imprint), bypass (not served from the cache)",
+                |s| {
+                    vec![
+                        (s.hits.load(Ordering::Relaxed), Some("hit")),
+                        (s.misses.load(Ordering::Relaxed), Some("miss")),
+                        (s.bypasses.load(Ordering::Relaxed), Some("bypass")),
+                    ]
+                },
+            ),
+            counter(
+                "gateway.cache.evictions",
+                "Entries forced out by the byte bound",
+                |s| vec![(s.evictions.load(Ordering::Relaxed), None)],
+            ),
+            counter(
+                "gateway.cache.invalidations",
+                "Invalidations applied: writes, webhook events, broadcasts, purges",
+                |s| vec![(s.invalidations.load(Ordering::Relaxed), None)],
+            ),
+            counter(
+                "gateway.cache.feed_losses",
+                "Whole-cache drops because the shared invalidation feed was lost",
+                |s| vec![(s.feed_losses.load(Ordering::Relaxed), None)],
+            ),
+        ];
+        let gauge = |name: &'static str,
+                     unit: &'static str,
+                     description: &'static str,
+                     read: fn(&ResponseCache) -> u64| {
+            let weak = weak.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |o| {
+                    if let Some(cache) = weak.upgrade() {
+                        o.observe(read(&cache), &[]);
+                    }
+                })
+                .build()
+        };
+        let gauges = vec![
+            gauge("gateway.cache.entries", "{entry}", "Entries held", |c| {
+                c.entries.entry_count()
+            }),
+            gauge(
+                "gateway.cache.size",
+                "By",
+                "Bytes held (keys, bodies, tags), as weighed against cache.max_bytes",
+                |c| c.entries.weighted_size(),
+            ),
+        ];
+        CacheInstruments {
+            _counters: counters,
+            _gauges: gauges,
+        }
     }
 
     /// Counters and size now.

@@ -174,6 +174,12 @@ impl Telemetry {
         self.tracer.as_ref()
     }
 
+    /// The meter of this instance, for modules that publish their own
+    /// observable instruments (the response cache).
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self.meter_provider.meter("imprint-gateway")
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -80,6 +80,46 @@ async fn cache_repeated_reads_hit_and_a_write_invalidates() {
     assert_eq!(x3.as_deref(), Some("miss"));
     assert_eq!(third.email.as_deref(), Some("new@example.com"));
     assert_eq!(count(&up, Method::GET, &path), 2);
+
+    // The same story in /metrics.
+    let text = reqwest::get(format!("http://{}/metrics", _gw.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str, label: &str| -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .find(|l| l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        value("gateway_cache_lookups_total", "result=\"hit\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("gateway_cache_lookups_total", "result=\"miss\""),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        value("gateway_cache_invalidations_total", "") >= Some(1.0),
+        "{text}"
+    );
+    // Sizes are moka's, settled by its housekeeping: present, maybe behind.
+    assert!(
+        value("gateway_cache_entries", "").is_some_and(|n| n <= 1.0),
+        "{text}"
+    );
+    assert!(value("gateway_cache_size_bytes", "").is_some(), "{text}");
+    assert_eq!(
+        value("gateway_cache_evictions_total", ""),
+        Some(0.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
