@@ -227,6 +227,9 @@ pub struct CacheStats {
     pub feed_losses: AtomicU64,
 }
 
+/// Values of a counter, each with its `result` label if it has one.
+type Readings = Vec<(u64, Option<&'static str>)>;
+
 /// The cache's instruments on a meter (kept alive with the cache's owner):
 /// `gateway.cache.lookups` {result = hit | miss | bypass},
 /// `gateway.cache.evictions`, `gateway.cache.invalidations`,
@@ -379,9 +382,7 @@ impl ResponseCache {
         use opentelemetry::KeyValue;
         let weak = Arc::downgrade(self);
         let counter =
-            |name: &'static str,
-             description: &'static str,
-             read: fn(&CacheStats) -> Vec<(u64, Option<&'static str>)>| {
+            |name: &'static str, description: &'static str, read: fn(&CacheStats) -> Readings| {
                 let weak = weak.clone();
                 meter
                     .u64_observable_counter(name)
