@@ -297,6 +297,11 @@ fn spawn_gateway(binary: &Path, cpus: &str, dir: &Path, upstream: u16, cache: bo
         .env("GATEWAY_DATA_DIR", dir.join(format!("data-{grpc}")))
         // Like nginx's `access_log off`: no line per call on either side.
         .env("RUST_LOG", "warn");
+    // `REQUEST_LOG_ENTRIES=0`: the gateway without its in-memory request
+    // log, to see its own footprint (the log holds up to 10 000 bodies).
+    if let Ok(n) = std::env::var("REQUEST_LOG_ENTRIES") {
+        c.env("GATEWAY__TELEMETRY__REQUEST_LOG_ENTRIES", n);
+    }
     (Proc(c.spawn().unwrap()), grpc)
 }
 

@@ -33,7 +33,15 @@ pub fn is_sane(id: &str) -> bool {
 pub fn settle(given: Option<&str>) -> String {
     given
         .filter(|id| is_sane(id))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(new_id, str::to_owned)
+}
+
+/// A fresh UUIDv4 from the thread's CSPRNG (`rand`), not from a `getrandom`
+/// system call per call as `Uuid::new_v4` makes.
+fn new_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 /// Builds [`RequestId`].
