@@ -64,6 +64,7 @@ fn bench(c: &mut Criterion) {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),
                 body,
+                decoded: None,
             })
         }
     });

@@ -19,7 +19,7 @@ use super::{rules, CacheConfig, CacheStatus, Entry, Key, ResponseCache};
 use crate::{
     credentials::CredentialStore,
     idempotency::IdempotencyError,
-    upstream::{ApiError, UpstreamError, UpstreamRequest, UpstreamResponse},
+    upstream::{ApiError, DecodedSlot, UpstreamError, UpstreamRequest, UpstreamResponse},
 };
 
 /// Builds [`Cache`].
@@ -244,6 +244,7 @@ fn storable(
             Some(Entry {
                 status: resp.status,
                 body: resp.body.clone(),
+                decoded: DecodedSlot::default(),
                 not_found: None,
                 tags,
                 ttl: ttls.ok,
@@ -255,6 +256,7 @@ fn storable(
             Some(Entry {
                 status: *status,
                 body: bytes::Bytes::new(),
+                decoded: DecodedSlot::default(),
                 not_found: Some(Arc::new(ApiError::clone(error))),
                 tags,
                 ttl: ttls.not_found.min(ttls.ok),
@@ -275,6 +277,7 @@ fn answer(entry: &Entry) -> Result<UpstreamResponse, UpstreamError> {
             status: entry.status,
             headers: HeaderMap::new(),
             body: entry.body.clone(),
+            decoded: Some(entry.decoded.clone()),
         }),
     }
 }

@@ -277,6 +277,9 @@ pub(crate) struct Key {
 pub(crate) struct Entry {
     pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
+    /// The body decoded into its proto message by the first hit that
+    /// needed it (weighed as a second copy of the body).
+    pub(crate) decoded: crate::upstream::DecodedSlot,
     /// A remembered 404 (`cache.not_found_ttl`).
     pub(crate) not_found: Option<Arc<ApiError>>,
     pub(crate) tags: Arc<[String]>,
@@ -330,7 +333,9 @@ fn weight(key: &Key, entry: &Entry) -> u32 {
     let n = key.path_and_query.len()
         + key.body.as_ref().map_or(0, Bytes::len)
         + key.scope.len()
-        + entry.body.len()
+        // The body, and its decoded message once a hit has made it (a
+        // proto message takes about what its JSON takes).
+        + 2 * entry.body.len()
         + entry.tags.iter().map(String::len).sum::<usize>()
         + 160;
     u32::try_from(n).unwrap_or(u32::MAX)

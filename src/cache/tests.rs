@@ -47,6 +47,7 @@ fn upstream(
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),
                 body: Bytes::from(format!("{{\"n\":{n}}}")),
+                decoded: None,
             })
         }
     })

@@ -148,6 +148,7 @@ fn replay(
                 status: StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
                 headers: HeaderMap::new(),
                 body: Bytes::from(body.clone()),
+                decoded: None,
             }))
         }
         RecordState::Failed {
@@ -437,6 +438,7 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from(format!("{{\"n\":{n},\"client_secret\":\"s3cr3t\"}}")),
+            decoded: None,
         })
     }
 
@@ -642,6 +644,7 @@ mod tests {
                 body: Bytes::from_static(
                     br#"{"data":[{"id":"pm1","pci_details":{"pan":"4111111111111111","cvv":"123"}}],"has_more":false}"#,
                 ),
+                decoded: None,
             })
         }));
         let mut r = keyed("{}");
@@ -660,6 +663,7 @@ mod tests {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),
                 body: Bytes::from_static(b"client_secret=s3cr3t"),
+                decoded: None,
             })
         }));
         let mut r = keyed("{}");

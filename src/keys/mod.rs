@@ -721,6 +721,7 @@ mod tests {
                     status: StatusCode::OK,
                     headers: HeaderMap::new(),
                     body: Bytes::from(body),
+                    decoded: None,
                 })
             }
         });

@@ -151,6 +151,7 @@ impl Service<UpstreamRequest> for HttpClient {
                     status,
                     headers,
                     body,
+                    decoded: None,
                 });
             }
             let mut error = ApiError::parse(&body);

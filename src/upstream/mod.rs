@@ -229,7 +229,14 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// For an answer from the response cache: the entry's slot for the
+    /// decoded message, so that hits after the first skip JSON decoding.
+    pub decoded: Option<DecodedSlot>,
 }
+
+/// Where a cache entry keeps its body decoded (set by the first hit that
+/// decodes it; read, by type, by every later one).
+pub type DecodedSlot = Arc<std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>>;
 
 /// The assembled stack, boxed at the boundary to keep types readable.
 pub type UpstreamService = BoxCloneSyncService<UpstreamRequest, UpstreamResponse, UpstreamError>;

@@ -65,6 +65,9 @@ async fn cache_repeated_reads_hit_and_a_write_invalidates() {
     let (second, x2) = read(&mut c).await;
     assert_eq!((x1.as_deref(), x2.as_deref()), (Some("miss"), Some("hit")));
     assert_eq!(first, second);
+    // The first hit decoded the entry; the next one reuses that message.
+    let (again, x) = read(&mut c).await;
+    assert_eq!((again, x.as_deref()), (first.clone(), Some("hit")));
     assert_eq!(count(&up, Method::GET, &path), 1);
 
     let mut write = req(UpdateCustomerRequest {
@@ -97,7 +100,7 @@ async fn cache_repeated_reads_hit_and_a_write_invalidates() {
     };
     assert_eq!(
         value("gateway_cache_lookups_total", "result=\"hit\""),
-        Some(1.0),
+        Some(2.0),
         "{text}"
     );
     assert_eq!(
