@@ -16,7 +16,8 @@ use imprint_gateway::{
         },
         imprint::v2::{
             customer_service_client::CustomerServiceClient, key_service_client::KeyServiceClient,
-            CreateKeyRequest, DeleteKeyRequest, GetCustomerRequest,
+            transaction_intent_service_client::TransactionIntentServiceClient, CreateKeyRequest,
+            DeleteKeyRequest, GetCustomerRequest, ListTransactionIntentsRequest,
         },
     },
     sandbox::{seed::JOHN, Emulator, EmulatorConfig, FaultRule, Product, RunningEmulator},
@@ -283,6 +284,92 @@ async fn rotation_creates_verifies_swaps_and_deletes_with_the_right_keys() {
     assert!(events.iter().any(|e| e.action
         == "imprint.gateway.v1.KeyManagementService/RotateCredential"
         && e.outcome == "ok"));
+}
+
+#[tokio::test]
+async fn with_the_cache_on_the_verification_read_reaches_imprint_with_the_new_key() {
+    let up = FakeUpstream::start().await;
+    script_rotation_and_reads(&up);
+    let dir = Dir::new();
+    let gw = gateway(&up.url(), &dir, &[("GATEWAY__CACHE__ENABLED", "true")]).await;
+    // The very read the rotation verifies with, cached under the old key.
+    let read = || async {
+        TransactionIntentServiceClient::new(gw.channel.clone())
+            .list_transaction_intents(req(ListTransactionIntentsRequest {
+                limit: Some(1),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+    };
+    read().await;
+    let hit = read().await;
+    assert_eq!(hit.metadata().get("x-cache").unwrap(), "hit");
+
+    let done = rotate(&gw.channel).await.unwrap();
+    assert!(done.previous_deleted, "{done:?}");
+    let (old, new) = (basic(API_KEY), basic(CREATED_KEY));
+    let seen = summary(&up.requests());
+    let list = "/v2/transaction_intents".to_owned();
+    assert_eq!(
+        seen,
+        vec![
+            ("GET".into(), list.clone(), Some(old.clone())),
+            ("POST".into(), "/v2/keys".into(), Some(old.clone())),
+            ("GET".into(), list, Some(new)),
+            ("DELETE".into(), "/v2/keys".into(), Some(old)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn key_service_refuses_an_idempotency_key_and_sends_nothing() {
+    let up = FakeUpstream::start().await;
+    script_rotation_and_reads(&up);
+    let dir = Dir::new();
+    let gw = gateway(&up.url(), &dir, &[]).await;
+    let keyed = |mut r: tonic::Request<DeleteKeyRequest>| {
+        r.metadata_mut()
+            .insert("idempotency-key", MetadataValue::from_static("same-key-1"));
+        r
+    };
+    for key in ["sk_test_first_to_delete", "sk_test_second_to_delete"] {
+        let err = KeyServiceClient::new(gw.channel.clone())
+            .delete_key(keyed(admin(DeleteKeyRequest {
+                key: Some(key.into()),
+                ..Default::default()
+            })))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("idempotency-key"), "{err:?}");
+    }
+    let mut create = admin(CreateKeyRequest {});
+    create
+        .metadata_mut()
+        .insert("idempotency-key", MetadataValue::from_static("same-key-2"));
+    let err = KeyServiceClient::new(gw.channel.clone())
+        .create_key(create)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(up.requests().is_empty(), "{:?}", summary(&up.requests()));
+    // Without one, DeleteKey deletes the key it names, with that key.
+    KeyServiceClient::new(gw.channel.clone())
+        .delete_key(admin(DeleteKeyRequest {
+            key: Some("sk_test_second_to_delete".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&up.requests()),
+        vec![(
+            "DELETE".into(),
+            "/v2/keys".into(),
+            Some(basic("sk_test_second_to_delete"))
+        )]
+    );
 }
 
 #[tokio::test]
