@@ -499,6 +499,117 @@ async fn a_failed_final_delete_leaves_both_keys_valid_and_is_retried() {
 }
 
 #[tokio::test]
+async fn an_abandoned_rotation_whose_cleanup_fails_keeps_the_new_key_as_retiring() {
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::POST,
+        "/v2/keys",
+        Reply::ok(format!(r#"{{"key":"{CREATED_KEY}"}}"#)),
+    );
+    // The verification read fails (not a refusal of the key) and so does
+    // the first DELETE of the new key; a later one succeeds.
+    up.on(
+        Method::GET,
+        "/v2/transaction_intents",
+        Reply::json(500, r#"{"error":{"type":"api_error","message":"boom"}}"#),
+    );
+    up.on(
+        Method::DELETE,
+        "/v2/keys",
+        Reply::json(500, r#"{"error":{"type":"api_error","message":"boom"}}"#),
+    );
+    up.on(Method::DELETE, "/v2/keys", Reply::ok(r#"{"key":"x"}"#));
+    let dir = Dir::new();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            ("GATEWAY__CREDENTIALS__RETRY_INTERVAL", "1s"),
+            ("GATEWAY__CREDENTIALS__SYNC_INTERVAL", "200ms"),
+            ("GATEWAY__RETRY__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let err = rotate(&gw.channel).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("kept as retiring"), "{err:?}");
+    assert!(err.message().contains("stays active"), "{err:?}");
+    let list = || async {
+        KeyManagementServiceClient::new(gw.channel.clone())
+            .list_credentials(admin(ListCredentialsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .data
+    };
+    let listed = list().await;
+    assert!(
+        listed.iter().any(
+            |c| c.state == CredentialState::Retiring as i32 && c.fingerprint == fp(CREATED_KEY)
+        ),
+        "{listed:?}"
+    );
+    assert_eq!(active_fingerprint(&gw.channel).await, fp(API_KEY));
+    // Retried in the background, with the new key itself, until gone.
+    let mut gone = false;
+    for _ in 0..100 {
+        if !list()
+            .await
+            .iter()
+            .any(|c| c.state == CredentialState::Retiring as i32)
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the new key was never deleted");
+    let deletes: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::DELETE)
+        .collect();
+    assert_eq!(deletes.len(), 2);
+    assert!(deletes
+        .iter()
+        .all(|r| r.header("authorization") == Some(basic(CREATED_KEY).as_str())));
+    only_the_create_used_the_old_key(&up);
+}
+
+/// Nothing was sent with the old key but the POST that made the new one.
+fn only_the_create_used_the_old_key(up: &FakeUpstream) {
+    let old = basic(API_KEY);
+    let with_old: Vec<_> = summary(&up.requests())
+        .into_iter()
+        .filter(|(_, _, a)| a.as_deref() == Some(old.as_str()))
+        .collect();
+    assert_eq!(
+        with_old,
+        vec![("POST".into(), "/v2/keys".into(), Some(old.clone()))]
+    );
+}
+
+#[tokio::test]
+async fn with_redis_but_no_master_key_rotation_is_refused_before_any_upstream_call() {
+    let up = FakeUpstream::start().await;
+    script_rotation_and_reads(&up);
+    let redis = RedisServer::start();
+    let dir = Dir::new();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[("GATEWAY_REDIS_URL", redis.url.as_str())],
+    )
+    .await;
+    let err = rotate(&gw.channel).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("GATEWAY_MASTER_KEY_FILE"), "{err:?}");
+    assert!(up.requests().is_empty(), "{:?}", summary(&up.requests()));
+    assert_eq!(active_fingerprint(&gw.channel).await, fp(API_KEY));
+    get_john(&gw.channel).await.unwrap();
+}
+
+#[tokio::test]
 async fn against_the_emulator_200_concurrent_calls_survive_a_rotation_and_the_old_key_dies() {
     // Slow reads: calls sent with the old key are still in flight at the
     // swap; the rotation waits for them before deleting the old key.
