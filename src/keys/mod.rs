@@ -8,9 +8,11 @@
 //! key: the credentials layer holds the key an attempt was sent with, and
 //! the rotation waits for those attempts), then delete the old key upstream
 //! with the old key (`DELETE /v2/keys`). Before the swap, any failure
-//! deletes the new key and leaves the old one active; a failed final delete
-//! leaves both valid, says so, and is retried every
-//! `credentials.retry_interval`.
+//! leaves the old key active and deletes the new one, or, when that delete
+//! fails or the save may have landed, keeps it as retiring; a failed final
+//! delete leaves both valid, says so; retiring keys are deleted by a retry
+//! every `credentials.retry_interval`. A rotation runs in a task of its own
+//! and its lock is released by a guard, whatever happens to its caller.
 //!
 //! Every gateway follows its vault every `credentials.sync_interval`: a key
 //! rotated by another replica (Redis) or by `imprint-gateway rotate-key`
