@@ -590,6 +590,68 @@ fn only_the_create_used_the_old_key(up: &FakeUpstream) {
 }
 
 #[tokio::test]
+async fn a_rotation_whose_caller_gave_up_finishes_and_the_next_one_runs() {
+    const SECOND_KEY: &str = "sk_test_created_by_rotation_2";
+    let up = FakeUpstream::start().await;
+    for key in [CREATED_KEY, SECOND_KEY] {
+        up.on(
+            Method::POST,
+            "/v2/keys",
+            Reply::ok(format!(r#"{{"key":"{key}"}}"#)),
+        );
+    }
+    let empty = r#"{"data":[],"has_more":false,"total":0}"#;
+    // The first verification read outlasts the caller's deadline.
+    up.on(
+        Method::GET,
+        "/v2/transaction_intents",
+        Reply::ok(empty).delay(Duration::from_millis(1500)),
+    );
+    up.on(Method::GET, "/v2/transaction_intents", Reply::ok(empty));
+    up.on(Method::DELETE, "/v2/keys", Reply::ok(r#"{"key":"x"}"#));
+    let dir = Dir::new();
+    let gw = gateway(&up.url(), &dir, &[]).await;
+    let mut hurried = admin(RotateCredentialRequest::default());
+    hurried.set_timeout(Duration::from_millis(500));
+    let err = KeyManagementServiceClient::new(gw.channel.clone())
+        .rotate_credential(hurried)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // The first rotation finishes on its own; the next one is not locked out.
+    let mut second = None;
+    for _ in 0..100 {
+        match rotate(&gw.channel).await {
+            Ok(r) => {
+                second = Some(r);
+                break;
+            }
+            Err(s) if s.code() == Code::Aborted => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let second = second.expect("the rotation lock was never released");
+    assert_eq!(second.previous_fingerprint, fp(CREATED_KEY));
+    assert_eq!(second.credential.unwrap().fingerprint, fp(SECOND_KEY));
+    assert!(second.previous_deleted);
+    let deletes: Vec<_> = summary(&up.requests())
+        .into_iter()
+        .filter(|(m, _, _)| m == "DELETE")
+        .map(|(_, _, a)| a)
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![Some(basic(API_KEY)), Some(basic(CREATED_KEY))]
+    );
+    assert_eq!(active_fingerprint(&gw.channel).await, fp(SECOND_KEY));
+}
+
+#[tokio::test]
 async fn with_redis_but_no_master_key_rotation_is_refused_before_any_upstream_call() {
     let up = FakeUpstream::start().await;
     script_rotation_and_reads(&up);
