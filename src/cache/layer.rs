@@ -108,6 +108,15 @@ where
         }
         return result;
     }
+    // A call with a key of its own (the rotation's verification read,
+    // KeyService/DeleteKey) must reach Imprint with that key: entries and
+    // flights are keyed by the product's active key, so neither may answer
+    // it, and its answer (for another key) is not stored.
+    if req.authenticate_with.is_some() {
+        req.stats.set_cache(CacheStatus::Bypass);
+        cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
+        return inner.oneshot(req).await;
+    }
     let Some(ttl) = cache.config.ttl_of(req.rpc) else {
         return inner.oneshot(req).await;
     };

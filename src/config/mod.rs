@@ -588,6 +588,15 @@ impl Config {
         if let Some(path) = &config.credentials.master_key_file {
             read_master_key(path)?;
         }
+        if config.credentials.rotate_every_days > 0
+            && config.state.redis_url.is_some()
+            && config.credentials.master_key_file.is_none()
+        {
+            return Err(err(
+                "credentials.rotate_every_days",
+                "needs GATEWAY_MASTER_KEY_FILE when GATEWAY_REDIS_URL is set (rotated keys are shared through Redis, sealed with the master key)",
+            ));
+        }
         Ok(config)
     }
 
@@ -1221,6 +1230,18 @@ pub(crate) mod tests {
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(!shown.contains("mk_secret"), "{shown}");
         assert!(shown.contains("[redacted sha256:"));
+    }
+
+    #[test]
+    fn scheduled_rotation_with_redis_needs_the_master_key() {
+        let redis = ("GATEWAY_REDIS_URL", "redis://127.0.0.1:6379");
+        let every = ("GATEWAY__CREDENTIALS__ROTATE_EVERY_DAYS", "30");
+        let e = Config::load_with_env(None, env(&[redis, every])).unwrap_err();
+        assert_eq!(e.setting, "credentials.rotate_every_days");
+        assert!(e.problem.contains("GATEWAY_MASTER_KEY_FILE"), "{e}");
+        // Either alone is fine.
+        Config::load_with_env(None, env(&[redis])).unwrap();
+        Config::load_with_env(None, env(&[every])).unwrap();
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! key: the credentials layer holds the key an attempt was sent with, and
 //! the rotation waits for those attempts), then delete the old key upstream
 //! with the old key (`DELETE /v2/keys`). Before the swap, any failure
-//! deletes the new key and leaves the old one active; a failed final delete
-//! leaves both valid, says so, and is retried every
-//! `credentials.retry_interval`.
+//! leaves the old key active and deletes the new one, or, when that delete
+//! fails or the save may have landed, keeps it as retiring; a failed final
+//! delete leaves both valid, says so; retiring keys are deleted by a retry
+//! every `credentials.retry_interval`. A rotation runs in a task of its own
+//! and its lock is released by a guard, whatever happens to its caller.
 //!
 //! Every gateway follows its vault every `credentials.sync_interval`: a key
 //! rotated by another replica (Redis) or by `imprint-gateway rotate-key`
@@ -97,6 +99,9 @@ pub struct KeySettings {
     /// (`rotate-key` next to a running gateway on the same data directory):
     /// wait for them like for replicas before deleting the old key.
     pub others_follow: bool,
+    /// Why this gateway may not rotate (`GATEWAY_REDIS_URL` without a
+    /// master key: other replicas would keep using the key it deletes).
+    pub rotation_refused: Option<String>,
 }
 
 impl KeySettings {
@@ -109,6 +114,50 @@ impl KeySettings {
             rotate_every: (c.rotate_every_days > 0)
                 .then(|| Duration::from_secs(u64::from(c.rotate_every_days) * 86_400)),
             others_follow: false,
+            rotation_refused: (config.state.redis_url.is_some()
+                && c.master_key_file.is_none())
+            .then(|| {
+                "GATEWAY_REDIS_URL is set but GATEWAY_MASTER_KEY_FILE is not: a rotation here would not reach the other replicas, which would keep using the key it deletes; set GATEWAY_MASTER_KEY_FILE".to_owned()
+            }),
+        }
+    }
+}
+
+/// A product's rotation lock; released when dropped (a rotation that
+/// panicked or was cut short frees it too), at once by [`Self::release`].
+struct RotationLock {
+    vault: Arc<dyn KeyVault>,
+    product: Option<String>,
+}
+
+impl RotationLock {
+    /// Takes the lock; `None` when another rotation holds it.
+    async fn take(
+        vault: &Arc<dyn KeyVault>,
+        product: &str,
+        ttl: Duration,
+    ) -> Result<Option<Self>, vault::VaultError> {
+        Ok(vault.lock(product, ttl).await?.then(|| Self {
+            vault: vault.clone(),
+            product: Some(product.to_owned()),
+        }))
+    }
+
+    async fn release(mut self) {
+        if let Some(product) = self.product.take() {
+            self.vault.unlock(&product).await;
+        }
+    }
+}
+
+impl Drop for RotationLock {
+    fn drop(&mut self) {
+        let Some(product) = self.product.take() else {
+            return;
+        };
+        let vault = self.vault.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { vault.unlock(&product).await });
         }
     }
 }
@@ -321,14 +370,42 @@ impl Keys {
         }
     }
 
-    /// Rotates `product`'s key (the default product when `None`).
+    /// Rotates `product`'s key (the default product when `None`), in a
+    /// task of its own: a caller that goes away (a deadline, a cancelled
+    /// RPC) does not cut a rotation in half; it finishes, is audited, and
+    /// frees its lock.
     pub async fn rotate(
-        &self,
+        self: &Arc<Self>,
         product: Option<&str>,
         actor: &str,
         request_id: &str,
     ) -> Result<Rotation, Status> {
+        let keys = self.clone();
         let product = product.unwrap_or(DEFAULT_PRODUCT).to_owned();
+        let (actor, request_id) = (actor.to_owned(), request_id.to_owned());
+        tokio::spawn(async move { keys.rotate_audited(product, &actor, &request_id).await })
+            .await
+            .unwrap_or_else(|_| Err(Status::internal("the rotation stopped unexpectedly")))
+    }
+
+    async fn rotate_audited(
+        &self,
+        product: String,
+        actor: &str,
+        request_id: &str,
+    ) -> Result<Rotation, Status> {
+        if let Some(why) = &self.settings.rotation_refused {
+            let refused = Status::failed_precondition(why.clone());
+            self.audit.record(
+                actor,
+                "credential.rotate",
+                &product,
+                Outcome::Failed,
+                refused.message(),
+                request_id,
+            );
+            return Err(refused);
+        }
         let result = self.rotate_inner(&product, actor).await;
         match &result {
             Ok(r) => self.audit.record(
@@ -371,9 +448,9 @@ impl Keys {
         let lock_ttl = self.settings.drain_timeout
             + 4 * self.settings.sync_interval
             + Duration::from_secs(120);
-        match self.vault.lock(product, lock_ttl).await {
-            Ok(true) => {}
-            Ok(false) => {
+        let lock = match RotationLock::take(&self.vault, product, lock_ttl).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
                 return Err(Status::aborted(format!(
                     "a rotation of product '{product}' is already running"
                 )))
@@ -384,9 +461,9 @@ impl Keys {
                     self.vault.describe()
                 )))
             }
-        }
+        };
         let result = self.rotate_locked(product, actor).await;
-        self.vault.unlock(product).await;
+        lock.release().await;
         result
     }
 
@@ -437,25 +514,37 @@ impl Keys {
             }
             Err(s) => Err(format!("verifying the new key failed: {}", s.message())),
         };
-        let persisted = match verified {
+        let abandoned = match verified {
             Ok(()) => self
                 .persist(product, &old, &new_key, std::slice::from_ref(&old_key))
                 .await
-                .map_err(|e| {
-                    format!(
-                        "persisting the new key failed ({}): {e}",
-                        self.vault.describe()
+                .err()
+                .map(|e| {
+                    (
+                        format!(
+                            "persisting the new key failed ({}): {e}",
+                            self.vault.describe()
+                        ),
+                        true,
                     )
                 }),
-            Err(e) => Err(e),
+            Err(e) => Some((e, false)),
         };
-        if let Err(why) = persisted {
-            let cleanup = match self.delete_upstream(product, &new_key, actor).await {
-                Ok(()) => "the new key was deleted".to_owned(),
-                Err(s) => format!(
-                    "deleting the new key {new_fp} failed too ({}); delete it with KeyService/DeleteKey",
-                    s.message()
-                ),
+        if let Some((why, save_failed)) = abandoned {
+            let cleanup = if save_failed {
+                // The write may have landed (a timeout after the write):
+                // the record may name the new key, so it is not deleted
+                // now but kept as retiring, and the record written back.
+                self.keep_retiring(product, &old, new).await
+            } else {
+                match self.delete_upstream(product, &new_key, actor).await {
+                    Ok(()) => "the new key was deleted".to_owned(),
+                    Err(s) => format!(
+                        "deleting the new key failed too ({}); {}",
+                        s.message(),
+                        self.keep_retiring(product, &old, new).await
+                    ),
+                }
             };
             tracing::warn!(
                 product,
@@ -525,6 +614,26 @@ impl Keys {
         }
     }
 
+    /// Keeps an abandoned rotation's new key as retiring (listed by
+    /// ListCredentials, deleted by the background retry) and records it
+    /// with `current` still active. What was done, for the caller.
+    async fn keep_retiring(&self, product: &str, current: &Credential, new: Credential) -> String {
+        let fp = new.fingerprint().to_owned();
+        self.store.retire(Arc::new(new));
+        let every = humantime::format_duration(self.settings.retry_interval);
+        match self
+            .persist(product, current, &current.api_key().clone(), &[])
+            .await
+        {
+            Ok(()) => format!(
+                "the new key {fp} is kept as retiring and its deletion is retried every {every}"
+            ),
+            Err(e) => format!(
+                "the new key {fp} is kept as retiring (recording it failed: {e}) and its deletion is retried every {every}"
+            ),
+        }
+    }
+
     /// Writes `product`'s record: `key` active, `retiring` pending deletion
     /// (with those already pending, minus the active key).
     async fn persist(
@@ -570,6 +679,16 @@ impl Keys {
         for old in self.store.retiring() {
             let product = old.product().to_owned();
             let fp = old.fingerprint().to_owned();
+            // A key the vault made active again (an abandoned rotation's
+            // save that landed after all) is no longer retiring.
+            if self
+                .store
+                .get(&product)
+                .is_some_and(|c| c.fingerprint() == fp)
+            {
+                self.store.forget_retiring(&fp);
+                continue;
+            }
             match self
                 .delete_upstream(&product, old.api_key(), "gateway")
                 .await
@@ -618,7 +737,7 @@ impl Keys {
 
     /// Rotates every product whose key is older than `rotate_every`
     /// (a configured key's age counts from this gateway's start).
-    async fn rotate_due(&self, every: Duration) {
+    async fn rotate_due(self: &Arc<Self>, every: Duration) {
         for product in self.store.products() {
             let Some(c) = self.store.get(&product) else {
                 continue;
@@ -696,11 +815,14 @@ mod tests {
     type Log = Arc<Mutex<Vec<(String, String, String)>>>;
 
     /// An in-memory Imprint: creates `sk_new_<n>`, answers reads and deletes.
-    fn imprint(log: Log) -> crate::upstream::UpstreamService {
+    fn imprint(log: Log, slow_read: Duration) -> crate::upstream::UpstreamService {
         let n = Arc::new(AtomicU32::new(0));
         let svc = service_fn(move |r: UpstreamRequest| {
             let (log, n) = (log.clone(), n.clone());
             async move {
+                if r.call.method == http::Method::GET {
+                    tokio::time::sleep(slow_read).await;
+                }
                 let auth = r
                     .headers
                     .get(http::header::AUTHORIZATION)
@@ -729,6 +851,20 @@ mod tests {
     }
 
     fn keys(configured: &str, dir: &std::path::Path, log: Log) -> Arc<Keys> {
+        keys_over(
+            configured,
+            Arc::new(DiskVault::new(dir, None)),
+            log,
+            Duration::ZERO,
+        )
+    }
+
+    fn keys_over(
+        configured: &str,
+        vault: Arc<dyn KeyVault>,
+        log: Log,
+        slow_read: Duration,
+    ) -> Arc<Keys> {
         let store = Arc::new(CredentialStore::new(Some(
             Credential::new(
                 SecretString::from(configured.to_owned()),
@@ -738,7 +874,7 @@ mod tests {
             .unwrap(),
         )));
         let upstream = stack_over(
-            imprint(log),
+            imprint(log, slow_read),
             store.clone(),
             Arc::new(MemoryStore::new()),
             &StackConfig::default(),
@@ -747,7 +883,7 @@ mod tests {
         Keys::new(
             gateway,
             store,
-            Arc::new(DiskVault::new(dir, None)),
+            vault,
             Arc::new(AuditLog::new(100)),
             KeySettings {
                 drain_timeout: Duration::from_secs(1),
@@ -755,6 +891,7 @@ mod tests {
                 retry_interval: Duration::from_secs(1),
                 rotate_every: None,
                 others_follow: false,
+                rotation_refused: None,
             },
         )
     }
@@ -808,6 +945,175 @@ mod tests {
             other.store.current().unwrap().fingerprint(),
             fingerprint("sk_operator")
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn calls(log: &Log) -> Vec<String> {
+        log.lock()
+            .iter()
+            .map(|(m, p, a)| format!("{m} {p} {a}"))
+            .collect()
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("igw-keys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_dropped_rotation_lock_is_released() {
+        let dir = temp_dir("lockdrop");
+        let vault: Arc<dyn KeyVault> = Arc::new(DiskVault::new(&dir, None));
+        let ttl = Duration::from_secs(60);
+        let lock = RotationLock::take(&vault, "default", ttl).await.unwrap();
+        assert!(lock.is_some());
+        assert!(RotationLock::take(&vault, "default", ttl)
+            .await
+            .unwrap()
+            .is_none());
+        drop(lock);
+        let mut freed = false;
+        for _ in 0..100 {
+            if let Some(again) = RotationLock::take(&vault, "default", ttl).await.unwrap() {
+                again.release().await;
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "a dropped lock was never released");
+    }
+
+    #[tokio::test]
+    async fn a_rotation_whose_caller_went_away_finishes_and_frees_its_lock() {
+        let dir = temp_dir("cancel");
+        let log: Log = Arc::default();
+        let k = keys_over(
+            "sk_old",
+            Arc::new(DiskVault::new(&dir, None)),
+            log.clone(),
+            Duration::from_millis(300),
+        );
+        // The caller's deadline passes during the verification read.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), k.rotate(None, "ops", ""))
+                .await
+                .is_err()
+        );
+        let mut second = None;
+        for _ in 0..50 {
+            match k.rotate(None, "ops", "").await {
+                Ok(r) => {
+                    second = Some(r);
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::Aborted => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(s) => panic!("{s:?}"),
+            }
+        }
+        let second = second.expect("the rotation lock was never freed");
+        // The first rotation finished (sk_new_1, old key deleted) and the
+        // second started from it.
+        assert_eq!(second.previous_fingerprint, fingerprint("sk_new_1"));
+        assert_eq!(second.credential.fingerprint(), fingerprint("sk_new_2"));
+        assert_eq!(
+            calls(&log)
+                .iter()
+                .filter(|c| c.starts_with("DELETE"))
+                .cloned()
+                .collect::<Vec<_>>(),
+            [
+                "DELETE /v2/keys Bearer sk_old",
+                "DELETE /v2/keys Bearer sk_new_1"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The data directory, whose first save lands but reports a failure
+    /// (a write whose answer was lost).
+    struct LostAnswer {
+        inner: DiskVault,
+        failures: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyVault for LostAnswer {
+        async fn load(&self) -> Result<Vec<Stored>, vault::VaultError> {
+            self.inner.load().await
+        }
+        async fn save(&self, record: &Stored) -> Result<(), vault::VaultError> {
+            self.inner.save(record).await?;
+            if self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(vault::VaultError("timed out".into()));
+            }
+            Ok(())
+        }
+        fn shared(&self) -> bool {
+            false
+        }
+        async fn lock(&self, product: &str, ttl: Duration) -> Result<bool, vault::VaultError> {
+            self.inner.lock(product, ttl).await
+        }
+        async fn unlock(&self, product: &str) {
+            self.inner.unlock(product).await
+        }
+        fn describe(&self) -> &'static str {
+            "data directory"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_keeps_the_new_key_as_retiring_instead_of_deleting_it() {
+        let dir = temp_dir("lostsave");
+        let log: Log = Arc::default();
+        let vault = LostAnswer {
+            inner: DiskVault::new(&dir, None),
+            failures: AtomicU32::new(1),
+        };
+        let k = keys_over("sk_old", Arc::new(vault), log.clone(), Duration::ZERO);
+        let err = k.rotate(None, "ops", "").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("kept as retiring"), "{err:?}");
+        assert_eq!(
+            calls(&log),
+            [
+                "POST /v2/keys Bearer sk_old",
+                "GET /v2/transaction_intents?limit=1 Bearer sk_new_1",
+            ]
+        );
+        assert_eq!(
+            k.store.current().unwrap().fingerprint(),
+            fingerprint("sk_old")
+        );
+        let retiring: Vec<_> = k
+            .store
+            .retiring()
+            .iter()
+            .map(|c| c.fingerprint().to_owned())
+            .collect();
+        assert_eq!(retiring, [fingerprint("sk_new_1")]);
+        // The record names the old key again: a restart keeps it.
+        let again = keys("sk_old", &dir, Arc::default());
+        assert_eq!(again.sync().await.unwrap(), 0);
+        assert_eq!(
+            again.store.current().unwrap().fingerprint(),
+            fingerprint("sk_old")
+        );
+        // The retry deletes the new key, with itself.
+        k.retry_retiring().await;
+        assert_eq!(
+            calls(&log).last().unwrap(),
+            "DELETE /v2/keys Bearer sk_new_1"
+        );
+        assert!(k.store.retiring().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

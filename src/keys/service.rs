@@ -33,6 +33,23 @@ fn actor<T>(request: &Request<T>) -> String {
         .map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
 }
 
+/// Imprint's Keys calls are not idempotent by key: the key a DeleteKey
+/// deletes travels in `Authorization`, which a recorded answer does not
+/// tell apart, and a replayed CreateKey could not return the secret again.
+/// The gateway refuses `idempotency-key` on them rather than answer a
+/// different request from a record.
+fn refuse_idempotency_key<T>(request: &Request<T>) -> Result<(), Status> {
+    if request.metadata().contains_key("idempotency-key") {
+        return Err(crate::errors::invalid_request(&[
+            crate::translate::FieldViolation {
+                field: "idempotency-key".into(),
+                description: "KeyService calls take no idempotency-key: a repeated CreateKey creates another key, a repeated DeleteKey is harmless".into(),
+            },
+        ]));
+    }
+    Ok(())
+}
+
 fn request_id<T>(request: &Request<T>) -> String {
     request
         .metadata()
@@ -75,6 +92,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<CreateKeyRequest>,
     ) -> Result<Response<Key>, Status> {
+        refuse_idempotency_key(&request)?;
         let (actor, request_id, product) = self.who(&request)?;
         let mut response = self.keys.gateway().call(request).await?;
         let key = response.get_mut();
@@ -96,6 +114,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<DeleteKeyRequest>,
     ) -> Result<Response<Key>, Status> {
+        refuse_idempotency_key(&request)?;
         let (actor, request_id, product) = self.who(&request)?;
         let (metadata, extensions, message) = request.into_parts();
         let store = self.keys.store();

@@ -9,7 +9,9 @@
 //!
 //! On disk: `<GATEWAY_DATA_DIR>/credentials.json`, mode 0600, written to a
 //! temporary file first and renamed over (never half written); sealed with
-//! the master key when one is configured. In Redis: one hash field per
+//! the master key when one is configured (records written before a master
+//! key was configured are read as they are and sealed by the next save). A
+//! record that cannot be read skips its product only, with a warning. In Redis: one hash field per
 //! product, always sealed with AES-256-GCM under the master key.
 
 use std::{
@@ -179,6 +181,31 @@ fn decode(text: &str, sealer: Option<&Sealer>) -> Result<Stored, VaultError> {
     Ok(plain.into())
 }
 
+/// Every record that decodes: one that does not (malformed, sealed under
+/// another master key) skips only its product, with a warning naming it.
+fn decode_each<'a>(
+    records: impl Iterator<Item = (&'a String, &'a String)>,
+    decode: impl Fn(&str) -> Result<Stored, VaultError>,
+) -> Vec<Stored> {
+    records
+        .filter_map(|(product, text)| match decode(text) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::warn!(
+                    product = product.as_str(),
+                    "ignoring the product's stored rotation, which cannot be read: {e}"
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+/// A record written as plain JSON (before a master key was configured).
+fn is_plain(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
 /// `<data dir>/credentials.json`: records by product, each sealed when a
 /// master key is configured.
 pub struct DiskVault {
@@ -252,16 +279,28 @@ impl DiskVault {
 #[async_trait::async_trait]
 impl KeyVault for DiskVault {
     async fn load(&self) -> Result<Vec<Stored>, VaultError> {
-        self.read()?
-            .products
-            .values()
-            .map(|v| decode(v, self.sealer.as_ref()))
-            .collect()
+        let file = self.read()?;
+        // A plain record under a master key was written before the key was
+        // configured: read as is, sealed by the next save.
+        Ok(decode_each(file.products.iter(), |text| {
+            let sealer = self.sealer.as_ref().filter(|_| !is_plain(text));
+            decode(text, sealer)
+        }))
     }
 
     async fn save(&self, record: &Stored) -> Result<(), VaultError> {
         let mut file = self.read()?;
         file.version = 1;
+        if let Some(sealer) = &self.sealer {
+            // No plain key stays on disk once a master key is configured.
+            for text in file.products.values_mut() {
+                if is_plain(text) {
+                    if let Ok(plain) = decode(text, None) {
+                        *text = encode(&plain, Some(sealer))?;
+                    }
+                }
+            }
+        }
         file.products.insert(
             record.product.clone(),
             encode(record, self.sealer.as_ref())?,
@@ -339,9 +378,9 @@ impl KindName for redis::RedisError {
 impl KeyVault for RedisVault {
     async fn load(&self) -> Result<Vec<Stored>, VaultError> {
         let all: BTreeMap<String, String> = self.run(redis::cmd("HGETALL").arg(HASH)).await?;
-        all.values()
-            .map(|v| decode(v, Some(&self.sealer)))
-            .collect()
+        Ok(decode_each(all.iter(), |text| {
+            decode(text, Some(&self.sealer))
+        }))
     }
 
     async fn save(&self, record: &Stored) -> Result<(), VaultError> {
@@ -419,6 +458,56 @@ mod tests {
         assert_eq!(back.api_key.expose_secret(), "sk_rotated_secret");
         assert!(decode(&text, Some(&Sealer::new(&[8; 32]))).is_err());
         assert!(!format!("{back:?}").contains("sk_rotated"));
+    }
+
+    #[tokio::test]
+    async fn a_master_key_added_later_reads_plain_records_and_seals_them_on_save() {
+        let dir = std::env::temp_dir().join(format!("igw-vault-reseal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let plain = DiskVault::new(&dir, None);
+        let cobrand = Stored {
+            product: "cobrand".into(),
+            ..record()
+        };
+        plain.save(&record()).await.unwrap();
+        plain.save(&cobrand).await.unwrap();
+        let sealed = DiskVault::new(&dir, Some(Sealer::new(&[7; 32])));
+        assert_eq!(sealed.load().await.unwrap().len(), 2);
+        // One save seals every record.
+        let again = Stored {
+            api_key: SecretString::from("sk_rotated_again"),
+            ..record()
+        };
+        sealed.save(&again).await.unwrap();
+        let text = std::fs::read_to_string(sealed.path()).unwrap();
+        for secret in ["sk_rotated_secret", "sk_old_secret", "sk_rotated_again"] {
+            assert!(!text.contains(secret), "{secret} on disk");
+        }
+        let file: DiskFile = serde_json::from_str(&text).unwrap();
+        assert!(file.products.values().all(|t| !is_plain(t)));
+        let loaded = sealed.load().await.unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert!(loaded
+            .iter()
+            .any(|r| r.api_key.expose_secret() == "sk_rotated_again"));
+        // A record sealed under another master key skips its product only.
+        DiskVault::new(&dir, Some(Sealer::new(&[8; 32])))
+            .save(&Stored {
+                product: "third".into(),
+                ..record()
+            })
+            .await
+            .unwrap();
+        let mut products: Vec<_> = sealed
+            .load()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.product)
+            .collect();
+        products.sort();
+        assert_eq!(products, ["cobrand", "default"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

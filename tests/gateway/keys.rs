@@ -16,7 +16,8 @@ use imprint_gateway::{
         },
         imprint::v2::{
             customer_service_client::CustomerServiceClient, key_service_client::KeyServiceClient,
-            CreateKeyRequest, DeleteKeyRequest, GetCustomerRequest,
+            transaction_intent_service_client::TransactionIntentServiceClient, CreateKeyRequest,
+            DeleteKeyRequest, GetCustomerRequest, ListTransactionIntentsRequest,
         },
     },
     sandbox::{seed::JOHN, Emulator, EmulatorConfig, FaultRule, Product, RunningEmulator},
@@ -286,6 +287,92 @@ async fn rotation_creates_verifies_swaps_and_deletes_with_the_right_keys() {
 }
 
 #[tokio::test]
+async fn with_the_cache_on_the_verification_read_reaches_imprint_with_the_new_key() {
+    let up = FakeUpstream::start().await;
+    script_rotation_and_reads(&up);
+    let dir = Dir::new();
+    let gw = gateway(&up.url(), &dir, &[("GATEWAY__CACHE__ENABLED", "true")]).await;
+    // The very read the rotation verifies with, cached under the old key.
+    let read = || async {
+        TransactionIntentServiceClient::new(gw.channel.clone())
+            .list_transaction_intents(req(ListTransactionIntentsRequest {
+                limit: Some(1),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+    };
+    read().await;
+    let hit = read().await;
+    assert_eq!(hit.metadata().get("x-cache").unwrap(), "hit");
+
+    let done = rotate(&gw.channel).await.unwrap();
+    assert!(done.previous_deleted, "{done:?}");
+    let (old, new) = (basic(API_KEY), basic(CREATED_KEY));
+    let seen = summary(&up.requests());
+    let list = "/v2/transaction_intents".to_owned();
+    assert_eq!(
+        seen,
+        vec![
+            ("GET".into(), list.clone(), Some(old.clone())),
+            ("POST".into(), "/v2/keys".into(), Some(old.clone())),
+            ("GET".into(), list, Some(new)),
+            ("DELETE".into(), "/v2/keys".into(), Some(old)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn key_service_refuses_an_idempotency_key_and_sends_nothing() {
+    let up = FakeUpstream::start().await;
+    script_rotation_and_reads(&up);
+    let dir = Dir::new();
+    let gw = gateway(&up.url(), &dir, &[]).await;
+    let keyed = |mut r: tonic::Request<DeleteKeyRequest>| {
+        r.metadata_mut()
+            .insert("idempotency-key", MetadataValue::from_static("same-key-1"));
+        r
+    };
+    for key in ["sk_test_first_to_delete", "sk_test_second_to_delete"] {
+        let err = KeyServiceClient::new(gw.channel.clone())
+            .delete_key(keyed(admin(DeleteKeyRequest {
+                key: Some(key.into()),
+                ..Default::default()
+            })))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("idempotency-key"), "{err:?}");
+    }
+    let mut create = admin(CreateKeyRequest {});
+    create
+        .metadata_mut()
+        .insert("idempotency-key", MetadataValue::from_static("same-key-2"));
+    let err = KeyServiceClient::new(gw.channel.clone())
+        .create_key(create)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(up.requests().is_empty(), "{:?}", summary(&up.requests()));
+    // Without one, DeleteKey deletes the key it names, with that key.
+    KeyServiceClient::new(gw.channel.clone())
+        .delete_key(admin(DeleteKeyRequest {
+            key: Some("sk_test_second_to_delete".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(&up.requests()),
+        vec![(
+            "DELETE".into(),
+            "/v2/keys".into(),
+            Some(basic("sk_test_second_to_delete"))
+        )]
+    );
+}
+
+#[tokio::test]
 async fn a_failed_verification_deletes_the_new_key_and_keeps_the_old_one() {
     let up = FakeUpstream::start().await;
     script_rotation(&up, CREATED_KEY);
@@ -409,6 +496,179 @@ async fn a_failed_final_delete_leaves_both_keys_valid_and_is_retried() {
     assert!(deletes
         .iter()
         .all(|r| r.header("authorization") == Some(basic(API_KEY).as_str())));
+}
+
+#[tokio::test]
+async fn an_abandoned_rotation_whose_cleanup_fails_keeps_the_new_key_as_retiring() {
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::POST,
+        "/v2/keys",
+        Reply::ok(format!(r#"{{"key":"{CREATED_KEY}"}}"#)),
+    );
+    // The verification read fails (not a refusal of the key) and so does
+    // the first DELETE of the new key; a later one succeeds.
+    up.on(
+        Method::GET,
+        "/v2/transaction_intents",
+        Reply::json(500, r#"{"error":{"type":"api_error","message":"boom"}}"#),
+    );
+    up.on(
+        Method::DELETE,
+        "/v2/keys",
+        Reply::json(500, r#"{"error":{"type":"api_error","message":"boom"}}"#),
+    );
+    up.on(Method::DELETE, "/v2/keys", Reply::ok(r#"{"key":"x"}"#));
+    let dir = Dir::new();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            ("GATEWAY__CREDENTIALS__RETRY_INTERVAL", "1s"),
+            ("GATEWAY__CREDENTIALS__SYNC_INTERVAL", "200ms"),
+            ("GATEWAY__RETRY__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let err = rotate(&gw.channel).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("kept as retiring"), "{err:?}");
+    assert!(err.message().contains("stays active"), "{err:?}");
+    let list = || async {
+        KeyManagementServiceClient::new(gw.channel.clone())
+            .list_credentials(admin(ListCredentialsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .data
+    };
+    let listed = list().await;
+    assert!(
+        listed.iter().any(
+            |c| c.state == CredentialState::Retiring as i32 && c.fingerprint == fp(CREATED_KEY)
+        ),
+        "{listed:?}"
+    );
+    assert_eq!(active_fingerprint(&gw.channel).await, fp(API_KEY));
+    // Retried in the background, with the new key itself, until gone.
+    let mut gone = false;
+    for _ in 0..100 {
+        if !list()
+            .await
+            .iter()
+            .any(|c| c.state == CredentialState::Retiring as i32)
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the new key was never deleted");
+    let deletes: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::DELETE)
+        .collect();
+    assert_eq!(deletes.len(), 2);
+    assert!(deletes
+        .iter()
+        .all(|r| r.header("authorization") == Some(basic(CREATED_KEY).as_str())));
+    only_the_create_used_the_old_key(&up);
+}
+
+/// Nothing was sent with the old key but the POST that made the new one.
+fn only_the_create_used_the_old_key(up: &FakeUpstream) {
+    let old = basic(API_KEY);
+    let with_old: Vec<_> = summary(&up.requests())
+        .into_iter()
+        .filter(|(_, _, a)| a.as_deref() == Some(old.as_str()))
+        .collect();
+    assert_eq!(
+        with_old,
+        vec![("POST".into(), "/v2/keys".into(), Some(old.clone()))]
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_whose_caller_gave_up_finishes_and_the_next_one_runs() {
+    const SECOND_KEY: &str = "sk_test_created_by_rotation_2";
+    let up = FakeUpstream::start().await;
+    for key in [CREATED_KEY, SECOND_KEY] {
+        up.on(
+            Method::POST,
+            "/v2/keys",
+            Reply::ok(format!(r#"{{"key":"{key}"}}"#)),
+        );
+    }
+    let empty = r#"{"data":[],"has_more":false,"total":0}"#;
+    // The first verification read outlasts the caller's deadline.
+    up.on(
+        Method::GET,
+        "/v2/transaction_intents",
+        Reply::ok(empty).delay(Duration::from_millis(1500)),
+    );
+    up.on(Method::GET, "/v2/transaction_intents", Reply::ok(empty));
+    up.on(Method::DELETE, "/v2/keys", Reply::ok(r#"{"key":"x"}"#));
+    let dir = Dir::new();
+    let gw = gateway(&up.url(), &dir, &[]).await;
+    let mut hurried = admin(RotateCredentialRequest::default());
+    hurried.set_timeout(Duration::from_millis(500));
+    let err = KeyManagementServiceClient::new(gw.channel.clone())
+        .rotate_credential(hurried)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // The first rotation finishes on its own; the next one is not locked out.
+    let mut second = None;
+    for _ in 0..100 {
+        match rotate(&gw.channel).await {
+            Ok(r) => {
+                second = Some(r);
+                break;
+            }
+            Err(s) if s.code() == Code::Aborted => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    let second = second.expect("the rotation lock was never released");
+    assert_eq!(second.previous_fingerprint, fp(CREATED_KEY));
+    assert_eq!(second.credential.unwrap().fingerprint, fp(SECOND_KEY));
+    assert!(second.previous_deleted);
+    let deletes: Vec<_> = summary(&up.requests())
+        .into_iter()
+        .filter(|(m, _, _)| m == "DELETE")
+        .map(|(_, _, a)| a)
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![Some(basic(API_KEY)), Some(basic(CREATED_KEY))]
+    );
+    assert_eq!(active_fingerprint(&gw.channel).await, fp(SECOND_KEY));
+}
+
+#[tokio::test]
+async fn with_redis_but_no_master_key_rotation_is_refused_before_any_upstream_call() {
+    let up = FakeUpstream::start().await;
+    script_rotation_and_reads(&up);
+    let redis = RedisServer::start();
+    let dir = Dir::new();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[("GATEWAY_REDIS_URL", redis.url.as_str())],
+    )
+    .await;
+    let err = rotate(&gw.channel).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("GATEWAY_MASTER_KEY_FILE"), "{err:?}");
+    assert!(up.requests().is_empty(), "{:?}", summary(&up.requests()));
+    assert_eq!(active_fingerprint(&gw.channel).await, fp(API_KEY));
+    get_john(&gw.channel).await.unwrap();
 }
 
 #[tokio::test]
