@@ -25,7 +25,7 @@ use imprint_gateway::{
 };
 use tonic::transport::Channel;
 
-use crate::harness::{free_port, tempdir};
+use crate::harness::tempdir;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -44,30 +44,54 @@ impl Drop for Sandbox {
 
 async fn sandbox() -> (Sandbox, Channel) {
     let cwd = tempdir::Dir::new();
-    let (grpc, http) = (free_port(), free_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imprint-gateway"));
     for (k, _) in std::env::vars() {
         if k.starts_with("IMPRINT_") || k.starts_with("GATEWAY") {
             cmd.env_remove(k);
         }
     }
-    let child = cmd
+    // Port 0, and the address from the banner: a port picked in advance
+    // can be taken by a parallel test before the sandbox binds it.
+    let mut child = cmd
         .arg("sandbox")
         .current_dir(&cwd.0)
-        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("spawn the sandbox");
+    let stdout = child.stdout.take().expect("the sandbox's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let addr = line
+                .trim()
+                .strip_prefix("gRPC gateway")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+            if let Some(addr) = addr {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+        panic!(
+            "the sandbox printed no gRPC address: {:?}",
+            child.try_wait()
+        )
+    });
     let sandbox = Sandbox {
         child,
-        grpc,
+        grpc: addr.port(),
         _cwd: cwd,
     };
     let start = Instant::now();
     let channel = loop {
-        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+        if let Ok(c) = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
