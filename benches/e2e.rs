@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
                 ("GATEWAY_ALLOW_UNAUTHENTICATED", "true".to_string()),
                 ("GATEWAY__LIMITS__CALLER_RATE_PER_SEC", "0".to_string()),
                 // Every call goes to Imprint: the cache-hit path is measured by
-                // benches/cache_hit.rs.
+                // benches/passthrough.rs (`gateway_hit`).
                 ("GATEWAY__CACHE__ENABLED", "false".to_string()),
             ]
             .map(|(k, v)| (k.to_string(), v)),
