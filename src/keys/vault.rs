@@ -40,6 +40,10 @@ pub struct Stored {
     pub created_at: u64,
     /// Replaced keys not deleted upstream yet.
     pub retiring: Vec<SecretString>,
+    /// Counts the product's rotations (a record from before generations
+    /// counts as 0): a replica adopts a record only when it is newer than
+    /// the one it runs with.
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Stored {
@@ -52,6 +56,7 @@ impl std::fmt::Debug for Stored {
                 &crate::credentials::fingerprint(self.api_key.expose_secret()),
             )
             .field("retiring", &self.retiring.len())
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -65,6 +70,8 @@ struct Plain {
     created_at: u64,
     #[serde(default)]
     retiring: Vec<String>,
+    #[serde(default)]
+    generation: u64,
 }
 
 impl From<&Stored> for Plain {
@@ -79,6 +86,7 @@ impl From<&Stored> for Plain {
                 .iter()
                 .map(|k| k.expose_secret().to_owned())
                 .collect(),
+            generation: s.generation,
         }
     }
 }
@@ -91,6 +99,7 @@ impl From<Plain> for Stored {
             api_key: SecretString::from(p.api_key),
             created_at: p.created_at,
             retiring: p.retiring.into_iter().map(SecretString::from).collect(),
+            generation: p.generation,
         }
     }
 }
@@ -105,8 +114,16 @@ pub struct VaultError(pub String);
 pub trait KeyVault: Send + Sync {
     /// Every product's record.
     async fn load(&self) -> Result<Vec<Stored>, VaultError>;
+    /// Read-modify-write of one product's record, atomic against every
+    /// other writer of the vault: `change` gets the stored record (if any)
+    /// and returns the one to write, or `None` to leave it as it is. It may
+    /// run more than once (Redis retries when another writer came first).
+    async fn update(&self, product: &str, change: &Change<'_>) -> Result<(), VaultError>;
     /// Writes one product's record (replacing it).
-    async fn save(&self, record: &Stored) -> Result<(), VaultError>;
+    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
+        self.update(&record.product, &|_| Some(record.clone()))
+            .await
+    }
     /// Whether other replicas read the same records (a rotation then waits
     /// for them to switch before deleting the old key).
     fn shared(&self) -> bool;
@@ -117,6 +134,9 @@ pub trait KeyVault: Send + Sync {
     /// What it is, for logs (`data directory`, `Redis`).
     fn describe(&self) -> &'static str;
 }
+
+/// What [`KeyVault::update`] does to a record.
+pub type Change<'a> = dyn Fn(Option<&Stored>) -> Option<Stored> + Send + Sync + 'a;
 
 /// AES-256-GCM under the master key: `base64(nonce || ciphertext)`.
 #[derive(Clone)]
@@ -212,6 +232,8 @@ pub struct DiskVault {
     path: PathBuf,
     sealer: Option<Sealer>,
     locks: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Serializes this process's read-modify-writes of the file.
+    writing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -227,6 +249,7 @@ impl DiskVault {
             path: data_dir.join("credentials.json"),
             sealer,
             locks: tokio::sync::Mutex::new(Default::default()),
+            writing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -288,8 +311,16 @@ impl KeyVault for DiskVault {
         }))
     }
 
-    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
+    async fn update(&self, product: &str, change: &Change<'_>) -> Result<(), VaultError> {
+        let _writing = self.writing.lock().await;
         let mut file = self.read()?;
+        let current = file.products.get(product).and_then(|text| {
+            let sealer = self.sealer.as_ref().filter(|_| !is_plain(text));
+            decode(text, sealer).ok()
+        });
+        let Some(record) = change(current.as_ref()) else {
+            return Ok(());
+        };
         file.version = 1;
         if let Some(sealer) = &self.sealer {
             // No plain key stays on disk once a master key is configured.
@@ -303,7 +334,7 @@ impl KeyVault for DiskVault {
         }
         file.products.insert(
             record.product.clone(),
-            encode(record, self.sealer.as_ref())?,
+            encode(&record, self.sealer.as_ref())?,
         );
         self.write(&file)
     }
@@ -383,17 +414,41 @@ impl KeyVault for RedisVault {
         }))
     }
 
-    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
-        let sealed = encode(record, Some(&self.sealer))?;
-        let _: i64 = self
-            .run(
-                redis::cmd("HSET")
-                    .arg(HASH)
-                    .arg(&record.product)
-                    .arg(sealed),
+    /// HGET, change, then a compare-and-set script that writes only if
+    /// the field still holds what was read; retried when it does not.
+    async fn update(&self, product: &str, change: &Change<'_>) -> Result<(), VaultError> {
+        let script = redis::Script::new(
+            "if (redis.call('HGET', KEYS[1], ARGV[1]) or '') == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 end return 0",
+        );
+        for _ in 0..8 {
+            let text: Option<String> = self.run(redis::cmd("HGET").arg(HASH).arg(product)).await?;
+            let current = text
+                .as_deref()
+                .and_then(|t| decode(t, Some(&self.sealer)).ok());
+            let Some(record) = change(current.as_ref()) else {
+                return Ok(());
+            };
+            let sealed = encode(&record, Some(&self.sealer))?;
+            let mut conn = self.conn().await?;
+            let written: i64 = tokio::time::timeout(
+                OP_TIMEOUT,
+                script
+                    .key(HASH)
+                    .arg(product)
+                    .arg(text.as_deref().unwrap_or(""))
+                    .arg(sealed)
+                    .invoke_async(&mut conn),
             )
-            .await?;
-        Ok(())
+            .await
+            .map_err(|_| VaultError("Redis did not answer in time".into()))?
+            .map_err(|e| VaultError(format!("Redis: {}", e.kind_name())))?;
+            if written == 1 {
+                return Ok(());
+            }
+        }
+        Err(VaultError(
+            "the stored record kept changing under this write (Redis)".into(),
+        ))
     }
 
     fn shared(&self) -> bool {
@@ -446,6 +501,7 @@ mod tests {
             api_key: SecretString::from("sk_rotated_secret"),
             created_at: 1,
             retiring: vec![SecretString::from("sk_old_secret")],
+            generation: 1,
         }
     }
 
@@ -530,6 +586,37 @@ mod tests {
         assert!(vault.lock("default", Duration::from_secs(1)).await.unwrap());
         assert!(!vault.lock("default", Duration::from_secs(1)).await.unwrap());
         vault.unlock("default").await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_record_without_a_generation_reads_as_generation_0() {
+        let dir = std::env::temp_dir().join(format!("igw-vault-gen0-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let vault = DiskVault::new(&dir, None);
+        let old = r#"{"product":"default","origin":"sha256:abc","api_key":"sk_x","created_at":1}"#;
+        let file = DiskFile {
+            version: 1,
+            products: [("default".to_owned(), old.to_owned())].into(),
+        };
+        std::fs::write(vault.path(), serde_json::to_vec(&file).unwrap()).unwrap();
+        let loaded = vault.load().await.unwrap();
+        assert_eq!(loaded[0].generation, 0);
+        // An update that returns nothing leaves the record as it is.
+        vault.update("default", &|_| None).await.unwrap();
+        let text = std::fs::read_to_string(vault.path()).unwrap();
+        assert!(text.contains("created_at"));
+        vault
+            .update("default", &|s| {
+                Some(Stored {
+                    generation: s.unwrap().generation + 1,
+                    ..s.unwrap().clone()
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(vault.load().await.unwrap()[0].generation, 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
