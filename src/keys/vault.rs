@@ -228,13 +228,24 @@ fn is_plain(text: &str) -> bool {
 
 /// `<data dir>/credentials.json`: records by product, each sealed when a
 /// master key is configured.
+///
+/// Other processes on the same directory (`imprint-gateway rotate-key`
+/// beside a running gateway) are kept apart by file locks
+/// (`std::fs::File::lock`, flock on Unix): `.credentials.lock` around every
+/// read-modify-write of the file (waited for, up to [`FILE_LOCK_WAIT`]), and
+/// `.rotation-<product in hex>.lock`, held for a whole rotation (not waited
+/// for: a second rotation is refused).
 pub struct DiskVault {
     path: PathBuf,
     sealer: Option<Sealer>,
-    locks: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The rotation locks this process holds, with their lock files.
+    locks: tokio::sync::Mutex<BTreeMap<String, std::fs::File>>,
     /// Serializes this process's read-modify-writes of the file.
     writing: tokio::sync::Mutex<()>,
 }
+
+/// How long a write waits for another process's write to the data directory.
+pub const FILE_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Serialize, Deserialize, Default)]
 struct DiskFile {
@@ -255,6 +266,54 @@ impl DiskVault {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Opens (creating, 0600) a lock file in the data directory.
+    fn lock_file(&self, name: &str) -> Result<std::fs::File, VaultError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = self.dir();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| VaultError(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| VaultError(format!("opening {}: {e}", path.display())))
+    }
+
+    /// The data directory's write lock, shared with other processes;
+    /// released when the file is dropped.
+    async fn write_lock(&self) -> Result<std::fs::File, VaultError> {
+        let file = self.lock_file(".credentials.lock")?;
+        let deadline = tokio::time::Instant::now() + FILE_LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(VaultError(format!(
+                        "locking {}: {e}",
+                        self.dir().join(".credentials.lock").display()
+                    )))
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(VaultError(format!(
+                    "another process kept {} locked for {}",
+                    self.dir().join(".credentials.lock").display(),
+                    humantime::format_duration(FILE_LOCK_WAIT)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn read(&self) -> Result<DiskFile, VaultError> {
@@ -313,6 +372,7 @@ impl KeyVault for DiskVault {
 
     async fn update(&self, product: &str, change: &Change<'_>) -> Result<(), VaultError> {
         let _writing = self.writing.lock().await;
+        let _across_processes = self.write_lock().await?;
         let mut file = self.read()?;
         let current = file.products.get(product).and_then(|text| {
             let sealer = self.sealer.as_ref().filter(|_| !is_plain(text));
@@ -344,11 +404,28 @@ impl KeyVault for DiskVault {
     }
 
     async fn lock(&self, product: &str, _ttl: Duration) -> Result<bool, VaultError> {
-        Ok(self.locks.lock().await.insert(product.to_owned()))
+        let mut locks = self.locks.lock().await;
+        if locks.contains_key(product) {
+            return Ok(false);
+        }
+        let hex: String = product.bytes().map(|b| format!("{b:02x}")).collect();
+        let file = self.lock_file(&format!(".rotation-{hex}.lock"))?;
+        match file.try_lock() {
+            Ok(()) => {
+                locks.insert(product.to_owned(), file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(VaultError(format!(
+                "locking the rotation of '{product}': {e}"
+            ))),
+        }
     }
 
     async fn unlock(&self, product: &str) {
-        self.locks.lock().await.remove(product);
+        if let Some(file) = self.locks.lock().await.remove(product) {
+            let _ = file.unlock();
+        }
     }
 
     fn describe(&self) -> &'static str {
@@ -581,8 +658,13 @@ mod tests {
         let loaded = vault.load().await.unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].retiring.len(), 1);
-        // No temporary file is left behind.
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // No temporary file is left behind (the lock file stays).
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".credentials.lock", "credentials.json"]);
         assert!(vault.lock("default", Duration::from_secs(1)).await.unwrap());
         assert!(!vault.lock("default", Duration::from_secs(1)).await.unwrap());
         vault.unlock("default").await;
@@ -617,6 +699,56 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(vault.load().await.unwrap()[0].generation, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn two_handles_on_one_directory_are_kept_apart_by_file_locks() {
+        let dir = std::env::temp_dir().join(format!("igw-vault-flock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Two handles: as a gateway and `rotate-key` would open the directory.
+        let gateway = DiskVault::new(&dir, None);
+        let command = DiskVault::new(&dir, None);
+        let ttl = Duration::from_secs(60);
+        assert!(gateway.lock("default", ttl).await.unwrap());
+        // The rotation lock is refused to the other handle, not waited for...
+        assert!(!command.lock("default", ttl).await.unwrap());
+        // ...per product.
+        assert!(command.lock("co:brand", ttl).await.unwrap());
+        gateway.unlock("default").await;
+        assert!(command.lock("default", ttl).await.unwrap());
+        command.unlock("default").await;
+        command.unlock("co:brand").await;
+
+        // A write waits while another handle holds the write lock.
+        gateway.save(&record()).await.unwrap();
+        let held = gateway.write_lock().await.unwrap();
+        let command = std::sync::Arc::new(command);
+        let writer = {
+            let command = command.clone();
+            tokio::spawn(async move {
+                command
+                    .update("default", &|s| {
+                        Some(Stored {
+                            generation: s.unwrap().generation + 1,
+                            ..s.unwrap().clone()
+                        })
+                    })
+                    .await
+            })
+        };
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!writer.is_finished(), "wrote under another handle's lock");
+        }
+        assert_eq!(gateway.load().await.unwrap()[0].generation, 1);
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(gateway.load().await.unwrap()[0].generation, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
