@@ -1364,3 +1364,34 @@ async fn idempotency_records_are_scoped_by_product() {
         Some(basic(COBRAND_KEY).as_str())
     );
 }
+
+/// KeyService is held to `server.max_message_bytes` like the proxied
+/// services: an oversized DeleteKey is refused before the upstream.
+#[tokio::test]
+async fn key_service_calls_are_held_to_the_message_size_limit() {
+    let up = FakeUpstream::start().await;
+    let dir = Dir::new();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[("GATEWAY__SERVER__MAX_MESSAGE_BYTES", "1024")],
+    )
+    .await;
+    let big = "k".repeat(4096);
+    let s = KeyServiceClient::new(gw.channel.clone())
+        .delete_key(admin(DeleteKeyRequest {
+            key: Some(big.clone()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::OutOfRange, "{}", s.code());
+    assert!(s.message().contains("1024"), "{}", s.message());
+    assert!(!s.message().contains(&big));
+    assert!(up.requests().is_empty());
+    // A small call still passes.
+    KeyManagementServiceClient::new(gw.channel.clone())
+        .list_credentials(admin(ListCredentialsRequest {}))
+        .await
+        .unwrap();
+}
