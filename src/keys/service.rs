@@ -214,12 +214,17 @@ fn info(c: &Credential, state: CredentialState) -> CredentialInfo {
 impl key_management_service_server::KeyManagementService for KeyManagement {
     async fn list_credentials(
         &self,
-        _request: Request<ListCredentialsRequest>,
+        request: Request<ListCredentialsRequest>,
     ) -> Result<Response<ListCredentialsResponse>, Status> {
+        // Only the products the caller may use (an admin limited to some
+        // products does not see the others' credentials).
+        let caller = request.extensions().get::<Arc<Caller>>().cloned();
+        let visible = |product: &str| caller.as_ref().is_none_or(|c| c.may_use_product(product));
         let store = self.keys.store();
         let mut data: Vec<CredentialInfo> = store
             .products()
             .iter()
+            .filter(|p| visible(p))
             .filter_map(|p| store.get(p))
             .map(|c| info(&c, CredentialState::Active))
             .collect();
@@ -227,6 +232,7 @@ impl key_management_service_server::KeyManagementService for KeyManagement {
             store
                 .retiring()
                 .iter()
+                .filter(|c| visible(c.product()))
                 .map(|c| info(c, CredentialState::Retiring)),
         );
         Ok(Response::new(ListCredentialsResponse { data }))

@@ -54,6 +54,13 @@ allow = ["*"]
 products = ["*"]
 
 [[callers]]
+name = "ops-cobrand"
+token = "caller-token-keys-admin-cobrand"
+admin = true
+allow = ["*"]
+products = ["cobrand-b"]
+
+[[callers]]
 name = "cobrand-only"
 token = "caller-token-cobrand"
 allow = ["*"]
@@ -1394,4 +1401,47 @@ async fn key_service_calls_are_held_to_the_message_size_limit() {
         .list_credentials(admin(ListCredentialsRequest {}))
         .await
         .unwrap();
+}
+
+/// ListCredentials lists only the products the admin caller may use.
+#[tokio::test]
+async fn list_credentials_shows_only_the_callers_products() {
+    let up = FakeUpstream::start().await;
+    let dir = Dir::new();
+    let merchant = dir.0.join("cobrand-merchant");
+    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
+    let merchant = merchant.display().to_string();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            (
+                "GATEWAY__CREDENTIALS__PRODUCTS",
+                &format!(
+                    r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{merchant}" }}]"#
+                ),
+            ),
+            ("COBRAND_KEY_VAR", COBRAND_KEY),
+        ],
+    )
+    .await;
+    let list = |token: &'static str| {
+        let ch = gw.channel.clone();
+        async move {
+            let mut products: Vec<String> = KeyManagementServiceClient::new(ch)
+                .list_credentials(with_token(ListCredentialsRequest {}, token))
+                .await
+                .unwrap()
+                .into_inner()
+                .data
+                .into_iter()
+                .map(|c| c.product)
+                .collect();
+            products.sort();
+            products
+        }
+    };
+    assert_eq!(list(ADMIN_TOKEN).await, ["cobrand-b", "default"]);
+    assert_eq!(list("caller-token-keys-admin-cobrand").await, ["cobrand-b"]);
+    assert!(up.requests().is_empty());
 }
