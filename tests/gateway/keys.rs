@@ -1445,3 +1445,54 @@ async fn list_credentials_shows_only_the_callers_products() {
     assert_eq!(list("caller-token-keys-admin-cobrand").await, ["cobrand-b"]);
     assert!(up.requests().is_empty());
 }
+
+/// DeleteKey refuses a key another product is using, whichever product the
+/// call selects, before the upstream.
+#[tokio::test]
+async fn delete_key_refuses_a_key_in_use_by_any_product() {
+    let up = FakeUpstream::start().await;
+    let dir = Dir::new();
+    let merchant = dir.0.join("cobrand-merchant");
+    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
+    let merchant = merchant.display().to_string();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            (
+                "GATEWAY__CREDENTIALS__PRODUCTS",
+                &format!(
+                    r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{merchant}" }}]"#
+                ),
+            ),
+            ("COBRAND_KEY_VAR", COBRAND_KEY),
+        ],
+    )
+    .await;
+    let mut keys = KeyServiceClient::new(gw.channel.clone());
+    // Selected product: default; the key is cobrand-b's.
+    let s = keys
+        .delete_key(admin(DeleteKeyRequest {
+            key: Some(COBRAND_KEY.into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("'cobrand-b'"), "{}", s.message());
+    assert!(!s.message().contains(COBRAND_KEY));
+    // And the other way round.
+    let s = keys
+        .delete_key(with_product(
+            admin(DeleteKeyRequest {
+                key: Some(API_KEY.into()),
+                ..Default::default()
+            }),
+            "cobrand-b",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("'default'"), "{}", s.message());
+    assert!(up.requests().is_empty());
+}
