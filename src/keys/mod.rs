@@ -248,7 +248,9 @@ impl Keys {
         if origins.get(&product).map(String::as_str) == Some(credential.fingerprint()) {
             return false;
         }
-        origins.insert(product, credential.fingerprint().to_owned());
+        origins.insert(product.clone(), credential.fingerprint().to_owned());
+        // A new origin starts a new line of records, from generation 0.
+        self.generations.lock().remove(&product);
         self.store.replace(credential);
         true
     }
@@ -1252,6 +1254,28 @@ mod tests {
         .unwrap();
         assert_eq!(c.sync().await.unwrap(), 1);
         assert_eq!(a.sync().await.unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_reconfigured_key_follows_rotations_made_from_it_elsewhere() {
+        let dir = temp_dir("regen");
+        let a = keys("sk_old", &dir, Arc::default());
+        a.rotate(None, "ops", "").await.unwrap();
+        a.rotate(None, "ops", "").await.unwrap();
+        // The operator configures another key (SIGHUP) ...
+        let operator =
+            Credential::new(SecretString::from("sk_operator"), None, AuthScheme::Bearer).unwrap();
+        assert!(a.reconfigured(operator));
+        // ... which another replica, started with it, rotates (generation 1
+        // of the new origin): `a` adopts it although it ran generation 2.
+        let b = keys("sk_operator", &dir, Arc::default());
+        b.rotate(None, "ops", "").await.unwrap();
+        assert_eq!(a.sync().await.unwrap(), 1);
+        assert_eq!(
+            a.store.current().unwrap().fingerprint(),
+            b.store.current().unwrap().fingerprint()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
