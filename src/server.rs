@@ -308,8 +308,19 @@ pub async fn start(
         .add_service(
             crate::admin::Admin::new(cache.clone(), telemetry.clone(), audit.clone()).into_server(),
         )
-        .add_service(KeyService::new(keys.clone()).into_server())
-        .add_service(KeyManagement::new(keys.clone()).into_server())
+        // Held to the same message limits as the proxied services.
+        .add_service(
+            KeyService::new(keys.clone())
+                .into_server()
+                .max_decoding_message_size(limits.max_decoding)
+                .max_encoding_message_size(limits.max_encoding),
+        )
+        .add_service(
+            KeyManagement::new(keys.clone())
+                .into_server()
+                .max_decoding_message_size(limits.max_decoding)
+                .max_encoding_message_size(limits.max_encoding),
+        )
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -169,6 +169,17 @@ fn replay(
     }
 }
 
+/// The record's key: caller, product (when the call names one) and the
+/// idempotency key, each length-prefixed, so no choice of names (with `:`
+/// in them) makes two different scopes one key.
+fn scope_key(caller: &str, product: Option<&str>, idem_key: &str) -> String {
+    let mut key = String::new();
+    for part in std::iter::once(caller).chain(product).chain([idem_key]) {
+        key.push_str(&format!("{}:{part}", part.len()));
+    }
+    key
+}
+
 fn mismatch(existing: &Record, req: &UpstreamRequest) -> IdempotencyError {
     if existing.rpc != req.rpc {
         IdempotencyError::Mismatch(format!("it was used for {}", existing.rpc))
@@ -208,10 +219,7 @@ where
         let keyed = Keyed {
             // Scoped by caller and product: the same key used for two
             // products names two different calls.
-            key: match &req.product {
-                Some(product) => format!("{}:{product}:{}", req.caller, idem_key),
-                None => format!("{}:{}", req.caller, idem_key),
-            },
+            key: scope_key(&req.caller, req.product.as_deref(), &idem_key),
             claim: Record {
                 fingerprint: fingerprint(&req),
                 rpc: req.rpc.to_string(),
@@ -731,5 +739,24 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn scope_keys_of_different_scopes_never_collide() {
+        let scopes = [
+            ("a:b", Some("c"), "k"),
+            ("a", Some("b:c"), "k"),
+            ("a", Some("b"), "c:k"),
+            ("a:b", None, "c:k"),
+            ("a", None, "b:c:k"),
+            ("a", Some(""), "b:c:k"),
+        ];
+        let keys: std::collections::BTreeSet<_> =
+            scopes.iter().map(|(c, p, k)| scope_key(c, *p, k)).collect();
+        assert_eq!(keys.len(), scopes.len(), "{keys:?}");
+        assert_eq!(
+            scope_key("ops", Some("default"), "k1"),
+            "3:ops7:default2:k1"
+        );
     }
 }

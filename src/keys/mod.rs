@@ -180,6 +180,9 @@ pub struct Keys {
     /// The configured key's fingerprint per product: a stored rotation
     /// applies only to the key it started from.
     origins: parking_lot::Mutex<BTreeMap<String, String>>,
+    /// The generation of the stored record each product's active key came
+    /// from (0: the configured key, or a record from before generations).
+    generations: parking_lot::Mutex<BTreeMap<String, u64>>,
     settings: KeySettings,
     /// One rotation or sync at a time in this process.
     busy: tokio::sync::Mutex<()>,
@@ -216,6 +219,7 @@ impl Keys {
             vault,
             audit,
             origins: parking_lot::Mutex::new(origins),
+            generations: parking_lot::Mutex::default(),
             settings,
             busy: tokio::sync::Mutex::new(()),
             started: SystemTime::now(),
@@ -244,7 +248,9 @@ impl Keys {
         if origins.get(&product).map(String::as_str) == Some(credential.fingerprint()) {
             return false;
         }
-        origins.insert(product, credential.fingerprint().to_owned());
+        origins.insert(product.clone(), credential.fingerprint().to_owned());
+        // A new origin starts a new line of records, from generation 0.
+        self.generations.lock().remove(&product);
         self.store.replace(credential);
         true
     }
@@ -253,14 +259,29 @@ impl Keys {
     pub async fn retired_deleted(&self, product: &str, fingerprint: &str) {
         self.store.forget_retiring(fingerprint);
         let _busy = self.busy.lock().await;
-        if let Some(current) = self.store.get(product) {
-            if let Err(e) = self
-                .persist(product, &current, &current.api_key().clone(), &[])
-                .await
-            {
-                tracing::warn!(product, "could not record a retired key's deletion: {e}");
-            }
+        if let Err(e) = self.forget_in_record(product, fingerprint).await {
+            tracing::warn!(product, "could not record a retired key's deletion: {e}");
         }
+    }
+
+    /// Removes a deleted key from the stored record's retiring list, and
+    /// changes nothing else (the active key and generation stay whatever
+    /// the vault holds, however newer than this replica's).
+    async fn forget_in_record(
+        &self,
+        product: &str,
+        deleted: &str,
+    ) -> Result<(), vault::VaultError> {
+        self.vault
+            .update(product, &|stored| {
+                let stored = stored?;
+                let mut record = stored.clone();
+                record
+                    .retiring
+                    .retain(|k| fingerprint(k.expose_secret()) != deleted);
+                (record.retiring.len() != stored.retiring.len()).then_some(record)
+            })
+            .await
     }
 
     /// Applies what the vault holds (at start, and every sync interval):
@@ -299,7 +320,17 @@ impl Keys {
                 }
             }
             let stored_fp = fingerprint(r.api_key.expose_secret());
+            let running = self.generation(&r.product);
             if current.fingerprint() == stored_fp {
+                if r.generation > running {
+                    self.generations
+                        .lock()
+                        .insert(r.product.clone(), r.generation);
+                }
+                continue;
+            }
+            // An older record (a lagging writer's) never replaces a newer key.
+            if r.generation <= running && running > 0 {
                 continue;
             }
             let created = UNIX_EPOCH + Duration::from_secs(r.created_at);
@@ -307,6 +338,9 @@ impl Keys {
                 continue;
             };
             if self.store.swap(new).is_ok() {
+                self.generations
+                    .lock()
+                    .insert(r.product.clone(), r.generation);
                 switched += 1;
                 tracing::info!(
                     product = r.product,
@@ -514,20 +548,27 @@ impl Keys {
             }
             Err(s) => Err(format!("verifying the new key failed: {}", s.message())),
         };
+        let mut new_generation = 0;
         let abandoned = match verified {
-            Ok(()) => self
+            Ok(()) => match self
                 .persist(product, &old, &new_key, std::slice::from_ref(&old_key))
                 .await
-                .err()
-                .map(|e| {
-                    (
-                        format!(
-                            "persisting the new key failed ({}): {e}",
-                            self.vault.describe()
-                        ),
-                        true,
-                    )
-                }),
+            {
+                Ok(generation) => {
+                    new_generation = generation;
+                    None
+                }
+                Err(e) => Some(e),
+            }
+            .map(|e| {
+                (
+                    format!(
+                        "persisting the new key failed ({}): {e}",
+                        self.vault.describe()
+                    ),
+                    true,
+                )
+            }),
             Err(e) => Some((e, false)),
         };
         if let Some((why, save_failed)) = abandoned {
@@ -561,6 +602,9 @@ impl Keys {
             .swap(new)
             .map_err(|_| Status::internal("product vanished during rotation"))?;
         drop(replaced);
+        self.generations
+            .lock()
+            .insert(product.to_owned(), new_generation);
         let credential = self
             .store
             .get(product)
@@ -586,7 +630,7 @@ impl Keys {
         let previous_fingerprint = old.fingerprint().to_owned();
         match self.delete_upstream(product, &old_key, actor).await {
             Ok(()) => {
-                if let Err(e) = self.persist(product, &old, &new_key, &[]).await {
+                if let Err(e) = self.forget_in_record(product, &previous_fingerprint).await {
                     tracing::warn!(product, "could not record the old key's deletion: {e}");
                 }
                 Ok(Rotation {
@@ -625,24 +669,34 @@ impl Keys {
             .persist(product, current, &current.api_key().clone(), &[])
             .await
         {
-            Ok(()) => format!(
+            Ok(generation) => {
+                self.generations.lock().insert(product.to_owned(), generation);
+                format!(
                 "the new key {fp} is kept as retiring and its deletion is retried every {every}"
-            ),
+                )
+            }
             Err(e) => format!(
                 "the new key {fp} is kept as retiring (recording it failed: {e}) and its deletion is retried every {every}"
             ),
         }
     }
 
+    /// This replica's generation of `product`.
+    fn generation(&self, product: &str) -> u64 {
+        self.generations.lock().get(product).copied().unwrap_or(0)
+    }
+
     /// Writes `product`'s record: `key` active, `retiring` pending deletion
-    /// (with those already pending, minus the active key).
+    /// (with those already pending here and in the record, minus the active
+    /// key), as a generation newer than both the record's and this
+    /// replica's. Called under the rotation lock. Returns the generation.
     async fn persist(
         &self,
         product: &str,
         current: &Credential,
         key: &SecretString,
         retiring: &[SecretString],
-    ) -> Result<(), vault::VaultError> {
+    ) -> Result<u64, vault::VaultError> {
         let origin = self
             .origins
             .lock()
@@ -658,20 +712,33 @@ impl Keys {
             .map(|c| c.api_key().clone())
             .collect();
         pending.extend(retiring.iter().cloned());
-        let mut seen = std::collections::BTreeSet::new();
-        pending.retain(|k| {
-            let fp = fingerprint(k.expose_secret());
-            fp != key_fp && seen.insert(fp)
-        });
+        let running = self.generation(product);
+        let written = parking_lot::Mutex::new(0);
         self.vault
-            .save(&Stored {
-                product: product.to_owned(),
-                origin,
-                api_key: key.clone(),
-                created_at: unix_now(),
-                retiring: pending,
+            .update(product, &|stored| {
+                let mut all = pending.clone();
+                let mut generation = running;
+                if let Some(stored) = stored.filter(|s| s.origin == origin) {
+                    all.extend(stored.retiring.iter().cloned());
+                    generation = generation.max(stored.generation);
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                all.retain(|k| {
+                    let fp = fingerprint(k.expose_secret());
+                    fp != key_fp && seen.insert(fp)
+                });
+                *written.lock() = generation + 1;
+                Some(Stored {
+                    product: product.to_owned(),
+                    origin: origin.clone(),
+                    api_key: key.clone(),
+                    created_at: unix_now(),
+                    retiring: all,
+                    generation: generation + 1,
+                })
             })
-            .await
+            .await?;
+        Ok(written.into_inner())
     }
 
     /// Retries deleting replaced keys whose final delete failed.
@@ -695,16 +762,8 @@ impl Keys {
             {
                 Ok(()) => {
                     self.store.forget_retiring(&fp);
-                    if let Some(current) = self.store.get(&product) {
-                        if let Err(e) = self
-                            .persist(&product, &current, &current.api_key().clone(), &[])
-                            .await
-                        {
-                            tracing::warn!(
-                                product,
-                                "could not record a retired key's deletion: {e}"
-                            );
-                        }
+                    if let Err(e) = self.forget_in_record(&product, &fp).await {
+                        tracing::warn!(product, "could not record a retired key's deletion: {e}");
                     }
                     self.audit.record(
                         "gateway",
@@ -1045,8 +1104,12 @@ mod tests {
         async fn load(&self) -> Result<Vec<Stored>, vault::VaultError> {
             self.inner.load().await
         }
-        async fn save(&self, record: &Stored) -> Result<(), vault::VaultError> {
-            self.inner.save(record).await?;
+        async fn update(
+            &self,
+            product: &str,
+            change: &vault::Change<'_>,
+        ) -> Result<(), vault::VaultError> {
+            self.inner.update(product, change).await?;
             if self
                 .failures
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -1114,6 +1177,105 @@ mod tests {
             "DELETE /v2/keys Bearer sk_new_1"
         );
         assert!(k.store.retiring().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_replica_never_writes_back_or_adopts_an_older_key() {
+        let dir = temp_dir("generations");
+        let disk = DiskVault::new(&dir, None);
+        let a = keys("sk_old", &dir, Arc::default());
+        // Started with `a`, never synced since: it still runs sk_old.
+        let b = keys("sk_old", &dir, Arc::default());
+        a.rotate(None, "ops", "").await.unwrap();
+        let stored = disk.load().await.unwrap().remove(0);
+        assert_eq!(stored.generation, 1);
+        assert_eq!(
+            fingerprint(stored.api_key.expose_secret()),
+            fingerprint("sk_new_1")
+        );
+
+        // b's retry paths change the retiring list only: sk_old is never
+        // written back over a's rotation.
+        disk.update("default", &|s| {
+            let mut r = s.unwrap().clone();
+            r.retiring.push(SecretString::from("sk_gone"));
+            Some(r)
+        })
+        .await
+        .unwrap();
+        b.retired_deleted("default", &fingerprint("sk_gone")).await;
+        let b_current = b.store.current().unwrap();
+        b.store.retire(Arc::new(
+            b_current
+                .with_key(SecretString::from("sk_stale"), None)
+                .unwrap(),
+        ));
+        b.retry_retiring().await;
+        assert!(b.store.retiring().is_empty());
+        let stored = disk.load().await.unwrap().remove(0);
+        assert_eq!(
+            fingerprint(stored.api_key.expose_secret()),
+            fingerprint("sk_new_1")
+        );
+        assert_eq!(stored.generation, 1);
+        assert!(stored.retiring.is_empty());
+
+        // b adopts the newer record.
+        assert_eq!(b.sync().await.unwrap(), 1);
+        assert_eq!(
+            b.store.current().unwrap().fingerprint(),
+            fingerprint("sk_new_1")
+        );
+
+        // a rotates again (generation 2); an older record written by a
+        // lagging writer afterwards is not adopted.
+        a.rotate(None, "ops", "").await.unwrap();
+        let newest = disk.load().await.unwrap().remove(0);
+        assert_eq!(newest.generation, 2);
+        assert_eq!(
+            fingerprint(newest.api_key.expose_secret()),
+            fingerprint("sk_new_2")
+        );
+        disk.save(&stored).await.unwrap();
+        assert_eq!(a.sync().await.unwrap(), 0);
+        assert_eq!(
+            a.store.current().unwrap().fingerprint(),
+            fingerprint("sk_new_2")
+        );
+        // A replica still at generation 0 takes even a record without a
+        // generation (from before generations existed).
+        let c = keys("sk_old", &dir, Arc::default());
+        disk.save(&Stored {
+            generation: 0,
+            ..newest
+        })
+        .await
+        .unwrap();
+        assert_eq!(c.sync().await.unwrap(), 1);
+        assert_eq!(a.sync().await.unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_reconfigured_key_follows_rotations_made_from_it_elsewhere() {
+        let dir = temp_dir("regen");
+        let a = keys("sk_old", &dir, Arc::default());
+        a.rotate(None, "ops", "").await.unwrap();
+        a.rotate(None, "ops", "").await.unwrap();
+        // The operator configures another key (SIGHUP) ...
+        let operator =
+            Credential::new(SecretString::from("sk_operator"), None, AuthScheme::Bearer).unwrap();
+        assert!(a.reconfigured(operator));
+        // ... which another replica, started with it, rotates (generation 1
+        // of the new origin): `a` adopts it although it ran generation 2.
+        let b = keys("sk_operator", &dir, Arc::default());
+        b.rotate(None, "ops", "").await.unwrap();
+        assert_eq!(a.sync().await.unwrap(), 1);
+        assert_eq!(
+            a.store.current().unwrap().fingerprint(),
+            b.store.current().unwrap().fingerprint()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -145,10 +145,21 @@ impl key_service_server::KeyService for KeyService {
             }
         };
         let fp = fingerprint(key.expose_secret());
-        let in_use = active.as_ref().is_some_and(|c| c.fingerprint() == fp);
-        if in_use && !message.force.unwrap_or(false) {
+        // In use by any product, not only the selected one (two products
+        // may be configured with the same key).
+        let used_by = store
+            .products()
+            .iter()
+            .filter_map(|p| store.get(p))
+            .find(|c| c.fingerprint() == fp)
+            .map(|c| c.product().to_owned());
+        let in_use = used_by.is_some();
+        if let Some(used_by) = used_by
+            .as_deref()
+            .filter(|_| !message.force.unwrap_or(false))
+        {
             return Err(Status::failed_precondition(format!(
-                "{fp} is the credential the gateway is using for product '{product}'; rotate it (KeyManagementService/RotateCredential) or set force"
+                "{fp} is the credential the gateway is using for product '{used_by}'; rotate it (KeyManagementService/RotateCredential) or set force"
             )));
         }
         // Imprint's DELETE takes no parameter: the gateway-only fields stay here.
@@ -168,7 +179,7 @@ impl key_service_server::KeyService for KeyService {
             &request_id,
         );
         let mut response = result?;
-        if in_use {
+        if let Some(product) = used_by.as_deref() {
             tracing::error!(product, fingerprint = fp, "the credential in use was deleted (forced): calls of this product fail until a key is configured");
         }
         if retiring.iter().any(|c| c.fingerprint() == fp) {
@@ -214,12 +225,17 @@ fn info(c: &Credential, state: CredentialState) -> CredentialInfo {
 impl key_management_service_server::KeyManagementService for KeyManagement {
     async fn list_credentials(
         &self,
-        _request: Request<ListCredentialsRequest>,
+        request: Request<ListCredentialsRequest>,
     ) -> Result<Response<ListCredentialsResponse>, Status> {
+        // Only the products the caller may use (an admin limited to some
+        // products does not see the others' credentials).
+        let caller = request.extensions().get::<Arc<Caller>>().cloned();
+        let visible = |product: &str| caller.as_ref().is_none_or(|c| c.may_use_product(product));
         let store = self.keys.store();
         let mut data: Vec<CredentialInfo> = store
             .products()
             .iter()
+            .filter(|p| visible(p))
             .filter_map(|p| store.get(p))
             .map(|c| info(&c, CredentialState::Active))
             .collect();
@@ -227,6 +243,7 @@ impl key_management_service_server::KeyManagementService for KeyManagement {
             store
                 .retiring()
                 .iter()
+                .filter(|c| visible(c.product()))
                 .map(|c| info(c, CredentialState::Retiring)),
         );
         Ok(Response::new(ListCredentialsResponse { data }))

@@ -40,6 +40,10 @@ pub struct Stored {
     pub created_at: u64,
     /// Replaced keys not deleted upstream yet.
     pub retiring: Vec<SecretString>,
+    /// Counts the product's rotations (a record from before generations
+    /// counts as 0): a replica adopts a record only when it is newer than
+    /// the one it runs with.
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Stored {
@@ -52,6 +56,7 @@ impl std::fmt::Debug for Stored {
                 &crate::credentials::fingerprint(self.api_key.expose_secret()),
             )
             .field("retiring", &self.retiring.len())
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -65,6 +70,8 @@ struct Plain {
     created_at: u64,
     #[serde(default)]
     retiring: Vec<String>,
+    #[serde(default)]
+    generation: u64,
 }
 
 impl From<&Stored> for Plain {
@@ -79,6 +86,7 @@ impl From<&Stored> for Plain {
                 .iter()
                 .map(|k| k.expose_secret().to_owned())
                 .collect(),
+            generation: s.generation,
         }
     }
 }
@@ -91,6 +99,7 @@ impl From<Plain> for Stored {
             api_key: SecretString::from(p.api_key),
             created_at: p.created_at,
             retiring: p.retiring.into_iter().map(SecretString::from).collect(),
+            generation: p.generation,
         }
     }
 }
@@ -105,8 +114,16 @@ pub struct VaultError(pub String);
 pub trait KeyVault: Send + Sync {
     /// Every product's record.
     async fn load(&self) -> Result<Vec<Stored>, VaultError>;
+    /// Read-modify-write of one product's record, atomic against every
+    /// other writer of the vault: `change` gets the stored record (if any)
+    /// and returns the one to write, or `None` to leave it as it is. It may
+    /// run more than once (Redis retries when another writer came first).
+    async fn update(&self, product: &str, change: &Change<'_>) -> Result<(), VaultError>;
     /// Writes one product's record (replacing it).
-    async fn save(&self, record: &Stored) -> Result<(), VaultError>;
+    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
+        self.update(&record.product, &|_| Some(record.clone()))
+            .await
+    }
     /// Whether other replicas read the same records (a rotation then waits
     /// for them to switch before deleting the old key).
     fn shared(&self) -> bool;
@@ -117,6 +134,9 @@ pub trait KeyVault: Send + Sync {
     /// What it is, for logs (`data directory`, `Redis`).
     fn describe(&self) -> &'static str;
 }
+
+/// What [`KeyVault::update`] does to a record.
+pub type Change<'a> = dyn Fn(Option<&Stored>) -> Option<Stored> + Send + Sync + 'a;
 
 /// AES-256-GCM under the master key: `base64(nonce || ciphertext)`.
 #[derive(Clone)]
@@ -208,11 +228,24 @@ fn is_plain(text: &str) -> bool {
 
 /// `<data dir>/credentials.json`: records by product, each sealed when a
 /// master key is configured.
+///
+/// Other processes on the same directory (`imprint-gateway rotate-key`
+/// beside a running gateway) are kept apart by file locks
+/// (`std::fs::File::lock`, flock on Unix): `.credentials.lock` around every
+/// read-modify-write of the file (waited for, up to [`FILE_LOCK_WAIT`]), and
+/// `.rotation-<product in hex>.lock`, held for a whole rotation (not waited
+/// for: a second rotation is refused).
 pub struct DiskVault {
     path: PathBuf,
     sealer: Option<Sealer>,
-    locks: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The rotation locks this process holds, with their lock files.
+    locks: tokio::sync::Mutex<BTreeMap<String, std::fs::File>>,
+    /// Serializes this process's read-modify-writes of the file.
+    writing: tokio::sync::Mutex<()>,
 }
+
+/// How long a write waits for another process's write to the data directory.
+pub const FILE_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Serialize, Deserialize, Default)]
 struct DiskFile {
@@ -227,11 +260,60 @@ impl DiskVault {
             path: data_dir.join("credentials.json"),
             sealer,
             locks: tokio::sync::Mutex::new(Default::default()),
+            writing: tokio::sync::Mutex::new(()),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Opens (creating, 0600) a lock file in the data directory.
+    fn lock_file(&self, name: &str) -> Result<std::fs::File, VaultError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = self.dir();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| VaultError(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| VaultError(format!("opening {}: {e}", path.display())))
+    }
+
+    /// The data directory's write lock, shared with other processes;
+    /// released when the file is dropped.
+    async fn write_lock(&self) -> Result<std::fs::File, VaultError> {
+        let file = self.lock_file(".credentials.lock")?;
+        let deadline = tokio::time::Instant::now() + FILE_LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(VaultError(format!(
+                        "locking {}: {e}",
+                        self.dir().join(".credentials.lock").display()
+                    )))
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(VaultError(format!(
+                    "another process kept {} locked for {}",
+                    self.dir().join(".credentials.lock").display(),
+                    humantime::format_duration(FILE_LOCK_WAIT)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn read(&self) -> Result<DiskFile, VaultError> {
@@ -288,8 +370,17 @@ impl KeyVault for DiskVault {
         }))
     }
 
-    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
+    async fn update(&self, product: &str, change: &Change<'_>) -> Result<(), VaultError> {
+        let _writing = self.writing.lock().await;
+        let _across_processes = self.write_lock().await?;
         let mut file = self.read()?;
+        let current = file.products.get(product).and_then(|text| {
+            let sealer = self.sealer.as_ref().filter(|_| !is_plain(text));
+            decode(text, sealer).ok()
+        });
+        let Some(record) = change(current.as_ref()) else {
+            return Ok(());
+        };
         file.version = 1;
         if let Some(sealer) = &self.sealer {
             // No plain key stays on disk once a master key is configured.
@@ -303,7 +394,7 @@ impl KeyVault for DiskVault {
         }
         file.products.insert(
             record.product.clone(),
-            encode(record, self.sealer.as_ref())?,
+            encode(&record, self.sealer.as_ref())?,
         );
         self.write(&file)
     }
@@ -313,11 +404,28 @@ impl KeyVault for DiskVault {
     }
 
     async fn lock(&self, product: &str, _ttl: Duration) -> Result<bool, VaultError> {
-        Ok(self.locks.lock().await.insert(product.to_owned()))
+        let mut locks = self.locks.lock().await;
+        if locks.contains_key(product) {
+            return Ok(false);
+        }
+        let hex: String = product.bytes().map(|b| format!("{b:02x}")).collect();
+        let file = self.lock_file(&format!(".rotation-{hex}.lock"))?;
+        match file.try_lock() {
+            Ok(()) => {
+                locks.insert(product.to_owned(), file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(VaultError(format!(
+                "locking the rotation of '{product}': {e}"
+            ))),
+        }
     }
 
     async fn unlock(&self, product: &str) {
-        self.locks.lock().await.remove(product);
+        if let Some(file) = self.locks.lock().await.remove(product) {
+            let _ = file.unlock();
+        }
     }
 
     fn describe(&self) -> &'static str {
@@ -383,17 +491,41 @@ impl KeyVault for RedisVault {
         }))
     }
 
-    async fn save(&self, record: &Stored) -> Result<(), VaultError> {
-        let sealed = encode(record, Some(&self.sealer))?;
-        let _: i64 = self
-            .run(
-                redis::cmd("HSET")
-                    .arg(HASH)
-                    .arg(&record.product)
-                    .arg(sealed),
+    /// HGET, change, then a compare-and-set script that writes only if
+    /// the field still holds what was read; retried when it does not.
+    async fn update(&self, product: &str, change: &Change<'_>) -> Result<(), VaultError> {
+        let script = redis::Script::new(
+            "if (redis.call('HGET', KEYS[1], ARGV[1]) or '') == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 end return 0",
+        );
+        for _ in 0..8 {
+            let text: Option<String> = self.run(redis::cmd("HGET").arg(HASH).arg(product)).await?;
+            let current = text
+                .as_deref()
+                .and_then(|t| decode(t, Some(&self.sealer)).ok());
+            let Some(record) = change(current.as_ref()) else {
+                return Ok(());
+            };
+            let sealed = encode(&record, Some(&self.sealer))?;
+            let mut conn = self.conn().await?;
+            let written: i64 = tokio::time::timeout(
+                OP_TIMEOUT,
+                script
+                    .key(HASH)
+                    .arg(product)
+                    .arg(text.as_deref().unwrap_or(""))
+                    .arg(sealed)
+                    .invoke_async(&mut conn),
             )
-            .await?;
-        Ok(())
+            .await
+            .map_err(|_| VaultError("Redis did not answer in time".into()))?
+            .map_err(|e| VaultError(format!("Redis: {}", e.kind_name())))?;
+            if written == 1 {
+                return Ok(());
+            }
+        }
+        Err(VaultError(
+            "the stored record kept changing under this write (Redis)".into(),
+        ))
     }
 
     fn shared(&self) -> bool {
@@ -446,6 +578,7 @@ mod tests {
             api_key: SecretString::from("sk_rotated_secret"),
             created_at: 1,
             retiring: vec![SecretString::from("sk_old_secret")],
+            generation: 1,
         }
     }
 
@@ -525,11 +658,97 @@ mod tests {
         let loaded = vault.load().await.unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].retiring.len(), 1);
-        // No temporary file is left behind.
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // No temporary file is left behind (the lock file stays).
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".credentials.lock", "credentials.json"]);
         assert!(vault.lock("default", Duration::from_secs(1)).await.unwrap());
         assert!(!vault.lock("default", Duration::from_secs(1)).await.unwrap());
         vault.unlock("default").await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_record_without_a_generation_reads_as_generation_0() {
+        let dir = std::env::temp_dir().join(format!("igw-vault-gen0-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let vault = DiskVault::new(&dir, None);
+        let old = r#"{"product":"default","origin":"sha256:abc","api_key":"sk_x","created_at":1}"#;
+        let file = DiskFile {
+            version: 1,
+            products: [("default".to_owned(), old.to_owned())].into(),
+        };
+        std::fs::write(vault.path(), serde_json::to_vec(&file).unwrap()).unwrap();
+        let loaded = vault.load().await.unwrap();
+        assert_eq!(loaded[0].generation, 0);
+        // An update that returns nothing leaves the record as it is.
+        vault.update("default", &|_| None).await.unwrap();
+        let text = std::fs::read_to_string(vault.path()).unwrap();
+        assert!(text.contains("created_at"));
+        vault
+            .update("default", &|s| {
+                Some(Stored {
+                    generation: s.unwrap().generation + 1,
+                    ..s.unwrap().clone()
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(vault.load().await.unwrap()[0].generation, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn two_handles_on_one_directory_are_kept_apart_by_file_locks() {
+        let dir = std::env::temp_dir().join(format!("igw-vault-flock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Two handles: as a gateway and `rotate-key` would open the directory.
+        let gateway = DiskVault::new(&dir, None);
+        let command = DiskVault::new(&dir, None);
+        let ttl = Duration::from_secs(60);
+        assert!(gateway.lock("default", ttl).await.unwrap());
+        // The rotation lock is refused to the other handle, not waited for...
+        assert!(!command.lock("default", ttl).await.unwrap());
+        // ...per product.
+        assert!(command.lock("co:brand", ttl).await.unwrap());
+        gateway.unlock("default").await;
+        assert!(command.lock("default", ttl).await.unwrap());
+        command.unlock("default").await;
+        command.unlock("co:brand").await;
+
+        // A write waits while another handle holds the write lock.
+        gateway.save(&record()).await.unwrap();
+        let held = gateway.write_lock().await.unwrap();
+        let command = std::sync::Arc::new(command);
+        let writer = {
+            let command = command.clone();
+            tokio::spawn(async move {
+                command
+                    .update("default", &|s| {
+                        Some(Stored {
+                            generation: s.unwrap().generation + 1,
+                            ..s.unwrap().clone()
+                        })
+                    })
+                    .await
+            })
+        };
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!writer.is_finished(), "wrote under another handle's lock");
+        }
+        assert_eq!(gateway.load().await.unwrap()[0].generation, 1);
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(gateway.load().await.unwrap()[0].generation, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

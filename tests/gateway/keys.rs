@@ -54,6 +54,13 @@ allow = ["*"]
 products = ["*"]
 
 [[callers]]
+name = "ops-cobrand"
+token = "caller-token-keys-admin-cobrand"
+admin = true
+allow = ["*"]
+products = ["cobrand-b"]
+
+[[callers]]
 name = "cobrand-only"
 token = "caller-token-cobrand"
 allow = ["*"]
@@ -1363,4 +1370,129 @@ async fn idempotency_records_are_scoped_by_product() {
         log[1].header("authorization"),
         Some(basic(COBRAND_KEY).as_str())
     );
+}
+
+/// KeyService is held to `server.max_message_bytes` like the proxied
+/// services: an oversized DeleteKey is refused before the upstream.
+#[tokio::test]
+async fn key_service_calls_are_held_to_the_message_size_limit() {
+    let up = FakeUpstream::start().await;
+    let dir = Dir::new();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[("GATEWAY__SERVER__MAX_MESSAGE_BYTES", "1024")],
+    )
+    .await;
+    let big = "k".repeat(4096);
+    let s = KeyServiceClient::new(gw.channel.clone())
+        .delete_key(admin(DeleteKeyRequest {
+            key: Some(big.clone()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::OutOfRange, "{}", s.code());
+    assert!(s.message().contains("1024"), "{}", s.message());
+    assert!(!s.message().contains(&big));
+    assert!(up.requests().is_empty());
+    // A small call still passes.
+    KeyManagementServiceClient::new(gw.channel.clone())
+        .list_credentials(admin(ListCredentialsRequest {}))
+        .await
+        .unwrap();
+}
+
+/// ListCredentials lists only the products the admin caller may use.
+#[tokio::test]
+async fn list_credentials_shows_only_the_callers_products() {
+    let up = FakeUpstream::start().await;
+    let dir = Dir::new();
+    let merchant = dir.0.join("cobrand-merchant");
+    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
+    let merchant = merchant.display().to_string();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            (
+                "GATEWAY__CREDENTIALS__PRODUCTS",
+                &format!(
+                    r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{merchant}" }}]"#
+                ),
+            ),
+            ("COBRAND_KEY_VAR", COBRAND_KEY),
+        ],
+    )
+    .await;
+    let list = |token: &'static str| {
+        let ch = gw.channel.clone();
+        async move {
+            let mut products: Vec<String> = KeyManagementServiceClient::new(ch)
+                .list_credentials(with_token(ListCredentialsRequest {}, token))
+                .await
+                .unwrap()
+                .into_inner()
+                .data
+                .into_iter()
+                .map(|c| c.product)
+                .collect();
+            products.sort();
+            products
+        }
+    };
+    assert_eq!(list(ADMIN_TOKEN).await, ["cobrand-b", "default"]);
+    assert_eq!(list("caller-token-keys-admin-cobrand").await, ["cobrand-b"]);
+    assert!(up.requests().is_empty());
+}
+
+/// DeleteKey refuses a key another product is using, whichever product the
+/// call selects, before the upstream.
+#[tokio::test]
+async fn delete_key_refuses_a_key_in_use_by_any_product() {
+    let up = FakeUpstream::start().await;
+    let dir = Dir::new();
+    let merchant = dir.0.join("cobrand-merchant");
+    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
+    let merchant = merchant.display().to_string();
+    let gw = gateway(
+        &up.url(),
+        &dir,
+        &[
+            (
+                "GATEWAY__CREDENTIALS__PRODUCTS",
+                &format!(
+                    r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{merchant}" }}]"#
+                ),
+            ),
+            ("COBRAND_KEY_VAR", COBRAND_KEY),
+        ],
+    )
+    .await;
+    let mut keys = KeyServiceClient::new(gw.channel.clone());
+    // Selected product: default; the key is cobrand-b's.
+    let s = keys
+        .delete_key(admin(DeleteKeyRequest {
+            key: Some(COBRAND_KEY.into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("'cobrand-b'"), "{}", s.message());
+    assert!(!s.message().contains(COBRAND_KEY));
+    // And the other way round.
+    let s = keys
+        .delete_key(with_product(
+            admin(DeleteKeyRequest {
+                key: Some(API_KEY.into()),
+                ..Default::default()
+            }),
+            "cobrand-b",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("'default'"), "{}", s.message());
+    assert!(up.requests().is_empty());
 }
