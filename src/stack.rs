@@ -14,8 +14,8 @@ use crate::{
     telemetry::Telemetry,
     upstream::{
         AttemptTelemetryLayer, AttemptTimeoutLayer, BreakerConfig, CircuitBreakerLayer,
-        ContinueTraceLayer, DeadlineLayer, HttpClient, LoadShedConfig, LoadShedLayer, RetryConfig,
-        RetryLayer, TraceLayer, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamService,
+        DeadlineLayer, HttpClient, LoadShedConfig, LoadShedLayer, RetryConfig, RetryLayer,
+        TraceLayer, UpstreamError, UpstreamRequest, UpstreamResponse, UpstreamService,
     },
 };
 
@@ -69,10 +69,6 @@ where
         // through it to invalidate what they change once they completed.
         // Above idempotency: keyed calls are writes, never cached.
         .option_layer(config.cache.clone().map(CacheLayer::over))
-        // The cache runs a miss in a task of its own: below it, continue the
-        // call's log span and trace context, so attempts still get their
-        // CLIENT spans and `traceparent`, and log lines their trace id.
-        .option_layer(config.cache.as_ref().map(|_| ContinueTraceLayer))
         // A keyed mutation runs once per (caller, key); duplicates get its result.
         // Outside the deadline so it sees a timed-out call and records it.
         .layer(IdempotencyLayer::new(

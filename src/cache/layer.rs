@@ -180,8 +180,21 @@ where
         async move {
             ran.store(true, Ordering::SeqCst);
             // Its own task: if this caller goes away, the call still
-            // finishes for those waiting on it.
-            let result = match tokio::spawn(inner.oneshot(req)).await {
+            // finishes for those waiting on it. The task carries the
+            // call's log span and trace context (kept in its stats by the
+            // trace layer), so its attempts still get CLIENT spans, send
+            // `traceparent` and log the call's trace id.
+            let traced = req.stats.trace().cloned();
+            let call = inner.oneshot(req);
+            let task = match traced {
+                Some((span, cx)) => {
+                    use opentelemetry::trace::FutureExt as _;
+                    use tracing::Instrument as _;
+                    tokio::spawn(call.with_context(cx).instrument(span))
+                }
+                None => tokio::spawn(call),
+            };
+            let result = match task.await {
                 Ok(r) => r,
                 Err(_) => Err(UpstreamError::AttemptTimeout),
             };

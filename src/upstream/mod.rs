@@ -39,7 +39,7 @@ pub use error::{
 };
 pub use limit::{LoadShed, LoadShedConfig, LoadShedLayer};
 pub use retry::{Retry, RetryConfig, RetryLayer};
-pub use trace::{ContinueTrace, ContinueTraceLayer, Trace, TraceLayer};
+pub use trace::{Trace, TraceLayer};
 
 use crate::translate::RestCall;
 
@@ -135,7 +135,7 @@ pub struct CallStats {
     /// What the response cache did (0: not a cacheable call).
     cache: std::sync::atomic::AtomicU8,
     /// The call's log span and trace context, for layers that run in
-    /// another task (a cache miss runs in its own): see [`ContinueTrace`].
+    /// another task (the response cache runs a miss in its own).
     trace: std::sync::OnceLock<(tracing::Span, opentelemetry::Context)>,
 }
 

@@ -113,57 +113,6 @@ where
     }
 }
 
-/// Builds [`ContinueTrace`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ContinueTraceLayer;
-
-impl<S> Layer<S> for ContinueTraceLayer {
-    type Service = ContinueTrace<S>;
-    fn layer(&self, inner: S) -> ContinueTrace<S> {
-        ContinueTrace { inner }
-    }
-}
-
-/// Runs the layers below it inside the call's log span and trace context
-/// (set by [`Trace`] in the call's stats), for when a layer above started
-/// them in a task of their own: the response cache runs a miss in its own
-/// task, and without this its attempts would have no CLIENT span, send no
-/// `traceparent`, and log without the call's trace id.
-#[derive(Debug, Clone)]
-pub struct ContinueTrace<S> {
-    inner: S,
-}
-
-impl<S> Service<UpstreamRequest> for ContinueTrace<S>
-where
-    S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>,
-    S::Future: Send + 'static,
-{
-    type Response = UpstreamResponse;
-    type Error = UpstreamError;
-    type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), UpstreamError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: UpstreamRequest) -> Self::Future {
-        use opentelemetry::trace::FutureExt as _;
-        let Some((span, cx)) = req.stats.trace().cloned() else {
-            return Box::pin(self.inner.call(req));
-        };
-        let fut = {
-            let _enter = span.enter();
-            let _attached = cx.clone().attach();
-            self.inner.call(req)
-        };
-        Box::pin(fut.with_context(cx).instrument(span))
-    }
-}
-
 /// Records what a layer decided without Imprint: a span event on the
 /// call's span and a counter.
 fn note_decisions(
