@@ -20,7 +20,9 @@
 //!   `GATEWAY_BIN` replaces this build's binary in the same way).
 //!
 //! Run: `bash benches/passthrough.sh` (CALLS, CONCURRENCY, SERVER_CPU,
-//! CLIENT_CPUS override the defaults). Results: docs/BENCHMARKS.md. Linux only.
+//! CLIENT_CPUS override the defaults; TARGETS=minimal_tonic,gateway_hit
+//! runs only the named targets; PERF_EVENTS=<perf events> counts them per
+//! call, e.g. `probe_libc:malloc` after `perf probe -x <libc.so.6> malloc`). Results: docs/BENCHMARKS.md. Linux only.
 
 use std::{
     net::SocketAddr,
@@ -48,6 +50,12 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Whether `TARGETS` (a comma-separated list of target names; all when
+/// unset) asks for `name`.
+fn wanted(name: &str) -> bool {
+    std::env::var("TARGETS").map_or(true, |t| t.split(',').any(|n| n.trim() == name))
 }
 
 fn free_port() -> u16 {
@@ -473,6 +481,56 @@ fn profile(name: &str, pids: &[u32]) -> Option<Proc> {
     }
 }
 
+/// `perf stat` of the target while it is under load, when `PERF_EVENTS`
+/// names events (e.g. `probe_libc:malloc` after `perf probe -x <libc>
+/// malloc`, or `syscalls:sys_enter_writev`): reported per call.
+fn count_events(name: &str, pids: &[u32]) -> Option<(Proc, PathBuf)> {
+    let events = std::env::var("PERF_EVENTS").ok()?;
+    let pid = pids.first()?;
+    let out = std::env::temp_dir().join(format!("passthrough-{name}-{pid}.stat"));
+    let child = Command::new("perf")
+        .args([
+            "stat",
+            "-x",
+            ",",
+            "-e",
+            &events,
+            "-p",
+            &pid.to_string(),
+            "-o",
+        ])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => {
+            std::thread::sleep(Duration::from_millis(300));
+            Some((Proc(c), out))
+        }
+        Err(e) => {
+            eprintln!("PERF_EVENTS is set but perf cannot run ({e}): apt-get install linux-perf");
+            None
+        }
+    }
+}
+
+fn report_events(name: &str, out: &Path, calls: usize) {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let _ = std::fs::remove_file(out);
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let cols: Vec<&str> = line.split(',').collect();
+        if let (Some(count), Some(event)) = (cols.first(), cols.get(2)) {
+            if let Ok(n) = count.parse::<f64>() {
+                eprintln!("  {name}: {event} {:.1} per call", n / calls as f64);
+            }
+        }
+    }
+}
+
 struct Row {
     name: &'static str,
     load: Run,
@@ -488,8 +546,13 @@ async fn measure(
     concurrency: usize,
 ) -> Row {
     let profile = profile(name, &pids);
+    let counters = count_events(name, &pids);
     let load = run(&target, &pids, calls, concurrency).await;
     drop(profile);
+    if let Some((proc, out)) = counters {
+        drop(proc);
+        report_events(name, &out, load.calls);
+    }
     let rss_kib = pids.first().map(|p| peak_rss_kib(*p));
     let single = run(&target, &[], (calls / 10).clamp(500, 5_000), 1).await;
     eprintln!(
@@ -546,25 +609,32 @@ fn main() {
         let _upstream = spawn_role(&client_cpus, "upstream", up_port);
         let mut rows = Vec::new();
 
-        let direct = http_target(up_port).await;
-        rows.push(measure("direct", direct, vec![], calls, concurrency).await);
+        if wanted("direct") {
+            let direct = http_target(up_port).await;
+            rows.push(measure("direct", direct, vec![], calls, concurrency).await);
+        }
 
         let n_port = free_port();
-        if let Some(nginx) = spawn_nginx(&server_cpu, &dir, n_port, up_port) {
+        let nginx = wanted("nginx")
+            .then(|| spawn_nginx(&server_cpu, &dir, n_port, up_port))
+            .flatten();
+        if let Some(nginx) = nginx {
             let t = http_target(n_port).await;
             let pids = with_children(nginx.0.id());
             rows.push(measure("nginx", t, pids, calls, concurrency).await);
-        } else {
+        } else if wanted("nginx") {
             eprintln!(
                 "nginx is not installed: no proxy baseline (benches/passthrough.sh installs it)"
             );
         }
 
-        let m_port = free_port();
-        let minimal = spawn_role(&server_cpu, "minimal", m_port);
-        let t = grpc_target(([127, 0, 0, 1], m_port).into()).await;
-        rows.push(measure("minimal_tonic", t, vec![minimal.0.id()], calls, concurrency).await);
-        drop(minimal);
+        if wanted("minimal_tonic") {
+            let m_port = free_port();
+            let minimal = spawn_role(&server_cpu, "minimal", m_port);
+            let t = grpc_target(([127, 0, 0, 1], m_port).into()).await;
+            rows.push(measure("minimal_tonic", t, vec![minimal.0.id()], calls, concurrency).await);
+            drop(minimal);
+        }
 
         // `BASELINE_GATEWAY_BIN`: another build of the gateway (say, the
         // commit before a change), measured in the same run as this one.
@@ -576,15 +646,18 @@ fn main() {
             gateways.insert(0, ("baseline", "baseline_hit", PathBuf::from(b)));
         }
         for (pass_name, hit_name, binary) in gateways {
-            let (gw, port) = spawn_gateway(&binary, &server_cpu, &dir, up_port, false);
-            let t = grpc_target(([127, 0, 0, 1], port).into()).await;
-            rows.push(measure(pass_name, t, vec![gw.0.id()], calls, concurrency).await);
-            drop(gw);
-
-            let (gw, port) = spawn_gateway(&binary, &server_cpu, &dir, up_port, true);
-            let t = grpc_target(([127, 0, 0, 1], port).into()).await;
-            rows.push(measure(hit_name, t, vec![gw.0.id()], calls, concurrency).await);
-            drop(gw);
+            if wanted(pass_name) {
+                let (gw, port) = spawn_gateway(&binary, &server_cpu, &dir, up_port, false);
+                let t = grpc_target(([127, 0, 0, 1], port).into()).await;
+                rows.push(measure(pass_name, t, vec![gw.0.id()], calls, concurrency).await);
+                drop(gw);
+            }
+            if wanted(hit_name) {
+                let (gw, port) = spawn_gateway(&binary, &server_cpu, &dir, up_port, true);
+                let t = grpc_target(([127, 0, 0, 1], port).into()).await;
+                rows.push(measure(hit_name, t, vec![gw.0.id()], calls, concurrency).await);
+                drop(gw);
+            }
         }
         rows
     });

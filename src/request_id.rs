@@ -39,9 +39,23 @@ pub fn settle(given: Option<&str>) -> String {
 /// A fresh UUIDv4 from the thread's CSPRNG (`rand`), not from a `getrandom`
 /// system call per call as `Uuid::new_v4` makes.
 fn new_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string()
+    fresh_uuid().to_string()
+}
+
+fn fresh_uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
+/// The id of a call as a header value: the caller's when sane (its bytes
+/// shared, not copied), else a fresh UUID written without a `String`.
+fn settle_value(given: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = given.filter(|v| v.to_str().is_ok_and(is_sane)) {
+        return v.clone();
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = fresh_uuid().hyphenated().encode_lower(&mut buf);
+    // A UUID is visible ASCII: always a valid header value.
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("invalid"))
 }
 
 /// Builds [`RequestId`].
@@ -74,10 +88,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let given = req.headers().get(HEADER).and_then(|v| v.to_str().ok());
-        let id = settle(given);
-        // Sane ids and UUIDs are visible ASCII: always a valid header value.
-        let value = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("invalid"));
+        let value = settle_value(req.headers().get(HEADER));
         req.headers_mut().insert(HEADER, value.clone());
         ResponseFuture {
             inner: self.inner.call(req),
@@ -105,7 +116,10 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            response.headers_mut().insert(HEADER, id);
+            // The services set it too (the same value); keep theirs.
+            if let http::header::Entry::Vacant(e) = response.headers_mut().entry(HEADER) {
+                e.insert(id);
+            }
         }
         Poll::Ready(Ok(response))
     }
@@ -123,5 +137,13 @@ mod tests {
             assert_ne!(id, bad);
             assert!(uuid::Uuid::parse_str(&id).is_ok());
         }
+        let kept = HeaderValue::from_static("req-1:a.b_c");
+        assert_eq!(settle_value(Some(&kept)), kept);
+        for bad in ["a b", "ä", &"x".repeat(129)] {
+            let bad = HeaderValue::from_str(bad).unwrap_or(HeaderValue::from_static("a b"));
+            let id = settle_value(Some(&bad));
+            assert!(uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok());
+        }
+        assert!(uuid::Uuid::parse_str(settle_value(None).to_str().unwrap()).is_ok());
     }
 }

@@ -293,7 +293,7 @@ pub async fn start(
         .layer(AuditLayer::new(
             audit.clone(),
             Caller::is_admin_method,
-            |ext| ext.get::<Arc<Caller>>().map(|c| c.name.clone()),
+            |ext| ext.get::<Arc<Caller>>().map(|c| c.name.to_string()),
         ))
         // Span, x-trace-id, duration and the call's log line; inside auth so the caller is known.
         .layer(RpcTelemetryLayer::new(

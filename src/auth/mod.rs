@@ -51,7 +51,8 @@ use crate::tls::CertIdentity;
 /// An authenticated caller, available to handlers in request extensions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
-    pub name: String,
+    /// Shared: every call carries it (logs, metrics, idempotency records).
+    pub name: Arc<str>,
     allow: Vec<Pattern>,
     /// May call admin-only services (`admin = true` in the tokens file).
     pub admin: bool,
@@ -277,11 +278,11 @@ impl CallerTable {
                 .map(|p| Pattern::parse(p))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("caller '{name}': {e}"))?;
-            if table.callers.iter().any(|c| c.name == *name) {
+            if table.callers.iter().any(|c| *c.name == **name) {
                 return Err(format!("caller '{name}': name already used"));
             }
             let caller = Arc::new(Caller {
-                name: entry.name.clone(),
+                name: entry.name.as_str().into(),
                 allow,
                 admin: entry.admin,
                 products: entry.products.clone(),
@@ -492,7 +493,7 @@ impl CallerRegistry {
             Ok(caller)
         } else {
             Err(Denied::NotAllowed {
-                caller: caller.name.clone(),
+                caller: caller.name.to_string(),
             })
         }
     }
@@ -538,7 +539,7 @@ mod tests {
                 "imprint.v2.CustomerService/GetCustomer",
             )
             .unwrap();
-        assert_eq!(c.name, "checkout");
+        assert_eq!(&*c.name, "checkout");
         assert!(reg
             .authorize(
                 Some("Bearer tok-checkout"),
@@ -693,7 +694,7 @@ mod identity_tests {
                 "imprint.v2.PaymentMethodService/GetPaymentMethod",
             )
             .unwrap();
-        assert_eq!(c.name, "vault");
+        assert_eq!(&*c.name, "vault");
         assert!(c.pci);
         assert_eq!((c.rate_per_sec, c.burst), (Some(5.0), Some(10.0)));
         assert_eq!(
@@ -706,7 +707,7 @@ mod identity_tests {
         let ledger = cert(&[], &["ledger.internal"]);
         assert_eq!(
             reg.authenticate(None, None, Some(&ledger)).unwrap().name,
-            "ledger"
+            "ledger".into()
         );
         // Certificate and token agreeing is fine; disagreeing is refused.
         assert!(reg
@@ -726,7 +727,7 @@ mod identity_tests {
             reg.authenticate(Some("Bearer tok-legacy"), None, Some(&stranger))
                 .unwrap()
                 .name,
-            "legacy"
+            "legacy".into()
         );
         let open = CallerRegistry::new(CallerTable::default(), Anonymous::Allowed);
         assert!(open.authenticate(None, None, Some(&stranger)).is_err());

@@ -141,7 +141,7 @@ where
         return inner.oneshot(req).await;
     }
     let key = Key {
-        scope: Arc::from(credential.product_fingerprint()),
+        scope: credential.product_fingerprint().clone(),
         rpc: req.rpc,
         method: req.call.method.clone(),
         path_and_query: req.call.path_and_query.clone(),

@@ -54,7 +54,7 @@ pub struct Credential {
     merchant_header: Option<HeaderValue>,
     fingerprint: String,
     /// `<key fingerprint>/<merchant key fingerprint or ->`.
-    product_fingerprint: String,
+    product_fingerprint: Arc<str>,
     merchant_fingerprint: Option<String>,
     product: Arc<str>,
     /// When a rotation created the key; `None` for a configured key.
@@ -131,7 +131,7 @@ impl Credential {
             merchant_fingerprint.as_deref().unwrap_or("-")
         );
         Ok(Self {
-            product_fingerprint,
+            product_fingerprint: product_fingerprint.into(),
             merchant_fingerprint,
             api_key,
             merchant_key,
@@ -168,7 +168,7 @@ impl Credential {
 
     /// Fingerprints of the key and of the merchant key: which credential
     /// and product an answer was fetched with (the response cache's scope).
-    pub fn product_fingerprint(&self) -> &str {
+    pub fn product_fingerprint(&self) -> &Arc<str> {
         &self.product_fingerprint
     }
 

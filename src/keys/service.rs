@@ -30,7 +30,7 @@ fn actor<T>(request: &Request<T>) -> String {
     request
         .extensions()
         .get::<Arc<Caller>>()
-        .map_or_else(|| "anonymous".to_owned(), |c| c.name.clone())
+        .map_or_else(|| "anonymous".to_owned(), |c| c.name.to_string())
 }
 
 /// Imprint's Keys calls are not idempotent by key: the key a DeleteKey

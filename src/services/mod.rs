@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use http::HeaderMap;
 use tokio::time::Instant;
 use tonic::{
-    metadata::{MetadataMap, MetadataValue},
+    metadata::{Ascii, MetadataMap, MetadataValue},
     Request, Response, Status,
 };
 use tower::ServiceExt;
@@ -116,12 +116,12 @@ impl Gateway {
         request: Request<E>,
         authenticate_with: Option<SecretString>,
     ) -> Result<Response<E::Response>, Status> {
-        let request_id = request_id(request.metadata());
+        let (request_id, request_id_value) = request_id(request.metadata());
         let budget = upstream_budget(caller_timeout(request.metadata()), self.default_deadline);
         let deadline = Instant::now() + budget;
         let known = request.extensions().get::<Arc<Caller>>();
         let caller: Arc<str> = match (known, request.extensions().get::<InternalActor>()) {
-            (Some(c), _) => Arc::from(c.name.as_str()),
+            (Some(c), _) => c.name.clone(),
             (None, Some(internal)) => internal.0.clone(),
             (None, None) => Arc::from("anonymous"),
         };
@@ -148,7 +148,7 @@ impl Gateway {
             Err(status) => Err(status),
         };
         let mut metadata = MetadataMap::new();
-        if let Ok(id) = MetadataValue::try_from(&*request_id) {
+        if let Some(id) = request_id_value {
             metadata.insert("x-request-id", id);
         }
         if stats.attempts() > 0 {
@@ -314,12 +314,19 @@ fn no_cache(metadata: &MetadataMap) -> bool {
         .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
 }
 
-/// The call's request id, settled by [`crate::request_id`] at the edge.
-fn request_id(metadata: &MetadataMap) -> Arc<str> {
-    let given = metadata
-        .get(crate::request_id::HEADER)
-        .and_then(|v| v.to_str().ok());
-    crate::request_id::settle(given).into()
+/// The call's request id, settled by [`crate::request_id`] at the edge
+/// (settled here too for a call that did not pass the edge), and its
+/// metadata value for the answer (the request's own, shared, when usable).
+fn request_id(metadata: &MetadataMap) -> (Arc<str>, Option<MetadataValue<Ascii>>) {
+    let given = metadata.get(crate::request_id::HEADER);
+    if let Some((value, id)) = given.and_then(|v| Some((v, v.to_str().ok()?))) {
+        if crate::request_id::is_sane(id) {
+            return (Arc::from(id), Some(value.clone()));
+        }
+    }
+    let id = crate::request_id::settle(None);
+    let value = MetadataValue::try_from(&*id).ok();
+    (id.into(), value)
 }
 
 /// How long the upstream call may take. A caller's deadline is shortened by

@@ -84,21 +84,22 @@ where
             .extensions()
             .get::<Arc<Caller>>()
             .map(|c| c.name.clone());
-        let request_id = req
-            .headers()
-            .get(crate::request_id::HEADER)
+        // The header value itself (shared bytes), not a copy: most calls
+        // read it only if a span or a log line is recorded.
+        let request_id_value = req.headers().get(crate::request_id::HEADER).cloned();
+        let request_id = request_id_value
+            .as_ref()
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+            .unwrap_or_default();
         let cx = self.telemetry.tracer().map(|tracer| {
             let parent = super::extract(req.headers());
             let mut attributes = vec![
                 KeyValue::new("rpc.system.name", "grpc"),
                 KeyValue::new("rpc.method", method),
-                KeyValue::new("gateway.request_id", request_id.clone()),
+                KeyValue::new("gateway.request_id", request_id.to_owned()),
             ];
             if let Some(c) = &caller {
-                attributes.push(KeyValue::new("gateway.caller", c.clone()));
+                attributes.push(KeyValue::new("gateway.caller", c.to_string()));
             }
             let span = tracer
                 .span_builder(method)
@@ -164,7 +165,10 @@ where
                     if resp.extensions().get::<RateLimited>().is_some() {
                         m.rate_limited.add(
                             1,
-                            &[KeyValue::new("caller", caller.clone().unwrap_or_default())],
+                            &[KeyValue::new(
+                                "caller",
+                                caller.as_deref().unwrap_or_default().to_owned(),
+                            )],
                         );
                     }
                     if let Some(id) = trace_id

@@ -180,7 +180,7 @@ fn note_cache(status: Option<CacheStatus>) {
 /// What the request log needs from a request, taken before it goes down.
 struct Logged {
     rpc: &'static str,
-    method: String,
+    method: http::Method,
     template: &'static str,
     caller: Arc<str>,
     request_id: Arc<str>,
@@ -194,7 +194,7 @@ impl Logged {
     fn of(req: &UpstreamRequest) -> Self {
         Self {
             rpc: req.rpc,
-            method: req.call.method.to_string(),
+            method: req.call.method.clone(),
             template: req.template,
             caller: req.caller.clone(),
             request_id: req.request_id.clone(),
@@ -242,7 +242,7 @@ impl Logged {
             seq: 0,
             at: std::time::SystemTime::now(),
             rpc: self.rpc,
-            method: self.method,
+            method: self.method.to_string(),
             template: self.template,
             status,
             error,
