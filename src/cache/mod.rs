@@ -277,8 +277,9 @@ pub(crate) struct Key {
 pub(crate) struct Entry {
     pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
-    /// The body decoded into its proto message by the first hit that
-    /// needed it (weighed as a second copy of the body).
+    /// The body decoded into its proto message, and that message encoded,
+    /// by the first hit that needed them (weighed as two more copies of the
+    /// body: the encoding is smaller than the JSON).
     pub(crate) decoded: crate::upstream::DecodedSlot,
     /// A remembered 404 (`cache.not_found_ttl`).
     pub(crate) not_found: Option<Arc<ApiError>>,
@@ -333,9 +334,10 @@ fn weight(key: &Key, entry: &Entry) -> u32 {
     let n = key.path_and_query.len()
         + key.body.as_ref().map_or(0, Bytes::len)
         + key.scope.len()
-        // The body, and its decoded message once a hit has made it (a
-        // proto message takes about what its JSON takes).
-        + 2 * entry.body.len()
+        // The body, and its decoded message and that message's encoding
+        // once a hit has made them (a proto message takes about what its
+        // JSON takes; its encoding less).
+        + 3 * entry.body.len()
         + entry.tags.iter().map(String::len).sum::<usize>()
         + 160;
     u32::try_from(n).unwrap_or(u32::MAX)

@@ -17,6 +17,10 @@ use tower::ServiceExt;
 
 use secrecy::SecretString;
 
+pub mod reply;
+
+use reply::Reply;
+
 use crate::{
     auth::Caller,
     credentials::{CredentialStore, DEFAULT_PRODUCT},
@@ -97,7 +101,7 @@ impl Gateway {
         request: Request<E>,
         key: Option<SecretString>,
     ) -> Result<Response<E::Response>, Status> {
-        self.call_inner(request, key).await
+        message(self.call_inner(request, key, Form::Message).await)
     }
 
     /// Runs one RPC: validate and translate, call Imprint through the
@@ -108,14 +112,24 @@ impl Gateway {
         &self,
         request: Request<E>,
     ) -> Result<Response<E::Response>, Status> {
-        self.call_inner(request, None).await
+        message(self.call_inner(request, None, Form::Message).await)
+    }
+
+    /// [`Gateway::call`] for the wire ([`reply`]): a cached answer comes as
+    /// the bytes it was encoded to once, not as a clone to encode again.
+    pub async fn call_reply<E: Endpoint>(
+        &self,
+        request: Request<E>,
+    ) -> Result<Response<Reply<E::Response>>, Status> {
+        self.call_inner(request, None, Form::Wire).await
     }
 
     async fn call_inner<E: Endpoint>(
         &self,
         request: Request<E>,
         authenticate_with: Option<SecretString>,
-    ) -> Result<Response<E::Response>, Status> {
+        form: Form,
+    ) -> Result<Response<Reply<E::Response>>, Status> {
         let (request_id, request_id_value) = request_id(request.metadata());
         let budget = upstream_budget(caller_timeout(request.metadata()), self.default_deadline);
         let deadline = Instant::now() + budget;
@@ -143,7 +157,7 @@ impl Gateway {
                     authenticate_with,
                     pci,
                 };
-                self.run(request.get_ref(), ctx).await
+                self.run(request.get_ref(), ctx, form).await
             }
             Err(status) => Err(status),
         };
@@ -193,7 +207,8 @@ impl Gateway {
         &self,
         message: &E,
         ctx: CallContext,
-    ) -> Result<(E::Response, Vec<&'static str>), Status> {
+        form: Form,
+    ) -> Result<(Reply<E::Response>, Vec<&'static str>), Status> {
         let rpc = E::ROUTE.rpc;
         let call = translate::build(message).map_err(|v| errors::invalid_request(&v))?;
         // A non-idempotent mutation nobody can safely repeat.
@@ -247,17 +262,62 @@ impl Gateway {
             E::decode(body)
                 .map_err(|e| errors::upstream_status(rpc, false, true, &UpstreamError::Decode(e)))
         };
-        // A cached answer, as Imprint sent it: decoded once per entry.
+        // A cached answer, as Imprint sent it: decoded and encoded once per
+        // entry, by the first hit that needs it.
         if let (Some(slot), std::borrow::Cow::Borrowed(_)) = (&response.decoded, &body) {
-            if let Some(message) = slot.get().and_then(|m| m.downcast_ref::<E::Response>()) {
-                return Ok((message.clone(), redacted));
+            if let Some(memo) = slot
+                .get()
+                .and_then(|m| m.downcast_ref::<Memo<E::Response>>())
+            {
+                return Ok((memo.reply(form), redacted));
             }
             let message = decode(&body)?;
-            let _ = slot.set(Box::new(message.clone()));
-            return Ok((message, redacted));
+            let memo = Memo {
+                encoded: prost::Message::encode_to_vec(&message).into(),
+                message,
+            };
+            let reply = memo.reply(form);
+            let _ = slot.set(Box::new(memo));
+            return Ok((reply, redacted));
         }
-        Ok((decode(&body)?, redacted))
+        Ok((Reply::Message(decode(&body)?), redacted))
     }
+}
+
+/// The form an answer is wanted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// A message (the gateway's own callers: keys, rotations).
+    Message,
+    /// Whatever is cheapest to send (a cached answer's shared bytes).
+    Wire,
+}
+
+/// A cached answer's message and its encoding, kept with the cache entry.
+struct Memo<M> {
+    message: M,
+    encoded: bytes::Bytes,
+}
+
+impl<M: Clone> Memo<M> {
+    fn reply(&self, form: Form) -> Reply<M> {
+        match form {
+            Form::Message => Reply::Message(self.message.clone()),
+            Form::Wire => Reply::Encoded(self.encoded.clone()),
+        }
+    }
+}
+
+/// The message of an answer (see [`Form::Message`]).
+fn message<M: prost::Message + Default>(
+    answer: Result<Response<Reply<M>>, Status>,
+) -> Result<Response<M>, Status> {
+    let (metadata, reply, extensions) = answer?.into_parts();
+    Ok(Response::from_parts(
+        metadata,
+        reply.into_message()?,
+        extensions,
+    ))
 }
 
 /// Response fields under PCI scope: card data only callers with `pci =
@@ -384,15 +444,23 @@ pub fn add_services<L>(
     limits: &MessageLimits,
 ) -> tonic::transport::server::Router<L> {
     use crate::pb::imprint::v2::*;
+    let config = reply::GrpcConfig {
+        max_decoding: limits.max_decoding,
+        max_encoding: limits.max_encoding,
+    };
+    // Every method goes through `reply::unary` (the same codec settings);
+    // the generated server answers only paths no method has.
     macro_rules! add {
         ($router:expr; $($module:ident::$server:ident),*) => {
-            $router$(.add_service(
+            $router$(.add_service(reply::ReplyServer::new(
                 $module::$server::new(gateway.clone())
                     .max_decoding_message_size(limits.max_decoding)
                     .max_encoding_message_size(limits.max_encoding)
                     .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
                     .send_compressed(tonic::codec::CompressionEncoding::Gzip),
-            ))*
+                gateway.clone(),
+                config,
+            )))*
         };
     }
     each_service!(add!(router))

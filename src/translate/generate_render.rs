@@ -1,7 +1,7 @@
 //! Renders what `generate.rs` read from the annotations as Rust: the
 //! `Endpoint` impls, the tonic service impls (one pipeline,
-//! `Gateway::call`), `ROUTES`, `each_service!` and the redacted `Debug`
-//! impls. Included next to `generate.rs` by `build.rs` and by the tests.
+//! `Gateway::call`), the `serve_reply` dispatch, `ROUTES`, `each_service!`
+//! and the redacted `Debug` impls. Included next to `generate.rs` by `build.rs` and by the tests.
 
 use std::fmt::Write as _;
 
@@ -116,6 +116,21 @@ pub(crate) fn render_routes(rpcs: &[Rpc], pb: &str, hand_served: &[&str]) -> Str
         }
         out.push_str("}\n\n");
     }
+    out.push_str(
+        "/// Serves a call to a method of the generated impls above through\n/// [`crate::services::reply`] (an answer cached upstream goes out as its\n/// shared encoding); any other path comes back as `Err`.\n#[allow(clippy::result_large_err)]\npub(crate) fn serve_reply(\n    gateway: &crate::services::Gateway,\n    config: crate::services::reply::GrpcConfig,\n    req: http::Request<tonic::body::Body>,\n) -> Result<crate::services::reply::ReplyFuture, http::Request<tonic::body::Body>> {\n    match req.uri().path() {\n",
+    );
+    for r in rpcs
+        .iter()
+        .filter(|r| services.contains(&r.service.as_str()))
+    {
+        let _ = writeln!(
+            out,
+            "        \"/{full}\" => Ok(crate::services::reply::unary::<{pb}::{input}>(gateway.clone(), config, req)),",
+            full = r.full_name,
+            input = r.input,
+        );
+    }
+    out.push_str("        _ => Err(req),\n    }\n}\n\n");
     out.push_str("/// The route of every RPC, in proto order.\npub const ROUTES: &[crate::translate::Route] = &[\n");
     for r in rpcs {
         let _ = writeln!(

@@ -62,7 +62,7 @@ pub struct Route {
 /// code `build.rs` generates from the proto annotations.
 pub trait Endpoint: Serialize + Send + Sync + 'static {
     /// The proto response.
-    type Response: Clone + Send + Sync + 'static;
+    type Response: prost::Message + Default + Clone + Send + Sync + 'static;
     /// How the call maps onto REST.
     const ROUTE: Route;
     /// Decodes a successful upstream body into the response.

@@ -65,9 +65,23 @@ async fn cache_repeated_reads_hit_and_a_write_invalidates() {
     let (second, x2) = read(&mut c).await;
     assert_eq!((x1.as_deref(), x2.as_deref()), (Some("miss"), Some("hit")));
     assert_eq!(first, second);
-    // The first hit decoded the entry; the next one reuses that message.
+    // The first hit decoded and encoded the entry; the next ones send
+    // that encoding, gzipped too for a caller that accepts it.
     let (again, x) = read(&mut c).await;
     assert_eq!((again, x.as_deref()), (first.clone(), Some("hit")));
+    let mut gz = c
+        .clone()
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let r = gz.get_customer(get_customer(ID)).await.unwrap();
+    assert_eq!(
+        r.metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+    assert_eq!(x_cache(r.metadata()).as_deref(), Some("hit"));
+    assert_eq!(r.into_inner(), first);
     assert_eq!(count(&up, Method::GET, &path), 1);
 
     let mut write = req(UpdateCustomerRequest {
@@ -100,7 +114,7 @@ async fn cache_repeated_reads_hit_and_a_write_invalidates() {
     };
     assert_eq!(
         value("gateway_cache_lookups_total", "result=\"hit\""),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
     assert_eq!(
