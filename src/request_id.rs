@@ -115,7 +115,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.id.take() {
+        if let Some(mut id) = this.id.take() {
+            // New on every call: never indexed by HPACK (see the services).
+            id.set_sensitive(true);
             // The services set it too (the same value); keep theirs.
             if let http::header::Entry::Vacant(e) = response.headers_mut().entry(HEADER) {
                 e.insert(id);

@@ -162,7 +162,10 @@ impl Gateway {
             Err(status) => Err(status),
         };
         let mut metadata = MetadataMap::new();
-        if let Some(id) = request_id_value {
+        if let Some(mut id) = request_id_value {
+            // New on every call: HPACK sends it as a literal that is never
+            // indexed, instead of churning the connection's header table.
+            id.set_sensitive(true);
             metadata.insert("x-request-id", id);
         }
         if stats.attempts() > 0 {

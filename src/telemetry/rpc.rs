@@ -171,10 +171,12 @@ where
                             )],
                         );
                     }
-                    if let Some(id) = trace_id
+                    if let Some(mut id) = trace_id
                         .as_deref()
                         .and_then(|t| HeaderValue::from_str(t).ok())
                     {
+                        // New on every call: never indexed by HPACK.
+                        id.set_sensitive(true);
                         resp.headers_mut().insert("x-trace-id", id);
                     }
                 }
