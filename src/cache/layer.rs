@@ -48,17 +48,29 @@ impl<S> Layer<S> for CacheLayer {
     type Service = Cache<S>;
     fn layer(&self, inner: S) -> Cache<S> {
         Cache {
-            inner,
+            inner: Arc::new(inner),
             cache: self.cache.clone(),
         }
     }
 }
 
 /// Answers cacheable reads from memory; invalidates on writes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Cache<S> {
-    inner: S,
+    /// Shared, and cloned (a copy of every layer below) only for a call
+    /// that goes below: a hit, and a clone of the stack above for a call,
+    /// cost two reference counts here.
+    inner: Arc<S>,
     cache: Arc<ResponseCache>,
+}
+
+impl<S> Clone for Cache<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+        }
+    }
 }
 
 impl<S> Service<UpstreamRequest> for Cache<S>
@@ -66,6 +78,7 @@ where
     S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
         + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
 {
@@ -86,19 +99,21 @@ where
 
 async fn serve<S>(
     cache: Arc<ResponseCache>,
-    inner: S,
+    inner: Arc<S>,
     req: UpstreamRequest,
 ) -> Result<UpstreamResponse, UpstreamError>
 where
     S: Service<UpstreamRequest, Response = UpstreamResponse, Error = UpstreamError>
+        + Clone
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
 {
     if req.mutating {
         let tags = rules::lookup(rules::WRITES, req.rpc)
             .map(|t| rules::tag_strings(t, |name| field(&req, name), false));
-        let result = inner.oneshot(req).await;
+        let result = S::clone(&inner).oneshot(req).await;
         if may_have_changed(&result) {
             match tags {
                 Some(tags) => cache.invalidate_tags(tags),
@@ -115,15 +130,15 @@ where
     if req.authenticate_with.is_some() {
         req.stats.set_cache(CacheStatus::Bypass);
         cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
-        return inner.oneshot(req).await;
+        return S::clone(&inner).oneshot(req).await;
     }
     let Some(ttl) = cache.config.ttl_of(req.rpc) else {
-        return inner.oneshot(req).await;
+        return S::clone(&inner).oneshot(req).await;
     };
     // Validation refuses these in `cache.ttl`; checked again per call
     // since this is the rule that keeps secrets out.
     if !req.secret_fields.is_empty() {
-        return inner.oneshot(req).await;
+        return S::clone(&inner).oneshot(req).await;
     }
     let stats = req.stats.clone();
     // The call's own product: two products never share an entry.
@@ -132,13 +147,13 @@ where
         .as_deref()
         .unwrap_or(crate::credentials::DEFAULT_PRODUCT);
     let Some(credential) = cache.credentials.get(product) else {
-        return inner.oneshot(req).await;
+        return S::clone(&inner).oneshot(req).await;
     };
     // A set sensitive field (SSN, PAN...) would be part of the key.
     if !req.call.sensitive.is_empty() || !cache.usable() {
         stats.set_cache(CacheStatus::Bypass);
         cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
-        return inner.oneshot(req).await;
+        return S::clone(&inner).oneshot(req).await;
     }
     let key = Key {
         scope: credential.product_fingerprint().clone(),
@@ -157,7 +172,7 @@ where
         cache.stats.bypasses.fetch_add(1, Ordering::Relaxed);
         let epoch = cache.epoch();
         let tags = read_tags(&req);
-        let result = inner.oneshot(req).await;
+        let result = S::clone(&inner).oneshot(req).await;
         if let Some(entry) = storable(&result, tags, ttls) {
             if cache.epoch() == epoch && cache.usable() {
                 cache.entries.insert(key, entry).await;
@@ -185,7 +200,7 @@ where
             // trace layer), so its attempts still get CLIENT spans, send
             // `traceparent` and log the call's trace id.
             let traced = req.stats.trace().cloned();
-            let call = inner.oneshot(req);
+            let call = S::clone(&inner).oneshot(req);
             let task = match traced {
                 Some((span, cx)) => {
                     use opentelemetry::trace::FutureExt as _;
