@@ -11,6 +11,17 @@
 //!    `fdatasync` of a 1 KiB append, and a one-event redb commit (the same
 //!    `Durability::Immediate` the gateway uses) — p50 and p99.
 //!
+//! Both processes float over every core, as before. `PIN=1` runs the
+//! gateway on its own core and this process (the senders and the
+//! subscribers' client) on another (`taskset`; `GATEWAY_CPUS`, default `1`,
+//! `CLIENT_CPUS`, default `0`): the client's work on 1 000 streams then
+//! takes none of the gateway's CPU, but the gateway has one core and one
+//! tokio worker. Besides latency, the CPU time each process spent per
+//! delivery over the posting phase (`/proc/<pid>/stat`, clock-tick
+//! resolution) is reported: it varies far less with the machine's load.
+//! `GATEWAY_BIN` runs another build of the gateway (e.g. an older
+//! commit's) under the same client, for a before/after in one run.
+//!
 //! Every loop is bounded by a count and a time limit. Not a test.
 //! Run: `cargo bench --bench events` (`FANOUT=1000` for one round only).
 //! Results: docs/BENCHMARKS.md.
@@ -62,11 +73,30 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The CPUs for the gateway and for this process; `None`: unpinned.
+fn cpus() -> Option<(String, String)> {
+    if !std::env::var("PIN").is_ok_and(|p| p == "1") {
+        return None;
+    }
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    Some((var("GATEWAY_CPUS", "1"), var("CLIENT_CPUS", "0")))
+}
+
 fn spawn_gateway() -> Gateway {
     let dir = std::env::temp_dir().join(format!("igw-bench-events-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (grpc, http) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_imprint-gateway"))
+    let bin = std::env::var("GATEWAY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_imprint-gateway").to_string());
+    let mut command = match cpus() {
+        Some((gateway, _)) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(gateway).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let child = command
         .arg("serve")
         .env("IMPRINT_API_BASE_URL", "http://127.0.0.1:9")
         .env("IMPRINT_API_KEY", "sk_bench")
@@ -109,6 +139,27 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             .map_or(0.0, |kb| kb / 1024.0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / clk_tck()
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn body(id: &str) -> String {
@@ -256,24 +307,31 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
                 .into_inner();
             ready.fetch_add(1, Ordering::Relaxed);
             let mut mine = Vec::with_capacity(FANOUT_EVENTS);
-            let deadline = Instant::now() + PHASE_LIMIT;
-            while mine.len() < FANOUT_EVENTS && Instant::now() < deadline {
-                let Ok(Ok(Some(e))) =
-                    tokio::time::timeout(Duration::from_secs(10), s.message()).await
-                else {
-                    break;
-                };
-                let now = Instant::now();
-                if let Some(n) = e
-                    .event_id
-                    .strip_prefix(&prefix)
-                    .and_then(|n| n.parse::<usize>().ok())
-                {
-                    if let Some(Some(t)) = sent_at.lock().get(n).copied() {
-                        mine.push(now - t);
-                    }
+            // One time limit for the whole stream, not a timer per message
+            // (whose cost would be counted in every receipt after it).
+            let _ = tokio::time::timeout(PHASE_LIMIT, async {
+                let mut received = 0;
+                while received < FANOUT_EVENTS {
+                    let Ok(Some(e)) = s.message().await else {
+                        break;
+                    };
+                    // The receipt time, before anything else.
+                    let now = Instant::now();
+                    received += 1;
+                    mine.push((now, e.event_id));
                 }
-            }
+            })
+            .await;
+            // Matched to the send times after the phase, not under the lock
+            // on the way in.
+            let sent_at = sent_at.lock().clone();
+            let mine: Vec<Duration> = mine
+                .into_iter()
+                .filter_map(|(now, id)| {
+                    let n: usize = id.strip_prefix(&prefix)?.parse().ok()?;
+                    Some(now - (*sent_at.get(n)?)?)
+                })
+                .collect();
             latencies.lock().extend(mine);
         }));
     }
@@ -287,6 +345,7 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let setup_time = setup.elapsed();
     let (rss_idle, _) = rss_mib(gw.child.id());
     let client = reqwest::Client::new();
+    let cpu_before = (cpu_secs(gw.child.id()), cpu_secs(std::process::id()));
     let mut tick = tokio::time::interval(FANOUT_PACE);
     let mut to_2xx = Vec::with_capacity(FANOUT_EVENTS);
     for n in 0..FANOUT_EVENTS {
@@ -303,8 +362,15 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let (rss, peak) = rss_mib(gw.child.id());
     let mut l = latencies.lock().clone();
     l.sort();
+    // CPU time over the posting phase, per delivery (clock-tick resolution).
+    let per_delivery =
+        |before: f64, pid: u32| (cpu_secs(pid) - before) * 1e6 / l.len().max(1) as f64;
+    let (gateway_cpu, client_cpu) = (
+        per_delivery(cpu_before.0, gw.child.id()),
+        per_delivery(cpu_before.1, std::process::id()),
+    );
     println!(
-        "fan-out to {subscribers} subscribers ({} streams set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB",
+        "fan-out to {subscribers} subscribers ({} streams set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
         subscribers,
         l.len(),
         subscribers * FANOUT_EVENTS,
@@ -320,6 +386,20 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing to run.
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    // Pinned before the runtime starts its threads (so it sizes itself to
+    // the client's CPUs).
+    match cpus() {
+        Some((gateway, client)) => {
+            let pinned = Command::new("taskset")
+                .args(["-a", "-p", "-c", &client, &std::process::id().to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(pinned, "PIN=1 needs taskset (util-linux)");
+            println!("method: gateway on CPU {gateway}, this client on CPU {client} (taskset)");
+        }
+        None => println!("method: unpinned (PIN=1 pins)"),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

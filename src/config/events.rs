@@ -34,7 +34,8 @@ pub struct EventsConfig {
     pub retention_interval: Duration,
     /// Durable local state (`GATEWAY_DATA_DIR`): the redb event log.
     pub data_dir: PathBuf,
-    /// Events queued per subscriber before it is ended as too slow.
+    /// How many events a subscriber may fall behind the live feed before it
+    /// is ended as too slow.
     pub subscriber_buffer: usize,
     /// With Redis: wait until the append is fsync'd to the AOF (WAITAOF 1 0);
     /// needs `appendonly yes` on the server.

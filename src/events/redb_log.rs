@@ -204,15 +204,20 @@ impl Writer {
         });
         match result {
             Ok(results) => {
+                let mut stored = Vec::with_capacity(results.len());
                 for ((_, waiter), r) in batch.drain(..).zip(results) {
                     if let Appended::New(ev) = &r {
                         // Encoded once, here off the runtime, for every subscriber.
                         ev.encoded();
-                        // Published after the commit: a subscriber never sees
-                        // an event the log could still lose.
-                        let _ = self.live.send(ev.clone());
+                        stored.push(ev.clone());
                     }
                     let _ = waiter.send(Ok(r));
+                }
+                // Published after the commit (a subscriber never sees an
+                // event the log could still lose) and after the callers are
+                // answered: waking every subscriber must not hold up the 2xx.
+                for ev in stored {
+                    let _ = self.live.send(ev);
                 }
             }
             Err(e) => {

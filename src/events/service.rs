@@ -2,23 +2,18 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
     codec::{EncodedEvent, SubscribeCodec},
     invalidate::{self, CacheInvalidator},
-    log::{Bounds, EventLog, Retention, StoredEvent},
+    log::{Bounds, EventLog, Retention},
     pb::{
         self, event_service_server::EventService, ListEventsRequest, ListEventsResponse,
         StartPosition, SubscribeRequest,
     },
-    subscribe::{self, Filter},
+    subscribe::{Filter, Subscription},
 };
-
-/// A subscriber's queue: what its task put there, in cursor order.
-type Subscription = ReceiverStream<Result<Arc<StoredEvent>, Status>>;
 
 /// Default and largest ListEvents page.
 const DEFAULT_LIMIT: usize = 100;
@@ -82,8 +77,8 @@ impl EventsService {
         Ok(c)
     }
 
-    /// Starts a subscription: its task feeds the returned queue (history,
-    /// then live) until the client goes away.
+    /// Starts a subscription: the returned stream reads the history, then
+    /// the live feed, as the client takes it.
     async fn open(&self, r: SubscribeRequest) -> Result<Subscription, Status> {
         // Live first, then the position: nothing stored in between is missed.
         let live = self.log.live();
@@ -95,18 +90,14 @@ impl EventsService {
                 StartPosition::Now | StartPosition::Unspecified => bounds.head,
             },
         };
-        let (tx, rx) = mpsc::channel(self.subscriber_buffer);
-        let filter = Filter::new(&r.kinds, r.customer_id);
-        let stopping = self.stopping.subscribe();
-        tokio::spawn(subscribe::run(
+        Ok(Subscription::new(
             self.log.clone(),
             live,
-            filter,
+            Filter::new(&r.kinds, r.customer_id),
             after,
-            tx,
-            stopping,
-        ));
-        Ok(ReceiverStream::new(rx))
+            self.subscriber_buffer,
+            self.stopping.subscribe(),
+        ))
     }
 
     async fn bounds(&self) -> Result<Bounds, Status> {

@@ -1,29 +1,42 @@
 //! One subscriber: history from the log, then the live feed, in cursor order.
 //!
+//! [`Subscription`] is the Subscribe response stream itself, polled by the
+//! subscriber's HTTP/2 stream: a live event reaches the connection with one
+//! task wake-up and no queue or task of its own per subscriber.
+//!
 //! The live receiver is taken *before* the history is read, so an event
 //! committed meanwhile is in one or both; anything at or below the last
 //! cursor handled is skipped, so the seam has no gap and no duplicate.
-//! Live events go to the client's bounded queue with `try_send`: a full
-//! queue means the client is not keeping up, and it is ended with
-//! RESOURCE_EXHAUSTED naming its last delivered cursor (others never wait
-//! for it, and it never holds more than its queue). If this task itself
-//! falls behind the live feed (lagged), it catches up from the log.
+//!
+//! The subscriber's queue is its place in the log's live ring (shared by
+//! every subscriber, of a fixed size): the stream is polled only as fast as
+//! the client takes data, so a client that does not keep up falls behind
+//! the live feed. When it is found more than `buffer` events behind it (or
+//! overrun by the ring) it is ended with RESOURCE_EXHAUSTED naming its last
+//! delivered cursor: it never holds more than its place in the ring, and
+//! nobody waits for it. Reading history is at the client's pace and is not
+//! being slow: if the history ends with the live feed more than `buffer`
+//! events ahead, the stream takes the live feed afresh and reads the log on
+//! from where it is.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll, Waker},
+};
 
-use tokio::sync::{broadcast, mpsc};
+use futures::future::BoxFuture;
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
+use tokio_util::sync::ReusableBoxFuture;
 use tonic::Status;
 
-use super::log::{EventLog, StoredEvent};
+use super::log::{EventLog, LogError, StoredEvent};
 
 /// Events read from the log per step of a catch-up.
 const PAGE: usize = 256;
-/// How long a slow subscriber's final status may wait for queue room.
-const FINAL_SEND: Duration = Duration::from_secs(30);
-
-/// The client's queue holds shared events; each is cloned into its proto
-/// only when tonic takes it to encode, so a full queue costs pointers.
-pub(super) type Out = mpsc::Sender<Result<Arc<StoredEvent>, Status>>;
 
 /// Which events a caller wants.
 #[derive(Debug, Clone, Default)]
@@ -49,101 +62,378 @@ impl Filter {
     }
 }
 
-/// Feeds `out` from cursor `after` on until the client goes away.
-pub(super) async fn run(
-    log: Arc<dyn EventLog>,
-    mut live: broadcast::Receiver<Arc<StoredEvent>>,
-    filter: Filter,
-    mut after: u64,
-    out: Out,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
-    // The last cursor put in the client's queue (what it will have received).
-    let mut delivered = after;
-    loop {
-        // History, until the log has nothing newer.
-        loop {
-            let page = match log.read_after(after, PAGE).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscriber: reading the log failed");
-                    let _ = out
-                        .send(Err(Status::unavailable(format!(
-                            "{e}; resume after cursor {delivered}"
-                        ))))
-                        .await;
-                    return;
-                }
-            };
-            let n = page.len();
-            for e in page {
-                after = e.cursor;
-                if filter.matches(&e) {
-                    if out.send(Ok(e.clone())).await.is_err() {
-                        return;
-                    }
-                    delivered = e.cursor;
-                }
-            }
-            if n < PAGE {
-                break;
-            }
+type Feed = broadcast::Receiver<Arc<StoredEvent>>;
+type Received = (Result<Arc<StoredEvent>, broadcast::error::RecvError>, Feed);
+
+/// Unconstrained by tokio's task budget, so `Pending` means the feed has
+/// nothing newer for this subscriber: it is caught up.
+async fn receive(mut feed: Feed) -> Received {
+    let r = tokio::task::unconstrained(feed.recv()).await;
+    (r, feed)
+}
+
+/// The live feed, waited on without an allocation per event.
+struct Live(ReusableBoxFuture<'static, Received>);
+
+/// A live event, or how it went wrong.
+enum Next {
+    /// An event and how many newer ones were already published.
+    Event(Arc<StoredEvent>, usize),
+    /// Overrun by the ring.
+    Lagged,
+    Closed,
+}
+
+impl Live {
+    fn new(feed: Feed) -> Self {
+        Self(ReusableBoxFuture::new(receive(feed)))
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        let (r, feed) = ready!(self.0.poll(cx));
+        let next = match r {
+            Ok(e) => Next::Event(e, feed.len()),
+            Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
+            Err(broadcast::error::RecvError::Closed) => Next::Closed,
+        };
+        self.0.set(receive(feed));
+        Poll::Ready(next)
+    }
+
+    /// Starts again from what is published from now on.
+    fn restart(&mut self, feed: Feed) {
+        self.0.set(receive(feed));
+    }
+}
+
+enum Phase {
+    /// Reading the log after `after`: the page being read, or the rest of
+    /// the last one read and whether it was full.
+    History {
+        reading: Option<BoxFuture<'static, Result<Vec<Arc<StoredEvent>>, LogError>>>,
+        page: std::vec::IntoIter<Arc<StoredEvent>>,
+        full: bool,
+    },
+    /// On the live feed; `caught_up` once it has been within `buffer` of it.
+    Live {
+        caught_up: bool,
+    },
+    Done,
+}
+
+impl Phase {
+    fn history() -> Self {
+        Self::History {
+            reading: None,
+            page: Vec::new().into_iter(),
+            full: true,
         }
-        // Live. The two futures that end it are made once, not per event:
-        // with a thousand subscribers, every event wakes a thousand loops.
-        let closed = out.closed();
-        tokio::pin!(closed);
-        let stop = stopping.wait_for(|s| *s);
-        tokio::pin!(stop);
+    }
+}
+
+/// One Subscribe call's stream of events; see the module docs.
+pub(super) struct Subscription {
+    log: Arc<dyn EventLog>,
+    filter: Filter,
+    /// The last cursor handled (delivered or filtered out).
+    after: u64,
+    /// The last cursor handed to the client.
+    delivered: u64,
+    /// How far the client may fall behind the live feed.
+    buffer: usize,
+    live: Live,
+    phase: Phase,
+    /// Set when the gateway stops (checked without a lock on every poll).
+    stopping: watch::Receiver<bool>,
+    /// Wakes the stream when the gateway stops; polled again only when the
+    /// stream is polled by another task than the one it registered.
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop_waker: Option<Waker>,
+}
+
+impl Subscription {
+    /// From cursor `after` on; `live` must have been taken before `after`
+    /// was read from the log.
+    pub(super) fn new(
+        log: Arc<dyn EventLog>,
+        live: Feed,
+        filter: Filter,
+        after: u64,
+        buffer: usize,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        let mut on_stop = stopping.clone();
+        Self {
+            log,
+            filter,
+            after,
+            delivered: after,
+            buffer,
+            live: Live::new(live),
+            phase: Phase::history(),
+            stopping,
+            stop: Box::pin(async move {
+                let _ = on_stop.wait_for(|s| *s).await;
+            }),
+            stop_waker: None,
+        }
+    }
+
+    fn stopped(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.stopping.has_changed().unwrap_or(true) {
+            return true;
+        }
+        if self
+            .stop_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return false;
+        }
+        self.stop_waker = Some(cx.waker().clone());
+        self.stop.as_mut().poll(cx).is_ready()
+    }
+
+    /// Ends the stream with `status`.
+    fn end(&mut self, status: Status) -> Poll<Option<Result<Arc<StoredEvent>, Status>>> {
+        self.phase = Phase::Done;
+        Poll::Ready(Some(Err(status)))
+    }
+
+    /// `e` if the client gets it: newer than what was handled, and wanted.
+    fn take(&mut self, e: Arc<StoredEvent>) -> Option<Arc<StoredEvent>> {
+        if e.cursor <= self.after {
+            return None;
+        }
+        self.after = e.cursor;
+        if !self.filter.matches(&e) {
+            return None;
+        }
+        self.delivered = e.cursor;
+        Some(e)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Arc<StoredEvent>, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if matches!(this.phase, Phase::Done) {
+            return Poll::Ready(None);
+        }
+        if this.stopped(cx) {
+            let status = Status::unavailable(format!(
+                "gateway shutting down; resume after cursor {}",
+                this.delivered
+            ));
+            return this.end(status);
+        }
         loop {
-            let e = tokio::select! {
-                () = &mut closed => return,
-                _ = &mut stop => {
-                    let _ = out.try_send(Err(Status::unavailable(format!(
-                        "gateway shutting down; resume after cursor {delivered}"
-                    ))));
-                    return;
-                }
-                r = live.recv() => r,
-            };
-            match e {
-                Ok(e) if e.cursor <= after => continue,
-                Ok(e) => {
-                    after = e.cursor;
-                    if !filter.matches(&e) {
+            match &mut this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::History {
+                    reading,
+                    page,
+                    full,
+                } => {
+                    if let Some(e) = page.next() {
+                        if let Some(e) = this.take(e) {
+                            return Poll::Ready(Some(Ok(e)));
+                        }
                         continue;
                     }
-                    match out.try_send(Ok(e.clone())) {
-                        Ok(()) => delivered = e.cursor,
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            drop(live);
-                            tracing::info!(delivered, "subscriber too slow; ending it");
-                            let status = Status::resource_exhausted(format!(
-                                "subscriber too slow: its queue is full; last delivered cursor {delivered} (resume with after_cursor)"
+                    if !*full {
+                        this.phase = Phase::Live { caught_up: false };
+                        continue;
+                    }
+                    let read = reading.get_or_insert_with(|| {
+                        let (log, after) = (this.log.clone(), this.after);
+                        Box::pin(async move { log.read_after(after, PAGE).await })
+                    });
+                    match ready!(read.as_mut().poll(cx)) {
+                        Ok(p) => {
+                            *reading = None;
+                            *full = p.len() == PAGE;
+                            *page = p.into_iter();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "subscriber: reading the log failed");
+                            let status = Status::unavailable(format!(
+                                "{e}; resume after cursor {}",
+                                this.delivered
                             ));
-                            let _ = tokio::time::timeout(FINAL_SEND, out.send(Err(status))).await;
-                            return;
+                            return this.end(status);
                         }
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(
-                        missed = n,
-                        "subscriber lagged the live feed; catching up from the log"
-                    );
-                    live = live.resubscribe();
-                    break;
-                }
-                Err(broadcast::error::RecvError::Closed) => {
-                    let _ = out
-                        .send(Err(Status::unavailable(format!(
-                            "event feed closed; resume after cursor {delivered}"
-                        ))))
-                        .await;
-                    return;
+                Phase::Live { caught_up } => {
+                    let next = match this.live.poll(cx) {
+                        Poll::Ready(n) => n,
+                        Poll::Pending => {
+                            *caught_up = true;
+                            return Poll::Pending;
+                        }
+                    };
+                    let e = match next {
+                        Next::Event(e, newer) if newer <= this.buffer => e,
+                        Next::Event(..) | Next::Lagged if !*caught_up => {
+                            // Still coming from history: read the log on
+                            // from here rather than the ring.
+                            tracing::debug!(
+                                "subscriber behind the live feed; catching up from the log"
+                            );
+                            this.live.restart(this.log.live());
+                            this.phase = Phase::history();
+                            continue;
+                        }
+                        Next::Event(..) | Next::Lagged => {
+                            tracing::info!(
+                                delivered = this.delivered,
+                                "subscriber too slow; ending it"
+                            );
+                            let status = Status::resource_exhausted(format!(
+                                "subscriber too slow: more than {} events behind the live feed; last delivered cursor {} (resume with after_cursor)",
+                                this.buffer, this.delivered
+                            ));
+                            return this.end(status);
+                        }
+                        Next::Closed => {
+                            let status = Status::unavailable(format!(
+                                "event feed closed; resume after cursor {}",
+                                this.delivered
+                            ));
+                            return this.end(status);
+                        }
+                    };
+                    *caught_up = true;
+                    if let Some(e) = this.take(e) {
+                        return Poll::Ready(Some(Ok(e)));
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_stream::StreamExt as _;
+
+    use super::*;
+    use crate::events::{log::NewEvent, pb, RedbLog};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn append(log: &Arc<dyn EventLog>, ids: std::ops::Range<u32>) {
+        for i in ids {
+            let event = pb::Event {
+                event_id: format!("e{i}"),
+                kind: pb::EventKind::Transaction as i32,
+                ..Default::default()
+            };
+            log.append(NewEvent { event }).await.unwrap();
+        }
+    }
+
+    fn subscribe(
+        log: &Arc<dyn EventLog>,
+        after: u64,
+        buffer: usize,
+    ) -> (Subscription, watch::Sender<bool>) {
+        let (stop, stopping) = watch::channel(false);
+        let live = log.live();
+        let s = Subscription::new(
+            log.clone(),
+            live,
+            Filter::default(),
+            after,
+            buffer,
+            stopping,
+        );
+        (s, stop)
+    }
+
+    async fn next(s: &mut Subscription) -> Result<u64, Status> {
+        tokio::time::timeout(WAIT, s.next())
+            .await
+            .expect("within the wait")
+            .expect("not ended")
+            .map(|e| e.cursor)
+    }
+
+    #[tokio::test]
+    async fn history_then_live_in_order_without_gap_or_duplicate() {
+        let log: Arc<dyn EventLog> = Arc::new(RedbLog::in_memory(4096).unwrap());
+        append(&log, 0..300).await;
+        let (mut s, _stop) = subscribe(&log, 0, 1024);
+        // Stored after the live feed was taken: in the history and the feed.
+        append(&log, 300..310).await;
+        for c in 1..=310 {
+            assert_eq!(next(&mut s).await.unwrap(), c);
+        }
+        append(&log, 310..311).await;
+        assert_eq!(next(&mut s).await.unwrap(), 311);
+    }
+
+    #[tokio::test]
+    async fn behind_the_feed_at_the_end_of_history_reads_the_log_again() {
+        let log: Arc<dyn EventLog> = Arc::new(RedbLog::in_memory(16).unwrap());
+        let (mut s, _stop) = subscribe(&log, 0, 4);
+        // More than the buffer, and more than the ring, before the first read.
+        append(&log, 0..40).await;
+        for c in 1..=40 {
+            assert_eq!(next(&mut s).await.unwrap(), c);
+        }
+        append(&log, 40..41).await;
+        assert_eq!(next(&mut s).await.unwrap(), 41);
+    }
+
+    #[tokio::test]
+    async fn too_far_behind_the_live_feed_is_resource_exhausted() {
+        let log: Arc<dyn EventLog> = Arc::new(RedbLog::in_memory(4096).unwrap());
+        let (mut s, _stop) = subscribe(&log, 0, 4);
+        // Caught up with the live feed (nothing to read yet).
+        assert!(tokio::time::timeout(Duration::from_millis(100), s.next())
+            .await
+            .is_err());
+        append(&log, 0..1).await;
+        assert_eq!(next(&mut s).await.unwrap(), 1);
+        // Within the buffer: still delivered.
+        append(&log, 1..5).await;
+        assert_eq!(next(&mut s).await.unwrap(), 2);
+        // Then the client does not read while ten more are published.
+        append(&log, 5..15).await;
+        let status = next(&mut s).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("last delivered cursor 2 "),
+            "{status:?}"
+        );
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn stopping_ends_a_waiting_stream_with_unavailable() {
+        let log: Arc<dyn EventLog> = Arc::new(RedbLog::in_memory(64).unwrap());
+        append(&log, 0..2).await;
+        let (mut s, stop) = subscribe(&log, 1, 16);
+        assert_eq!(next(&mut s).await.unwrap(), 2);
+        let waiting = tokio::spawn(async move { s.next().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send_replace(true);
+        let status = tokio::time::timeout(WAIT, waiting)
+            .await
+            .expect("woken by the stop")
+            .unwrap()
+            .expect("a status")
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("resume after cursor 2"),
+            "{status:?}"
+        );
     }
 }
