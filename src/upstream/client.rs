@@ -1,23 +1,20 @@
-//! The innermost service: a hyper client of our own (rustls, pooled
-//! keep-alive connections shared by every call, HTTP/2 when Imprint offers
-//! it in ALPN, HTTP/1.1 otherwise) that puts an [`UpstreamRequest`] on the
-//! wire and classifies the answer.
+//! The innermost service: one hyper client (rustls, pooled keep-alive
+//! connections shared by every call, HTTP/2 when Imprint offers it in ALPN,
+//! HTTP/1.1 otherwise) that puts an [`UpstreamRequest`] on the wire and
+//! classifies the answer.
 //!
-//! hyper directly rather than through reqwest or `hyper_util`'s pooled
-//! client (#13): a call's URI is the base's scheme and authority (parsed
-//! once) with the call's path set, its headers are the request's own map
-//! with static values added, nothing runs per call for redirects, proxies or
-//! URL parsing, and an HTTP/1.1 connection is driven by the call that uses
-//! it (no connection task to hand the request to and the answer back from).
+//! hyper directly rather than through reqwest (#13): a call's URI is the
+//! base's scheme and authority (parsed once) with the call's path set, its
+//! headers are the request's own map with static values added, and nothing
+//! runs per call for redirects, proxies or URL parsing.
 
 use std::{
-    collections::VecDeque,
     error::Error as StdError,
     future::Future,
     pin::Pin,
-    sync::{Arc, Weak},
+    sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -25,19 +22,15 @@ use futures::future::BoxFuture;
 use http::{
     header,
     uri::{Authority, PathAndQuery, Scheme},
-    HeaderMap, HeaderName, HeaderValue, StatusCode, Uri,
+    HeaderName, HeaderValue, Uri,
 };
 use http_body_util::{BodyExt as _, Full};
-use hyper::{
-    body::{Body as _, Incoming},
-    client::conn::{http1, http2},
-};
+use hyper::body::{Body as _, Incoming};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::{
-    client::legacy::connect::{Connection as _, HttpConnector},
+    client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tower::Service;
@@ -63,18 +56,13 @@ pub struct ClientConfig {
 pub struct InvalidBaseUrl;
 
 type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
-type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
-/// Boxed: about 1.8 KB, moved in and out of the pool on every call.
-type H1Conn = Box<http1::Connection<Stream, Full<Bytes>>>;
 
 /// Sends requests to Imprint. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct HttpClient {
-    pool: Arc<Pool>,
+    client: Client<Connector, Full<Bytes>>,
     scheme: Scheme,
     authority: Authority,
-    /// `host[:port]` as an HTTP/1.1 `Host` header, built once.
-    host: HeaderValue,
     /// The base URL's own path (empty, or e.g. `/api` without a trailing
     /// slash), put before every call's path.
     prefix: Arc<str>,
@@ -100,7 +88,6 @@ impl HttpClient {
         else {
             return Err(InvalidBaseUrl);
         };
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| InvalidBaseUrl)?;
         let prefix: Arc<str> = uri.path().trim_end_matches('/').into();
 
         let mut http = HttpConnector::new();
@@ -117,344 +104,57 @@ impl HttpClient {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let pool = Pool::new(
-            ConnectTimeout {
+
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(ConnectTimeout {
                 inner: https,
                 timeout: config.connect_timeout,
-            },
-            Uri::from_parts({
-                let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(scheme.clone());
-                parts.authority = Some(authority.clone());
-                parts.path_and_query = Some(PathAndQuery::from_static("/"));
-                parts
-            })
-            .map_err(|_| InvalidBaseUrl)?,
-            config.pool_idle_timeout,
-            config.pool_max_idle_per_host,
-        );
+            });
         Ok(Self {
-            pool,
+            client,
             scheme,
             authority,
-            host,
             prefix,
             max_response_bytes: config.max_response_bytes,
         })
     }
 
-    /// The path and query of a call, after the base's own path (if any).
-    fn path(&self, path_and_query: String) -> Result<PathAndQuery, http::Error> {
-        Ok(if self.prefix.is_empty() {
+    /// The URI of a call: the base's scheme and authority, the base's path
+    /// (if any) and the call's path and query.
+    fn uri(&self, path_and_query: String) -> Result<Uri, http::Error> {
+        let path_and_query = if self.prefix.is_empty() {
             PathAndQuery::from_maybe_shared(Bytes::from(path_and_query))?
         } else {
             PathAndQuery::from_maybe_shared(Bytes::from(format!(
                 "{}{path_and_query}",
                 self.prefix
             )))?
-        })
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 
     /// Whether Imprint's host answers HTTP at all (any status counts), for
     /// readiness. Sends no credential.
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
-        let path = self.path("/".to_owned()).map_err(|e| e.to_string())?;
-        let mut headers = HeaderMap::new();
-        headers.insert(header::USER_AGENT, USER_AGENT);
-        let request = self.request(http::Method::HEAD, path, headers, Full::default());
-        let exchange = self.pool.clone().exchange(request, self.max_response_bytes);
-        match tokio::time::timeout(timeout, exchange).await {
+        let uri = self.uri("/".to_owned()).map_err(|e| e.to_string())?;
+        let mut request = http::Request::new(Full::default());
+        *request.method_mut() = http::Method::HEAD;
+        *request.uri_mut() = uri;
+        request.headers_mut().insert(header::USER_AGENT, USER_AGENT);
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(UpstreamError::Transport { source, .. })) => Err(error_chain(&*source)),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(error_chain(&e)),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
-
-    /// The request of a call in the form an HTTP/1.1 connection sends it
-    /// (origin-form URI, `Host` header); [`Pool::exchange`] turns it into
-    /// the absolute form when the connection is HTTP/2.
-    fn request(
-        &self,
-        method: http::Method,
-        path: PathAndQuery,
-        mut headers: HeaderMap,
-        body: Full<Bytes>,
-    ) -> Outgoing {
-        headers.insert(header::HOST, self.host.clone());
-        let mut request = http::Request::new(body);
-        *request.method_mut() = method;
-        *request.uri_mut() = Uri::from(path);
-        *request.headers_mut() = headers;
-        Outgoing {
-            request,
-            scheme: self.scheme.clone(),
-            authority: self.authority.clone(),
-        }
-    }
-}
-
-/// A request on its way: origin-form, with what the absolute form needs.
-struct Outgoing {
-    request: http::Request<Full<Bytes>>,
-    scheme: Scheme,
-    authority: Authority,
-}
-
-impl Outgoing {
-    /// The absolute form HTTP/2 takes (`:scheme`, `:authority`; no `Host`).
-    fn into_h2(self) -> http::Request<Full<Bytes>> {
-        let mut request = self.request;
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme);
-        parts.authority = Some(self.authority);
-        parts.path_and_query = Some(path);
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
-        }
-        request.headers_mut().remove(header::HOST);
-        request
-    }
-}
-
-/// What one exchange produced: the status, the headers and the body
-/// (`None`: larger than the limit, not buffered).
-type Answer = (StatusCode, HeaderMap, Option<Bytes>);
-
-/// An idle HTTP/1.1 connection: the sender and the connection itself,
-/// driven by whichever call uses it next.
-struct Idle {
-    send: http1::SendRequest<Full<Bytes>>,
-    conn: H1Conn,
-    since: Instant,
-}
-
-/// The connections to Imprint's one host: idle HTTP/1.1 connections (the
-/// most recently used first, so that a quiet period lets the rest expire)
-/// and, when Imprint negotiated HTTP/2, the one multiplexed connection.
-struct Pool {
-    connector: Connector,
-    /// The base's `scheme://authority/`, what the connector dials.
-    target: Uri,
-    idle: Mutex<VecDeque<Idle>>,
-    h2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
-    idle_timeout: Duration,
-    max_idle: usize,
-}
-
-/// A connection fresh from the connector.
-enum Fresh {
-    H1(http1::SendRequest<Full<Bytes>>, H1Conn),
-    H2(http2::SendRequest<Full<Bytes>>),
-}
-
-impl Pool {
-    fn new(
-        connector: Connector,
-        target: Uri,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Arc<Self> {
-        let pool = Arc::new(Self {
-            connector,
-            target,
-            idle: Mutex::new(VecDeque::new()),
-            h2: Mutex::new(None),
-            idle_timeout,
-            max_idle,
-        });
-        // Closes connections idle past the timeout even when no call comes
-        // to notice them; ends with the last clone of the client.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let weak = Arc::downgrade(&pool);
-            let every = (idle_timeout / 2).max(Duration::from_millis(100));
-            runtime.spawn(sweep(weak, every));
-        }
-        pool
-    }
-
-    /// An idle HTTP/1.1 connection that is still open, if any; expired and
-    /// closed ones are dropped on the way.
-    async fn checkout(&self) -> Option<Idle> {
-        loop {
-            let mut idle = self.idle.lock().pop_back()?;
-            if idle.since.elapsed() > self.idle_timeout {
-                continue;
-            }
-            // One poll: notices a close Imprint sent while it sat idle, and
-            // lets the connection ask for its next request.
-            let open = std::future::poll_fn(|cx| {
-                Poll::Ready(Pin::new(&mut idle.conn).poll(cx).is_pending())
-            })
-            .await;
-            if open && idle.send.is_ready() {
-                return Some(idle);
-            }
-        }
-    }
-
-    fn checkin(&self, send: http1::SendRequest<Full<Bytes>>, conn: H1Conn) {
-        if self.max_idle == 0 || send.is_closed() {
-            return;
-        }
-        let mut idle = self.idle.lock();
-        while idle.len() >= self.max_idle {
-            idle.pop_front();
-        }
-        idle.push_back(Idle {
-            send,
-            conn,
-            since: Instant::now(),
-        });
-    }
-
-    fn sweep(&self) {
-        let mut idle = self.idle.lock();
-        while idle
-            .front()
-            .is_some_and(|i| i.since.elapsed() > self.idle_timeout)
-        {
-            idle.pop_front();
-        }
-    }
-
-    fn h2(&self) -> Option<http2::SendRequest<Full<Bytes>>> {
-        let mut h2 = self.h2.lock();
-        if h2.as_ref().is_some_and(|s| s.is_closed()) {
-            *h2 = None;
-        }
-        h2.clone()
-    }
-
-    /// A new connection: TCP, TLS with ALPN, then HTTP/2 or HTTP/1.1 as
-    /// negotiated. Errors are connect errors: nothing was sent.
-    async fn connect(&self) -> Result<Fresh, UpstreamError> {
-        let stream = self
-            .connector
-            .clone()
-            .call(self.target.clone())
-            .await
-            .map_err(|e| transport(true, e))?;
-        if stream.connected().is_negotiated_h2() {
-            let (send, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(stream)
-                .await
-                .map_err(|e| transport(true, e.into()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            *self.h2.lock() = Some(send.clone());
-            return Ok(Fresh::H2(send));
-        }
-        let (send, conn) = http1::Builder::new()
-            .handshake(stream)
-            .await
-            .map_err(|e| transport(true, e.into()))?;
-        Ok(Fresh::H1(send, Box::new(conn)))
-    }
-
-    /// Sends the request and reads the answer (up to `limit` bytes): on
-    /// the HTTP/2 connection when there is one, else on an idle HTTP/1.1
-    /// connection or a new one. A request an idle connection could not
-    /// take (closed meanwhile: nothing was written) goes to the next one.
-    async fn exchange(
-        self: Arc<Self>,
-        mut out: Outgoing,
-        limit: usize,
-    ) -> Result<Answer, UpstreamError> {
-        loop {
-            if let Some(send) = self.h2() {
-                return exchange_h2(send, out.into_h2(), limit).await;
-            }
-            let (mut send, mut conn, reused) = match self.checkout().await {
-                Some(idle) => (idle.send, idle.conn, true),
-                None => match self.connect().await? {
-                    Fresh::H1(send, conn) => (send, conn, false),
-                    Fresh::H2(send) => return exchange_h2(send, out.into_h2(), limit).await,
-                },
-            };
-            let sent = send.try_send_request(out.request);
-            let work = async move {
-                let response = sent.await?;
-                let (parts, body) = response.into_parts();
-                let body = read_limited(body, &parts.headers, limit).await;
-                Ok::<_, hyper::client::conn::TrySendError<_>>((parts, body))
-            };
-            let (result, open) = drive(&mut conn, work).await;
-            match result {
-                Ok((parts, body)) => {
-                    let body = body?;
-                    // A body read to its end leaves the connection ready for
-                    // the next request; one cut short (too large) does not.
-                    if open && body.is_some() {
-                        self.checkin(send, conn);
-                    }
-                    return Ok((parts.status, parts.headers, body));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(request) if reused => out.request = request,
-                    _ => return Err(transport(false, e.into_error().into())),
-                },
-            }
-        }
-    }
-}
-
-async fn sweep(pool: Weak<Pool>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        pool.sweep();
-    }
-}
-
-async fn exchange_h2(
-    mut send: http2::SendRequest<Full<Bytes>>,
-    request: http::Request<Full<Bytes>>,
-    limit: usize,
-) -> Result<Answer, UpstreamError> {
-    let response = send
-        .send_request(request)
-        .await
-        .map_err(|e| transport(false, e.into()))?;
-    let (parts, body) = response.into_parts();
-    let body = read_limited(body, &parts.headers, limit).await?;
-    Ok((parts.status, parts.headers, body))
-}
-
-/// Runs `work` (a request and the reading of its answer) while driving the
-/// HTTP/1.1 connection it uses, in the calling task. Returns its output and
-/// whether the connection is still open.
-async fn drive<F: Future>(
-    conn: &mut http1::Connection<Stream, Full<Bytes>>,
-    work: F,
-) -> (F::Output, bool) {
-    let mut work = std::pin::pin!(work);
-    let mut open = true;
-    let out = std::future::poll_fn(|cx| {
-        // The connection first (writes the request, reads the answer into
-        // the channels `work` reads), then `work`; twice, so that the
-        // body's demand and its data meet in one wake-up.
-        for _ in 0..2 {
-            if open && Pin::new(&mut *conn).poll(cx).is_ready() {
-                open = false;
-            }
-            if let Poll::Ready(out) = work.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-        }
-        Poll::Pending
-    })
-    .await;
-    (out, open)
 }
 
 /// rustls as reqwest's `rustls-tls` configured it: the ring provider (or
@@ -518,8 +218,7 @@ impl Service<UpstreamRequest> for HttpClient {
     type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
-        // The pool opens a connection when none is idle; the concurrency
-        // limit layer bounds how many.
+        // The pool queues internally; the concurrency limit layer bounds it.
         Poll::Ready(Ok(()))
     }
 
@@ -531,8 +230,8 @@ impl Service<UpstreamRequest> for HttpClient {
             request_id,
             ..
         } = req;
-        let path = match self.path(call.path_and_query) {
-            Ok(path) => path,
+        let uri = match self.uri(call.path_and_query) {
+            Ok(uri) => uri,
             // The translator percent-encodes every path it builds; a path
             // that still does not parse never reaches the wire.
             Err(e) => {
@@ -554,12 +253,21 @@ impl Service<UpstreamRequest> for HttpClient {
             }
             None => Full::default(),
         };
-        let request = self.request(call.method, path, headers, body);
+        let mut request = http::Request::new(body);
+        *request.method_mut() = call.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+
+        let sent = self.client.request(request);
         let limit = self.max_response_bytes;
-        let exchange = self.pool.clone().exchange(request, limit);
         let sensitive = call.sensitive;
         Box::pin(async move {
-            let (status, headers, body) = exchange.await?;
+            let response = sent
+                .await
+                .map_err(|e| transport(e.is_connect(), e.into()))?;
+            let (parts, body) = response.into_parts();
+            let (status, headers) = (parts.status, parts.headers);
+            let body = read_limited(body, &headers, limit).await?;
             let Some(body) = body else {
                 // Too large. A failure keeps its status (a 5xx stays a 5xx
                 // for retries, the breaker and the caller's code); only a
@@ -777,7 +485,7 @@ mod tests {
         let response = tokio::time::timeout(Duration::from_secs(5), call)
             .await
             .expect("the call finished")?;
-        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(response.status, http::StatusCode::OK);
         Ok(response.body)
     }
 
