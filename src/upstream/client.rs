@@ -1,11 +1,38 @@
-//! The innermost service: one reqwest client (rustls, pooled keep-alive
-//! connections shared by every call) that puts an [`UpstreamRequest`] on the
-//! wire and classifies the answer.
+//! The innermost service: one hyper client (rustls, pooled keep-alive
+//! connections shared by every call, HTTP/2 when Imprint offers it in ALPN,
+//! HTTP/1.1 otherwise) that puts an [`UpstreamRequest`] on the wire and
+//! classifies the answer.
+//!
+//! hyper directly rather than through reqwest (#13): a call's URI is the
+//! base's scheme and authority (parsed once) with the call's path set, its
+//! headers are the request's own map with static values added, and nothing
+//! runs per call for redirects, proxies or URL parsing.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    error::Error as StdError,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::{header, HeaderValue};
+use http::{
+    header,
+    uri::{Authority, PathAndQuery, Scheme},
+    HeaderName, HeaderValue, Uri,
+};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 use tower::Service;
 
 use super::{ApiError, TransportKind, UpstreamError, UpstreamRequest, UpstreamResponse};
@@ -23,74 +50,165 @@ pub struct ClientConfig {
     pub max_response_bytes: usize,
 }
 
+/// Why the client could not be built. Names the setting, never its value.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream.base_url must be an absolute http or https URL")]
+pub struct InvalidBaseUrl;
+
+type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
+
 /// Sends requests to Imprint. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
-    base_url: Arc<str>,
-    /// `base_url` parsed once: a call sets only its path and query, so the
-    /// host is not parsed (and IDNA-mapped) again on every call.
-    base: Option<reqwest::Url>,
+    client: Client<Connector, Full<Bytes>>,
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's own path (empty, or e.g. `/api` without a trailing
+    /// slash), put before every call's path.
+    prefix: Arc<str>,
     max_response_bytes: usize,
 }
 
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("imprint-gateway/", env!("CARGO_PKG_VERSION")));
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 impl HttpClient {
-    pub fn new(config: &ClientConfig) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(config.connect_timeout)
+    pub fn new(config: &ClientConfig) -> Result<Self, InvalidBaseUrl> {
+        // Parsed the way the configuration check parsed it (IDNA, default
+        // ports), once; every call reuses the scheme and authority.
+        let url = reqwest::Url::parse(config.base_url.trim_end_matches('/'))
+            .map_err(|_| InvalidBaseUrl)?;
+        if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+            return Err(InvalidBaseUrl);
+        }
+        let uri: Uri = url.as_str().parse().map_err(|_| InvalidBaseUrl)?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(InvalidBaseUrl);
+        };
+        let prefix: Arc<str> = uri.path().trim_end_matches('/').into();
+
+        let mut http = HttpConnector::new();
+        // The scheme is checked by the TLS connector (http or https).
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(config.tcp_keepalive));
+        // As reqwest 0.12 set them by default.
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .tcp_keepalive(config.tcp_keepalive)
-            .tcp_nodelay(true)
-            // Imprint never redirects an API call; following one could send
-            // the credential somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("imprint-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        let base_url: Arc<str> = config.base_url.trim_end_matches('/').into();
-        // Only a base without a path of its own can take a call's path as is.
-        let base = reqwest::Url::parse(&base_url)
-            .ok()
-            .filter(|u| !u.cannot_be_a_base() && u.path() == "/" && u.query().is_none());
+            .build(ConnectTimeout {
+                inner: https,
+                timeout: config.connect_timeout,
+            });
         Ok(Self {
             client,
-            base_url,
-            base,
+            scheme,
+            authority,
+            prefix,
             max_response_bytes: config.max_response_bytes,
         })
     }
-}
 
-impl HttpClient {
+    /// The URI of a call: the base's scheme and authority, the base's path
+    /// (if any) and the call's path and query.
+    fn uri(&self, path_and_query: String) -> Result<Uri, http::Error> {
+        let path_and_query = if self.prefix.is_empty() {
+            PathAndQuery::from_maybe_shared(Bytes::from(path_and_query))?
+        } else {
+            PathAndQuery::from_maybe_shared(Bytes::from(format!(
+                "{}{path_and_query}",
+                self.prefix
+            )))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+
     /// Whether Imprint's host answers HTTP at all (any status counts), for
     /// readiness. Sends no credential.
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
-        let url = format!("{}/", self.base_url);
-        match tokio::time::timeout(timeout, self.client.head(url).send()).await {
+        let uri = self.uri("/".to_owned()).map_err(|e| e.to_string())?;
+        let mut request = http::Request::new(Full::default());
+        *request.method_mut() = http::Method::HEAD;
+        *request.uri_mut() = uri;
+        request.headers_mut().insert(header::USER_AGENT, USER_AGENT);
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.without_url().to_string()),
+            Ok(Err(e)) => Err(error_chain(&e)),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
+}
 
-    /// Starts the request of a call: on the parsed base with the call's
-    /// path and query set, or (a base with a path of its own) on the two
-    /// strings joined, which reqwest parses.
-    fn request(&self, method: http::Method, path_and_query: &str) -> reqwest::RequestBuilder {
-        let Some(base) = &self.base else {
-            return self
-                .client
-                .request(method, format!("{}{path_and_query}", self.base_url));
-        };
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
-        let mut url = base.clone();
-        url.set_path(path);
-        url.set_query(query);
-        self.client.request(method, url)
+/// rustls as reqwest's `rustls-tls` configured it: the ring provider (or
+/// the process default, if one is installed), TLS 1.2 and 1.3, webpki roots,
+/// SNI on. ALPN is set by the connector builder.
+fn tls_config() -> rustls::ClientConfig {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Bounds a whole connect, TCP and TLS handshake, by the connect timeout
+/// (the TCP connector bounds only its own part), as reqwest did.
+#[derive(Clone)]
+struct ConnectTimeout<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+impl<C> Service<Uri> for ConnectTimeout<C>
+where
+    C: Service<Uri, Response = MaybeHttpsStream<TokioIo<TcpStream>>>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connect = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )) as BoxError),
+            }
+        })
     }
 }
 
@@ -99,38 +217,57 @@ impl Service<UpstreamRequest> for HttpClient {
     type Error = UpstreamError;
     type Future = BoxFuture<'static, Result<UpstreamResponse, UpstreamError>>;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), UpstreamError>> {
-        // reqwest queues internally; the concurrency limit layer bounds it.
-        std::task::Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        // The pool queues internally; the concurrency limit layer bounds it.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: UpstreamRequest) -> Self::Future {
         req.stats.note_sent();
-        let mut builder = self
-            .request(req.call.method, &req.call.path_and_query)
-            .headers(req.headers);
-        if let Ok(id) = HeaderValue::from_str(&req.request_id) {
-            builder = builder.header("x-request-id", id);
+        let UpstreamRequest {
+            call,
+            mut headers,
+            request_id,
+            ..
+        } = req;
+        let uri = match self.uri(call.path_and_query) {
+            Ok(uri) => uri,
+            // The translator percent-encodes every path it builds; a path
+            // that still does not parse never reaches the wire.
+            Err(e) => {
+                return Box::pin(std::future::ready(Err(UpstreamError::Transport {
+                    kind: TransportKind::Connect,
+                    source: e.into(),
+                })))
+            }
+        };
+        headers.insert(header::USER_AGENT, USER_AGENT);
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            headers.insert(X_REQUEST_ID, id);
         }
-        builder = builder.header(header::ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(body) = req.call.body {
-            builder = builder
-                .header(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )
-                .body(body);
-        }
+        headers.insert(header::ACCEPT, JSON);
+        let body = match call.body {
+            Some(body) => {
+                headers.insert(header::CONTENT_TYPE, JSON);
+                Full::new(body)
+            }
+            None => Full::default(),
+        };
+        let mut request = http::Request::new(body);
+        *request.method_mut() = call.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+
+        let sent = self.client.request(request);
         let limit = self.max_response_bytes;
-        let sensitive = req.call.sensitive;
+        let sensitive = call.sensitive;
         Box::pin(async move {
-            let mut response = builder.send().await.map_err(transport)?;
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
-            let body = read_limited(&mut response, limit).await?;
+            let response = sent
+                .await
+                .map_err(|e| transport(e.is_connect(), e.into()))?;
+            let (parts, body) = response.into_parts();
+            let (status, headers) = (parts.status, parts.headers);
+            let body = read_limited(body, &headers, limit).await?;
             let Some(body) = body else {
                 // Too large. A failure keeps its status (a 5xx stays a 5xx
                 // for retries, the breaker and the caller's code); only a
@@ -165,59 +302,110 @@ impl Service<UpstreamRequest> for HttpClient {
     }
 }
 
-/// The body, or `None` when it is larger than `limit`: read chunk by chunk
+/// The body, or `None` when it is larger than `limit`: read frame by frame
 /// so a body without a length cannot grow past the limit either.
 async fn read_limited(
-    response: &mut reqwest::Response,
+    mut body: Incoming,
+    headers: &http::HeaderMap,
     limit: usize,
-) -> Result<Option<bytes::Bytes>, UpstreamError> {
-    match response.content_length() {
+) -> Result<Option<Bytes>, UpstreamError> {
+    let length = body.size_hint().exact().or_else(|| {
+        headers
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    });
+    match length {
         Some(n) if n > limit as u64 => return Ok(None),
         // The usual answer, one chunk: taken as is, not copied.
         Some(n) if n > 0 => {
-            if let Some(first) = response.chunk().await.map_err(transport)? {
+            if let Some(first) = next_chunk(&mut body).await? {
                 if first.len() as u64 == n {
                     return Ok(Some(first));
                 }
-                let mut body = bytes::BytesMut::with_capacity(n as usize);
-                body.extend_from_slice(&first);
-                return read_rest(response, body, limit).await;
+                let mut buf = bytes::BytesMut::with_capacity(n as usize);
+                buf.extend_from_slice(&first);
+                return read_rest(body, buf, limit).await;
             }
-            return Ok(Some(bytes::Bytes::new()));
+            return Ok(Some(Bytes::new()));
         }
         _ => {}
     }
-    read_rest(response, bytes::BytesMut::with_capacity(8 * 1024), limit).await
+    read_rest(body, bytes::BytesMut::with_capacity(8 * 1024), limit).await
 }
 
 async fn read_rest(
-    response: &mut reqwest::Response,
-    mut body: bytes::BytesMut,
+    mut body: Incoming,
+    mut buf: bytes::BytesMut,
     limit: usize,
-) -> Result<Option<bytes::Bytes>, UpstreamError> {
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > limit {
+) -> Result<Option<Bytes>, UpstreamError> {
+    while let Some(chunk) = next_chunk(&mut body).await? {
+        if buf.len() + chunk.len() > limit {
             return Ok(None);
         }
-        body.extend_from_slice(&chunk);
+        buf.extend_from_slice(&chunk);
     }
-    Ok(Some(body.freeze()))
+    Ok(Some(buf.freeze()))
 }
 
-fn transport(e: reqwest::Error) -> UpstreamError {
-    let kind = if e.is_connect() {
+/// The next data chunk of the body (trailers are skipped), or `None` at
+/// its end.
+async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, UpstreamError> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| transport(false, e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            if !data.is_empty() {
+                return Ok(Some(data));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Classifies a transport failure: the connection was never made, or the
+/// answer timed out, or the connection broke. hyper's errors carry no URL.
+fn transport(connect: bool, source: BoxError) -> UpstreamError {
+    let kind = if connect {
         TransportKind::Connect
-    } else if e.is_timeout() {
+    } else if timed_out(&*source) {
         TransportKind::Timeout
     } else {
         TransportKind::Interrupted
     };
-    // The URL holds ids only (secrets never go in URLs), but it adds nothing
-    // a caller needs; keep messages short.
-    UpstreamError::Transport {
-        kind,
-        source: e.without_url(),
+    UpstreamError::Transport { kind, source }
+}
+
+fn timed_out(mut e: &(dyn StdError + 'static)) -> bool {
+    loop {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        match e.source() {
+            Some(next) => e = next,
+            None => return false,
+        }
     }
+}
+
+/// An error and its causes on one line, for readiness reports.
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.
@@ -240,6 +428,118 @@ pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A keep-alive HTTP/1.1 server on 127.0.0.1 answering every request
+    /// with `answer`; after `close_after` answers on a connection it closes
+    /// it. Counts the connections it accepted.
+    async fn server(answer: &'static str, close_after: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for _ in 0..close_after {
+                        // One request: headers only (the tests send no body).
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn client(url: &str, max_response_bytes: usize) -> HttpClient {
+        HttpClient::new(&ClientConfig {
+            base_url: url.to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle_per_host: 8,
+            tcp_keepalive: Duration::from_secs(60),
+            max_response_bytes,
+        })
+        .unwrap()
+    }
+
+    /// A GET through the client as the stack calls it: the body, or the
+    /// error.
+    async fn get(client: &HttpClient) -> Result<Bytes, UpstreamError> {
+        let call = client
+            .clone()
+            .call(crate::upstream::test_support::request());
+        let response = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call finished")?;
+        assert_eq!(response.status, http::StatusCode::OK);
+        Ok(response.body)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+
+    #[tokio::test]
+    async fn sequential_calls_reuse_one_connection() {
+        let (url, accepted) = server(OK, usize::MAX).await;
+        let client = client(&url, 1024);
+        for _ in 0..5 {
+            assert_eq!(&get(&client).await.unwrap()[..], b"{}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced() {
+        let (url, accepted) = server(OK, 1).await;
+        let client = client(&url, 1024);
+        for _ in 0..3 {
+            get(&client).await.unwrap();
+            // Let the server's close arrive before the next call.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_are_read_whole_and_bounded() {
+        const CHUNKED: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                               3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n";
+        let (url, accepted) = server(CHUNKED, usize::MAX).await;
+        assert_eq!(&get(&client(&url, 6)).await.unwrap()[..], b"abcdef");
+        let small = client(&url, 5);
+        // Over the limit: refused, not buffered.
+        assert!(matches!(get(&small).await, Err(UpstreamError::Decode(_))));
+        // The connection cut short is not reused.
+        assert!(matches!(get(&small).await, Err(UpstreamError::Decode(_))));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        match get(&client(&url, 1024)).await {
+            Err(UpstreamError::Transport { kind, source }) => {
+                assert_eq!(kind, TransportKind::Connect);
+                assert!(!error_chain(&*source).contains("127.0.0.1"));
+            }
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn retry_after_seconds_and_dates() {

@@ -25,8 +25,9 @@ pub enum UpstreamError {
     #[error("could not reach Imprint ({kind})")]
     Transport {
         kind: TransportKind,
+        /// hyper's error (or an I/O error): it carries no URL.
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The caller's deadline passed before the call finished.
     #[error("deadline exceeded while calling Imprint")]
