@@ -2,7 +2,7 @@
 //!
 //! The path of a call: a tonic service in [`services`] turns the proto
 //! request into a REST call with [`translate`], sends it through the
-//! [`upstream`] tower stack (trace → cache → idempotency → deadline → … → credentials → reqwest), and
+//! [`upstream`] tower stack (trace → cache → idempotency → deadline → … → credentials → the HTTP client (hyper)), and
 //! decodes the JSON answer with the mapping in [`json`]. Upstream failures
 //! become gRPC statuses in exactly one place, [`errors`].
 

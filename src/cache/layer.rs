@@ -388,7 +388,7 @@ impl Flight {
 }
 
 /// An [`UpstreamError`] that can be handed to several callers. A transport
-/// error (its `reqwest::Error` cannot be copied) reaches waiters as the
+/// error (a transport error cannot be copied) reaches waiters as the
 /// attempt timeout: the same status (UNAVAILABLE) and the same facts for a
 /// read.
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 //! never a stale write.
 //!
 //! ```text
-//! trace → cache → idempotency → deadline → breaker → retry → shed → … → reqwest
+//! trace → cache → idempotency → deadline → breaker → retry → shed → … → the HTTP client (hyper)
 //! ```
 //!
 //! - **Policy** (`[cache]`): which read RPCs are cached and for how long

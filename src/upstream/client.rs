@@ -6,7 +6,13 @@
 //! hyper directly rather than through reqwest (#13): a call's URI is the
 //! base's scheme and authority (parsed once) with the call's path set, its
 //! headers are the request's own map with static values added, and nothing
-//! runs per call for redirects, proxies or URL parsing.
+//! runs per call for redirects or URL parsing.
+//!
+//! Proxies as reqwest took them: `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`
+//! (either case) and `NO_PROXY`, read once at start-up (hyper-util's
+//! matcher, the one reqwest uses). Through a proxy, a new connection is an
+//! HTTP `CONNECT` tunnel (with the proxy URL's user and password as
+//! `Proxy-Authorization: Basic`), TLS to Imprint inside it.
 
 use std::{
     error::Error as StdError,
@@ -28,7 +34,13 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::{
+        legacy::{
+            connect::{proxy::Tunnel, HttpConnector},
+            Client,
+        },
+        proxy::matcher::Matcher,
+    },
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use tokio::net::TcpStream;
@@ -55,7 +67,7 @@ pub struct ClientConfig {
 #[error("upstream.base_url must be an absolute http or https URL")]
 pub struct InvalidBaseUrl;
 
-type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
+type Connector = ConnectTimeout<HttpsConnector<Proxied>>;
 
 /// Sends requests to Imprint. Cheap to clone: clones share one pool.
 #[derive(Clone)]
@@ -75,7 +87,12 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl HttpClient {
+    /// The client, with the proxies the environment names.
     pub fn new(config: &ClientConfig) -> Result<Self, InvalidBaseUrl> {
+        Self::with_proxies(config, Matcher::from_env())
+    }
+
+    fn with_proxies(config: &ClientConfig, proxies: Matcher) -> Result<Self, InvalidBaseUrl> {
         // Parsed the way the configuration check parsed it (IDNA, default
         // ports), once; every call reuses the scheme and authority.
         let url = reqwest::Url::parse(config.base_url.trim_end_matches('/'))
@@ -99,11 +116,15 @@ impl HttpClient {
         // As reqwest 0.12 set them by default.
         http.set_keepalive_interval(Some(Duration::from_secs(15)));
         http.set_keepalive_retries(Some(3));
+        let proxied = Proxied {
+            direct: http,
+            proxies: Arc::new(proxies),
+        };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config())
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(proxied);
 
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -171,6 +192,39 @@ fn tls_config() -> rustls::ClientConfig {
         .expect("the ring provider supports the default TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth()
+}
+
+/// A TCP connection to Imprint: direct, or a `CONNECT` tunnel through the
+/// proxy the environment names for its URL.
+#[derive(Clone)]
+struct Proxied {
+    direct: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+impl Service<Uri> for Proxied {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<TokioIo<TcpStream>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.direct.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let Some(proxy) = self.proxies.intercept(&dst) else {
+            let connect = self.direct.call(dst);
+            return Box::pin(async move { connect.await.map_err(Into::into) });
+        };
+        let mut tunnel = Tunnel::new(proxy.uri().clone(), self.direct.clone());
+        if let Some(auth) = proxy.basic_auth() {
+            tunnel = tunnel.with_auth(auth.clone());
+        }
+        Box::pin(async move {
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+            Ok(tunnel.call(dst).await?)
+        })
+    }
 }
 
 /// Bounds a whole connect, TCP and TLS handshake, by the connect timeout
@@ -539,6 +593,107 @@ mod tests {
             }
             other => panic!("expected a connect error, got {other:?}"),
         }
+    }
+
+    /// An HTTP `CONNECT` proxy on 127.0.0.1: answers 200 when `allow`, then
+    /// pipes bytes; records each tunnel's request head.
+    async fn proxy(allow: bool) -> (String, Arc<parking_lot::Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let heads = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let heads = heads.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        match client.read(&mut byte).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => head.push(byte[0]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    heads.lock().push(head);
+                    if !allow {
+                        let _ = client
+                            .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn proxied_client(upstream: &str, proxy: &str) -> HttpClient {
+        let config = ClientConfig {
+            base_url: upstream.to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle_per_host: 8,
+            tcp_keepalive: Duration::from_secs(60),
+            max_response_bytes: 1024,
+        };
+        let proxies = Matcher::builder().all(proxy.to_owned()).build();
+        HttpClient::with_proxies(&config, proxies).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_proxy_is_tunnelled_through_with_its_credentials() {
+        let (upstream, accepted) = server(OK, usize::MAX).await;
+        let (proxy, heads) = proxy(true).await;
+        let with_user = proxy.replace("http://", "http://gw:s3cret@");
+        let client = proxied_client(&upstream, &with_user);
+        for _ in 0..3 {
+            assert_eq!(&get(&client).await.unwrap()[..], b"{}");
+        }
+        // One tunnel, kept alive like a direct connection.
+        let heads = heads.lock().clone();
+        assert_eq!(heads.len(), 1, "{heads:?}");
+        let authority = upstream.trim_start_matches("http://");
+        assert!(
+            heads[0].starts_with(&format!("CONNECT {authority} HTTP/1.1\r\n")),
+            "{heads:?}"
+        );
+        // `gw:s3cret`, as Basic credentials.
+        assert!(heads[0].contains("Basic Z3c6czNjcmV0"), "{heads:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_tunnel_is_a_connect_error_naming_no_credentials() {
+        let (upstream, accepted) = server(OK, usize::MAX).await;
+        let (proxy, heads) = proxy(false).await;
+        let client = proxied_client(&upstream, &proxy.replace("http://", "http://gw:s3cret@"));
+        match get(&client).await {
+            Err(UpstreamError::Transport { kind, source }) => {
+                assert_eq!(kind, TransportKind::Connect);
+                let text = format!(
+                    "{} {}",
+                    error_chain(&*source),
+                    UpstreamError::Transport { kind, source }
+                );
+                assert!(!text.contains("s3cret") && !text.contains("Z3c6"), "{text}");
+            }
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+        assert_eq!(heads.lock().len(), 1);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            0,
+            "nothing reached Imprint"
+        );
     }
 
     #[test]
