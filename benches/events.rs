@@ -17,7 +17,7 @@
 //! `CLIENT_CPUS`, default `0`): the client's work on 1 000 streams then
 //! takes none of the gateway's CPU, but the gateway has one core and one
 //! tokio worker. Besides latency, the CPU time each process spent per
-//! delivery over the posting phase (`/proc/<pid>/stat`, clock-tick
+//! delivery from the first post until the last subscriber is done (ingest included) (`/proc/<pid>/stat`, clock-tick
 //! resolution) is reported: it varies far less with the machine's load.
 //! `GATEWAY_BIN` runs another build of the gateway (e.g. an older
 //! commit's) under the same client, for a before/after in one run.

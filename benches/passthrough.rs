@@ -387,17 +387,22 @@ struct Run {
     p99_us: f64,
 }
 
+/// The calls made before a measured run: connections, pools, caches.
+fn warm_up_calls(calls: usize, concurrency: usize) -> usize {
+    (calls / 10).clamp(200, 2_000) / concurrency * concurrency
+}
+
 /// A closed loop of `calls` calls by `concurrency` callers (at most `limit`
 /// long), measuring the CPU of `pids`.
 async fn run(target: &Target, pids: &[u32], calls: usize, concurrency: usize) -> Run {
     let limit = Duration::from_secs(env_or("MAX_SECS_PER_RUN", 60));
     // Warm-up: connections, pools, caches, allocator.
-    let warm = (calls / 10).clamp(200, 2_000);
+    let warm = warm_up_calls(calls, concurrency);
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let mut t = target.clone();
             tokio::spawn(async move {
-                for _ in 0..warm / concurrency {
+                for _ in 0..warm / concurrency.max(1) {
                     t.call().await;
                 }
             })
@@ -488,18 +493,11 @@ fn profile(name: &str, pids: &[u32]) -> Option<Proc> {
 fn count_events(name: &str, pids: &[u32]) -> Option<(Proc, PathBuf)> {
     let events = std::env::var("PERF_EVENTS").ok()?;
     let pid = pids.first()?;
+    // Every process of the target (nginx: master and workers).
+    let all: Vec<String> = pids.iter().map(u32::to_string).collect();
     let out = std::env::temp_dir().join(format!("passthrough-{name}-{pid}.stat"));
     let child = Command::new("perf")
-        .args([
-            "stat",
-            "-x",
-            ",",
-            "-e",
-            &events,
-            "-p",
-            &pid.to_string(),
-            "-o",
-        ])
+        .args(["stat", "-x", ",", "-e", &events, "-p", &all.join(","), "-o"])
         .arg(&out)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -552,7 +550,9 @@ async fn measure(
     drop(profile);
     if let Some((proc, out)) = counters {
         drop(proc);
-        report_events(name, &out, load.calls);
+        // The counters ran over the warm-up too (and are slowed by their
+        // probes: this row's times are not comparable to a run without).
+        report_events(name, &out, load.calls + warm_up_calls(calls, concurrency));
     }
     let rss_kib = pids.first().map(|p| peak_rss_kib(*p));
     let single = run(&target, &[], (calls / 10).clamp(500, 5_000), 1).await;

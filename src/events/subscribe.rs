@@ -172,9 +172,11 @@ impl Subscription {
             live: Live::new(live),
             phase: Phase::history(),
             stopping,
-            stop: Box::pin(async move {
+            // Unconstrained: out of budget, `wait_for` would return Pending
+            // without registering, and this waker is not polled again.
+            stop: Box::pin(tokio::task::unconstrained(async move {
                 let _ = on_stop.wait_for(|s| *s).await;
-            }),
+            })),
             stop_waker: None,
         }
     }

@@ -28,10 +28,20 @@ use super::Gateway;
 use crate::translate::Endpoint;
 
 /// An answer: a message, or a message already encoded (a cached answer).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Reply<M> {
     Message(M),
     Encoded(Bytes),
+}
+
+/// The message's own (redacted) `Debug`; encoded bytes by their length only.
+impl<M: std::fmt::Debug> std::fmt::Debug for Reply<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Message(m) => f.debug_tuple("Message").field(m).finish(),
+            Reply::Encoded(b) => write!(f, "Encoded({} bytes)", b.len()),
+        }
+    }
 }
 
 impl<M: Message + Default> Reply<M> {

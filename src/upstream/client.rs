@@ -12,7 +12,8 @@
 //! (either case) and `NO_PROXY`, read once at start-up (hyper-util's
 //! matcher, the one reqwest uses). Through a proxy, a new connection is an
 //! HTTP `CONNECT` tunnel (with the proxy URL's user and password as
-//! `Proxy-Authorization: Basic`), TLS to Imprint inside it.
+//! `Proxy-Authorization: Basic`), TLS to Imprint inside it. Only `http://`
+//! proxies: others are refused at start-up.
 
 use std::{
     error::Error as StdError,
@@ -64,8 +65,40 @@ pub struct ClientConfig {
 
 /// Why the client could not be built. Names the setting, never its value.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream.base_url must be an absolute http or https URL")]
-pub struct InvalidBaseUrl;
+pub enum InvalidBaseUrl {
+    #[error("upstream.base_url must be an absolute http or https URL")]
+    BaseUrl,
+    /// Only `http://` proxies are tunnelled through: an `https://` one would
+    /// get its credentials in clear text, a SOCKS one an HTTP request.
+    #[error("{0} must be an http:// proxy URL (https:// and SOCKS proxies are not supported)")]
+    Proxy(&'static str),
+}
+
+/// The proxy variables read, in either case (as hyper-util's matcher
+/// reads them).
+const PROXY_VARIABLES: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// Refuses a proxy the tunnel cannot use safely: any scheme but `http`
+/// (a bare `host:port` is taken as `http://`, as the matcher takes it).
+fn check_proxies(get: impl Fn(&str) -> Option<String>) -> Result<(), InvalidBaseUrl> {
+    for name in PROXY_VARIABLES {
+        let Some(value) = get(name).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        let value = value.trim();
+        if value.contains("://") && !value.to_ascii_lowercase().starts_with("http://") {
+            return Err(InvalidBaseUrl::Proxy(name));
+        }
+    }
+    Ok(())
+}
 
 type Connector = ConnectTimeout<HttpsConnector<Proxied>>;
 
@@ -89,6 +122,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 impl HttpClient {
     /// The client, with the proxies the environment names.
     pub fn new(config: &ClientConfig) -> Result<Self, InvalidBaseUrl> {
+        check_proxies(|name| std::env::var(name).ok())?;
         Self::with_proxies(config, Matcher::from_env())
     }
 
@@ -96,14 +130,14 @@ impl HttpClient {
         // Parsed the way the configuration check parsed it (IDNA, default
         // ports), once; every call reuses the scheme and authority.
         let url = reqwest::Url::parse(config.base_url.trim_end_matches('/'))
-            .map_err(|_| InvalidBaseUrl)?;
+            .map_err(|_| InvalidBaseUrl::BaseUrl)?;
         if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-            return Err(InvalidBaseUrl);
+            return Err(InvalidBaseUrl::BaseUrl);
         }
-        let uri: Uri = url.as_str().parse().map_err(|_| InvalidBaseUrl)?;
+        let uri: Uri = url.as_str().parse().map_err(|_| InvalidBaseUrl::BaseUrl)?;
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
         else {
-            return Err(InvalidBaseUrl);
+            return Err(InvalidBaseUrl::BaseUrl);
         };
         let prefix: Arc<str> = uri.path().trim_end_matches('/').into();
 
@@ -216,6 +250,12 @@ impl Service<Uri> for Proxied {
             let connect = self.direct.call(dst);
             return Box::pin(async move { connect.await.map_err(Into::into) });
         };
+        // Refused at start-up (`check_proxies`); never sent in clear.
+        if proxy.uri().scheme_str() != Some("http") {
+            return Box::pin(async { Err("only http:// proxies are supported".into()) });
+        }
+        // The tunnel's target with its port (it would assume 443).
+        let dst = with_port(dst);
         let mut tunnel = Tunnel::new(proxy.uri().clone(), self.direct.clone());
         if let Some(auth) = proxy.basic_auth() {
             tunnel = tunnel.with_auth(auth.clone());
@@ -224,6 +264,27 @@ impl Service<Uri> for Proxied {
             std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
             Ok(tunnel.call(dst).await?)
         })
+    }
+}
+
+/// `dst` with its scheme's default port written out.
+fn with_port(dst: Uri) -> Uri {
+    if dst.port().is_some() {
+        return dst;
+    }
+    let port = if dst.scheme() == Some(&Scheme::HTTP) {
+        80
+    } else {
+        443
+    };
+    let Some(host) = dst.host() else { return dst };
+    let mut parts = dst.clone().into_parts();
+    match format!("{host}:{port}").parse() {
+        Ok(authority) => {
+            parts.authority = Some(authority);
+            Uri::from_parts(parts).unwrap_or(dst)
+        }
+        Err(_) => dst,
     }
 }
 
@@ -321,7 +382,7 @@ impl Service<UpstreamRequest> for HttpClient {
                 .map_err(|e| transport(e.is_connect(), e.into()))?;
             let (parts, body) = response.into_parts();
             let (status, headers) = (parts.status, parts.headers);
-            let body = read_limited(body, &headers, limit).await?;
+            let body = read_limited(body, limit).await?;
             let Some(body) = body else {
                 // Too large. A failure keeps its status (a 5xx stays a 5xx
                 // for retries, the breaker and the caller's code); only a
@@ -358,19 +419,10 @@ impl Service<UpstreamRequest> for HttpClient {
 
 /// The body, or `None` when it is larger than `limit`: read frame by frame
 /// so a body without a length cannot grow past the limit either.
-async fn read_limited(
-    mut body: Incoming,
-    headers: &http::HeaderMap,
-    limit: usize,
-) -> Result<Option<Bytes>, UpstreamError> {
-    let length = body.size_hint().exact().or_else(|| {
-        headers
-            .get(header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()
-    });
+async fn read_limited(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, UpstreamError> {
+    // hyper's own length (a chunked answer's `Content-Length` is ignored,
+    // so it is not trusted here either).
+    let length = body.size_hint().exact();
     match length {
         Some(n) if n > limit as u64 => return Ok(None),
         // The usual answer, one chunk: taken as is, not copied.
@@ -693,6 +745,47 @@ mod tests {
             accepted.load(Ordering::SeqCst),
             0,
             "nothing reached Imprint"
+        );
+    }
+
+    #[test]
+    fn only_http_proxies_are_taken_and_the_error_names_the_variable() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(check_proxies(env(&[])).is_ok());
+        assert!(check_proxies(env(&[("HTTPS_PROXY", "http://u:p@proxy:3128")])).is_ok());
+        assert!(check_proxies(env(&[("http_proxy", "proxy:3128")])).is_ok());
+        for (name, value) in [
+            ("HTTPS_PROXY", "https://u:s3cret@proxy:443"),
+            ("all_proxy", "socks5://proxy:1080"),
+        ] {
+            let vars: &'static [(&'static str, &'static str)] =
+                Box::leak(vec![(name, value)].into_boxed_slice());
+            let e = check_proxies(env(vars)).unwrap_err().to_string();
+            assert!(e.starts_with(name), "{e}");
+            assert!(!e.contains("s3cret") && !e.contains("proxy:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_tunnel_target_names_its_port() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(
+            with_port(uri("http://api.example/")),
+            uri("http://api.example:80/")
+        );
+        assert_eq!(
+            with_port(uri("https://api.example/x")),
+            uri("https://api.example:443/x")
+        );
+        assert_eq!(
+            with_port(uri("http://127.0.0.1:8080/")),
+            uri("http://127.0.0.1:8080/")
         );
     }
 
