@@ -26,6 +26,10 @@
 //! Run: `cargo bench --bench events` (`FANOUT=1000` for one round only).
 //! Results: docs/BENCHMARKS.md.
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::clk_tck;
+
 use std::{
     process::{Child, Command, Stdio},
     sync::{
@@ -150,16 +154,6 @@ fn cpu_secs(pid: u32) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
     (ticks(11) + ticks(12)) as f64 / clk_tck()
-}
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn body(id: &str) -> String {

@@ -24,6 +24,10 @@
 //! runs only the named targets; PERF_EVENTS=<perf events> counts them per
 //! call, e.g. `probe_libc:malloc` after `perf probe -x <libc.so.6> malloc`). Results: docs/BENCHMARKS.md. Linux only.
 
+#[path = "support/proc_stat.rs"]
+mod proc_stat;
+use proc_stat::clk_tck;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -91,16 +95,6 @@ fn with_children(pid: u32) -> Vec<u32> {
         pids.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
     }
     pids
-}
-
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 // ---------------------------------------------------------------- servers
@@ -466,12 +460,17 @@ fn profile(name: &str, pids: &[u32]) -> Option<Proc> {
         Ok(event) => vec!["-e".into(), event],
         Err(_) => vec!["-F".to_string(), "999".to_string()],
     };
+    let mut args = vec!["record".to_string(), "--call-graph".into(), graph];
+    args.extend(sampling);
+    args.extend(["-p".into(), pid.to_string(), "-o".into()]);
+    args.push(dir.join(format!("{name}.data")).display().to_string());
+    spawn_perf(&args, "PROFILE_DIR")
+}
+
+/// `perf <args>`, given 300 ms to attach; `None` (and why) if it cannot run.
+fn spawn_perf(args: &[String], asked_by: &str) -> Option<Proc> {
     let child = Command::new("perf")
-        .args(["record", "--call-graph", &graph])
-        .args(&sampling)
-        .args(["-p", &pid.to_string()])
-        .arg("-o")
-        .arg(dir.join(format!("{name}.data")))
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
@@ -481,7 +480,7 @@ fn profile(name: &str, pids: &[u32]) -> Option<Proc> {
             Some(Proc(c))
         }
         Err(e) => {
-            eprintln!("PROFILE_DIR is set but perf cannot run ({e}): apt-get install linux-perf");
+            eprintln!("{asked_by} is set but perf cannot run ({e}): apt-get install linux-perf");
             None
         }
     }
@@ -496,22 +495,12 @@ fn count_events(name: &str, pids: &[u32]) -> Option<(Proc, PathBuf)> {
     // Every process of the target (nginx: master and workers).
     let all: Vec<String> = pids.iter().map(u32::to_string).collect();
     let out = std::env::temp_dir().join(format!("passthrough-{name}-{pid}.stat"));
-    let child = Command::new("perf")
-        .args(["stat", "-x", ",", "-e", &events, "-p", &all.join(","), "-o"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    match child {
-        Ok(c) => {
-            std::thread::sleep(Duration::from_millis(300));
-            Some((Proc(c), out))
-        }
-        Err(e) => {
-            eprintln!("PERF_EVENTS is set but perf cannot run ({e}): apt-get install linux-perf");
-            None
-        }
-    }
+    let args: Vec<String> = ["stat", "-x", ",", "-e", &events, "-p", &all.join(","), "-o"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([out.display().to_string()])
+        .collect();
+    Some((spawn_perf(&args, "PERF_EVENTS")?, out))
 }
 
 fn report_events(name: &str, out: &Path, calls: usize) {
