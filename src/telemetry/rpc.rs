@@ -145,13 +145,16 @@ where
                     Err(_) => tonic::Code::Unknown,
                 };
                 let code_name = code_name(code);
-                let attempts = result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.headers().get("x-upstream-attempts"))
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(0);
+                // For the log line only: read if it is written.
+                let attempts = |result: &Result<S::Response, S::Error>| {
+                    result
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| r.headers().get("x-upstream-attempts"))
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .unwrap_or(0)
+                };
                 let m = telemetry.metrics();
                 m.rpc_duration.record(
                     elapsed.as_secs_f64(),
@@ -194,7 +197,7 @@ where
                 tracing::info!(
                     code = code_name,
                     latency_ms = elapsed.as_secs_f64() * 1e3,
-                    attempts,
+                    attempts = attempts(&result),
                     "call finished"
                 );
                 result

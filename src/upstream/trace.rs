@@ -91,19 +91,20 @@ where
                 if let Some(logged) = logged.filter(|_| !hit) {
                     logged.record(&telemetry, &result, start.elapsed(), stats.attempts());
                 }
-                let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
+                // Read the clock only for a line that is written.
+                let elapsed_ms = || start.elapsed().as_secs_f64() * 1e3;
                 let span = tracing::Span::current();
                 match &result {
                     Ok(resp) => {
                         span.record("http.response.status_code", resp.status.as_u16());
-                        tracing::debug!(elapsed_ms, "upstream call succeeded");
+                        tracing::debug!(elapsed_ms = elapsed_ms(), "upstream call succeeded");
                     }
                     Err(e) => {
                         if let Some(status) = e.http_status() {
                             span.record("http.response.status_code", status.as_u16());
                         }
                         span.record("error", field::display(e));
-                        tracing::info!(elapsed_ms, error = %e, "upstream call failed");
+                        tracing::info!(elapsed_ms = elapsed_ms(), error = %e, "upstream call failed");
                     }
                 }
                 result
