@@ -6,6 +6,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// `check-config` with these variables set.
+fn check_config(env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = bin();
+    c.arg("check-config");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_imprint-gateway"));
     // Start from a clean slate: none of the runner's variables leak in.
@@ -30,13 +40,11 @@ fn version_and_help() {
 
 #[test]
 fn check_config_masks_secrets() {
-    let out = bin()
-        .arg("check-config")
-        .env("IMPRINT_API_KEY", "sk_live_do_not_print")
-        .env("IMPRINT_MERCHANT_KEY", "mk_do_not_print")
-        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:7001")
-        .output()
-        .unwrap();
+    let out = check_config(&[
+        ("IMPRINT_API_KEY", "sk_live_do_not_print"),
+        ("IMPRINT_MERCHANT_KEY", "mk_do_not_print"),
+        ("GATEWAY_GRPC_ADDR", "127.0.0.1:7001"),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -50,11 +58,7 @@ fn check_config_masks_secrets() {
 
 #[test]
 fn check_config_names_the_bad_setting() {
-    let out = bin()
-        .arg("check-config")
-        .env("GATEWAY_HTTP_ADDR", "localhost")
-        .output()
-        .unwrap();
+    let out = check_config(&[("GATEWAY_HTTP_ADDR", "localhost")]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("GATEWAY_HTTP_ADDR"), "{stderr}");
@@ -77,12 +81,10 @@ fn check_config_names_the_bad_setting() {
 #[test]
 fn secrets_given_through_gateway_variables_never_show() {
     // A digit-only secret is a string setting, not a number.
-    let out = bin()
-        .arg("check-config")
-        .env("GATEWAY__UPSTREAM__API_KEY", "4242424242")
-        .env("GATEWAY__UPSTREAM__MERCHANT_KEY", "0000777700")
-        .output()
-        .unwrap();
+    let out = check_config(&[
+        ("GATEWAY__UPSTREAM__API_KEY", "4242424242"),
+        ("GATEWAY__UPSTREAM__MERCHANT_KEY", "0000777700"),
+    ]);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -158,38 +160,26 @@ fn serve_refuses_plaintext_on_a_non_loopback_address_unless_told() {
     assert!(stderr.contains("server.plaintext"), "{stderr}");
     assert!(stderr.contains("GATEWAY_TLS_CERT_FILE"), "{stderr}");
     // check-config says the same, and accepts the explicit setting.
-    let out = bin()
-        .arg("check-config")
-        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
-        .output()
-        .unwrap();
+    let out = check_config(&[("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.plaintext"));
-    let out = bin()
-        .arg("check-config")
-        .env("GATEWAY_GRPC_ADDR", "0.0.0.0:50051")
-        .env("GATEWAY__SERVER__PLAINTEXT", "true")
-        .output()
-        .unwrap();
+    let out = check_config(&[
+        ("GATEWAY_GRPC_ADDR", "0.0.0.0:50051"),
+        ("GATEWAY__SERVER__PLAINTEXT", "true"),
+    ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // TLS settings must name readable files, and come as a pair.
-    let out = bin()
-        .arg("check-config")
-        .env("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem")
-        .output()
-        .unwrap();
+    let out = check_config(&[("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GATEWAY_TLS_KEY_FILE"));
-    let out = bin()
-        .arg("check-config")
-        .env("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem")
-        .env("GATEWAY_TLS_KEY_FILE", "/nonexistent/key.pem")
-        .output()
-        .unwrap();
+    let out = check_config(&[
+        ("GATEWAY_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+        ("GATEWAY_TLS_KEY_FILE", "/nonexistent/key.pem"),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

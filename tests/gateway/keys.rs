@@ -110,6 +110,23 @@ async fn gateway(url: &str, dir: &Dir, extra: &[(&str, &str)]) -> TestGateway {
     TestGateway::start_with(url, &env).await
 }
 
+/// [`gateway`] with a second product, `cobrand-b`: its API key from the
+/// environment variable `COBRAND_KEY_VAR`, its merchant key from a file.
+async fn gateway_with_cobrand(url: &str, dir: &Dir, extra: &[(&str, &str)]) -> TestGateway {
+    let merchant = dir.0.join("cobrand-merchant");
+    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
+    let products = format!(
+        r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{}" }}]"#,
+        merchant.display()
+    );
+    let mut env: Vec<(&str, &str)> = vec![
+        ("GATEWAY__CREDENTIALS__PRODUCTS", products.as_str()),
+        ("COBRAND_KEY_VAR", COBRAND_KEY),
+    ];
+    env.extend_from_slice(extra);
+    gateway(url, dir, &env).await
+}
+
 /// The emulator, knowing the harness's key and merchant key.
 async fn emulator() -> RunningEmulator {
     emulator_with(Vec::new()).await
@@ -919,24 +936,7 @@ async fn products_are_picked_per_call_within_the_callers_policy() {
         Reply::ok(customer_json()),
     );
     let dir = Dir::new();
-    let merchant = dir.0.join("cobrand-merchant");
-    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
-    let merchant = merchant.display().to_string();
-    let gw = gateway(
-        &up.url(),
-        &dir,
-        &[
-            ("GATEWAY__CACHE__ENABLED", "true"),
-            (
-                "GATEWAY__CREDENTIALS__PRODUCTS",
-                &format!(
-                    r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{merchant}" }}]"#
-                ),
-            ),
-            ("COBRAND_KEY_VAR", COBRAND_KEY),
-        ],
-    )
-    .await;
+    let gw = gateway_with_cobrand(&up.url(), &dir, &[("GATEWAY__CACHE__ENABLED", "true")]).await;
     let ch = gw.channel.clone();
     let get = |token: &'static str, product: Option<&'static str>| {
         let ch = ch.clone();
@@ -1408,23 +1408,7 @@ async fn key_service_calls_are_held_to_the_message_size_limit() {
 async fn list_credentials_shows_only_the_callers_products() {
     let up = FakeUpstream::start().await;
     let dir = Dir::new();
-    let merchant = dir.0.join("cobrand-merchant");
-    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
-    let merchant = merchant.display().to_string();
-    let gw = gateway(
-        &up.url(),
-        &dir,
-        &[
-            (
-                "GATEWAY__CREDENTIALS__PRODUCTS",
-                &format!(
-                    r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{merchant}" }}]"#
-                ),
-            ),
-            ("COBRAND_KEY_VAR", COBRAND_KEY),
-        ],
-    )
-    .await;
+    let gw = gateway_with_cobrand(&up.url(), &dir, &[]).await;
     let list = |token: &'static str| {
         let ch = gw.channel.clone();
         async move {
@@ -1452,23 +1436,7 @@ async fn list_credentials_shows_only_the_callers_products() {
 async fn delete_key_refuses_a_key_in_use_by_any_product() {
     let up = FakeUpstream::start().await;
     let dir = Dir::new();
-    let merchant = dir.0.join("cobrand-merchant");
-    std::fs::write(&merchant, format!("{COBRAND_MERCHANT}\n")).unwrap();
-    let merchant = merchant.display().to_string();
-    let gw = gateway(
-        &up.url(),
-        &dir,
-        &[
-            (
-                "GATEWAY__CREDENTIALS__PRODUCTS",
-                &format!(
-                    r#"[{{ name = "cobrand-b", api_key_env = "COBRAND_KEY_VAR", merchant_key_file = "{merchant}" }}]"#
-                ),
-            ),
-            ("COBRAND_KEY_VAR", COBRAND_KEY),
-        ],
-    )
-    .await;
+    let gw = gateway_with_cobrand(&up.url(), &dir, &[]).await;
     let mut keys = KeyServiceClient::new(gw.channel.clone());
     // Selected product: default; the key is cobrand-b's.
     let s = keys

@@ -407,6 +407,14 @@ fn breaker_state(text: &str, state: &str) -> Option<f64> {
     )
 }
 
+/// `gateway_breaker_state` is 1 for `current` and 0 for the other states.
+fn assert_breaker(text: &str, current: &str) {
+    for state in ["closed", "open", "half_open"] {
+        let want = if state == current { 1.0 } else { 0.0 };
+        assert_eq!(breaker_state(text, state), Some(want), "{state}: {text}");
+    }
+}
+
 fn breaker_transitions(text: &str, from: &str, to: &str) -> Option<f64> {
     sample(
         text,
@@ -443,8 +451,7 @@ async fn breaker_state_and_transitions_are_metrics() {
     let mut client = CustomerServiceClient::new(gw.channel.clone());
 
     let text = scrape(&gw).await;
-    assert_eq!(breaker_state(&text, "closed"), Some(1.0), "{text}");
-    assert_eq!(breaker_state(&text, "open"), Some(0.0), "{text}");
+    assert_breaker(&text, "closed");
 
     for _ in 0..4 {
         client.get_customer(get_c1()).await.unwrap_err();
@@ -453,9 +460,7 @@ async fn breaker_state_and_transitions_are_metrics() {
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert_eq!(up.requests().len(), 4, "open: nothing reached Imprint");
     let text = scrape(&gw).await;
-    assert_eq!(breaker_state(&text, "open"), Some(1.0), "{text}");
-    assert_eq!(breaker_state(&text, "closed"), Some(0.0), "{text}");
-    assert_eq!(breaker_state(&text, "half_open"), Some(0.0), "{text}");
+    assert_breaker(&text, "open");
     assert_eq!(
         breaker_transitions(&text, "closed", "open"),
         Some(1.0),
@@ -467,7 +472,7 @@ async fn breaker_state_and_transitions_are_metrics() {
     client.get_customer(get_c1()).await.unwrap_err();
     assert_eq!(up.requests().len(), 5);
     let text = scrape(&gw).await;
-    assert_eq!(breaker_state(&text, "open"), Some(1.0), "{text}");
+    assert_breaker(&text, "open");
     assert_eq!(
         breaker_transitions(&text, "open", "half_open"),
         Some(1.0),
@@ -484,9 +489,7 @@ async fn breaker_state_and_transitions_are_metrics() {
     client.get_customer(get_c1()).await.unwrap();
     assert_eq!(up.requests().len(), 6);
     let text = scrape(&gw).await;
-    assert_eq!(breaker_state(&text, "closed"), Some(1.0), "{text}");
-    assert_eq!(breaker_state(&text, "open"), Some(0.0), "{text}");
-    assert_eq!(breaker_state(&text, "half_open"), Some(0.0), "{text}");
+    assert_breaker(&text, "closed");
     assert_eq!(
         breaker_transitions(&text, "open", "half_open"),
         Some(2.0),
