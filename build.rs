@@ -7,7 +7,7 @@
 //!   UNSPECIFIED, malformed values are left unset) and a serializer that
 //!   omits unset fields; each enum gets its REST spelling (the value name
 //!   without the enum's prefix);
-//! - the route table (`routes.rs`): one `Endpoint` and tonic method per RPC,
+//! - the route table (`routes.rs`): one `Endpoint` and `serve_reply` arm per RPC,
 //!   from `google.api.http`, `google.api.field_behavior` and
 //!   `imprint.gateway.v1.sensitive` (see `src/translate/generate.rs`
 //!   and `generate_render.rs`);

@@ -2,8 +2,8 @@
 //!
 //! Nothing here is per RPC: `build.rs` generates, from the proto's
 //! annotations, one [`Endpoint`] impl per request message (its [`Route`](translate::Route))
-//! and the tonic service impls, each method calling the one pipeline,
-//! [`Gateway::call`]. [`ROUTES`] lists every route.
+//! and the `serve_reply` dispatch, each method calling the one pipeline,
+//! [`Gateway::call_reply`] ([`reply`]). [`ROUTES`] lists every route.
 
 use std::{sync::Arc, time::Duration};
 
@@ -436,7 +436,7 @@ pub(crate) fn no_body(_: &[u8]) -> Result<(), serde_json::Error> {
     Ok(())
 }
 
-// The generated route table: `Endpoint` impls, tonic service impls,
+// The generated route table: `Endpoint` impls, the `serve_reply` dispatch,
 // `ROUTES` and the `each_service!` macro (the one list of served services).
 include!(concat!(env!("OUT_DIR"), "/routes.rs"));
 
@@ -451,19 +451,13 @@ pub fn add_services<L>(
         max_decoding: limits.max_decoding,
         max_encoding: limits.max_encoding,
     };
-    // Every method goes through `reply::unary` (the same codec settings);
-    // the generated server answers only paths no method has.
+    // Every method goes through `reply::unary` (gzip both ways, the size
+    // limits); the generated server types only lend their names.
     macro_rules! add {
         ($router:expr; $($module:ident::$server:ident),*) => {
-            $router$(.add_service(reply::ReplyServer::new(
-                $module::$server::new(gateway.clone())
-                    .max_decoding_message_size(limits.max_decoding)
-                    .max_encoding_message_size(limits.max_encoding)
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                    .send_compressed(tonic::codec::CompressionEncoding::Gzip),
-                gateway.clone(),
-                config,
-            )))*
+            $router$(.add_service(
+                reply::ReplyServer::<$module::$server<()>>::new(gateway.clone(), config),
+            ))*
         };
     }
     each_service!(add!(router))
@@ -475,7 +469,7 @@ pub const SERVICE_NAMES: &[&str] = {
     use tonic::server::NamedService;
     macro_rules! names {
         (; $($module:ident::$server:ident),*) => {
-            &[$(<$module::$server<Gateway> as NamedService>::NAME),*]
+            &[$(<$module::$server<()> as NamedService>::NAME),*]
         };
     }
     each_service!(names!())

@@ -7,10 +7,11 @@
 //! The bytes are prost's encoding of the same message, so what a caller
 //! receives does not change; compression and size limits apply as before.
 //!
-//! The tonic servers generated from the proto stay registered (health,
-//! reflection and the router use their names); [`ReplyServer`] puts the
-//! generated `serve_reply` dispatch in front of each, with the same codec
-//! settings the generated servers had.
+//! Every `imprint.v2` service is registered as a [`ReplyServer`] named after
+//! its tonic-generated server (health, reflection and the router use the
+//! name); the generated `serve_reply` dispatch serves each method with the
+//! codec settings the generated servers had. The generated servers
+//! themselves are never built.
 
 use std::{convert::Infallible, marker::PhantomData};
 
@@ -144,23 +145,28 @@ impl<M: Message> Encoder for ReplyEncoder<M> {
     }
 }
 
-/// A generated `imprint.v2` server with [`serve_reply`](super::serve_reply)
-/// in front: every method the generated `Gateway` impls serve goes through
-/// [`unary`]; anything else (an unknown method) reaches the generated server.
-#[derive(Clone)]
+/// The `imprint.v2` service named like the generated server `S` (a type
+/// only: never built): every method through [`serve_reply`](super::serve_reply)
+/// and [`unary`]; any other path under the service is UNIMPLEMENTED.
 pub struct ReplyServer<S> {
-    generated: S,
     gateway: Gateway,
     config: GrpcConfig,
+    named_like: PhantomData<fn() -> S>,
 }
 
 impl<S> ReplyServer<S> {
-    pub fn new(generated: S, gateway: Gateway, config: GrpcConfig) -> Self {
+    pub fn new(gateway: Gateway, config: GrpcConfig) -> Self {
         Self {
-            generated,
             gateway,
             config,
+            named_like: PhantomData,
         }
+    }
+}
+
+impl<S> Clone for ReplyServer<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.gateway.clone(), self.config)
     }
 }
 
@@ -168,30 +174,25 @@ impl<S: NamedService> NamedService for ReplyServer<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> tower::Service<http::Request<tonic::body::Body>> for ReplyServer<S>
-where
-    S: tower::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<tonic::body::Body>,
-        Error = Infallible,
-    >,
-    S::Future: Send + 'static,
-{
+impl<S> tower::Service<http::Request<tonic::body::Body>> for ReplyServer<S> {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
     type Future = ReplyFuture;
 
     fn poll_ready(
         &mut self,
-        cx: &mut std::task::Context<'_>,
+        _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Infallible>> {
-        self.generated.poll_ready(cx)
+        std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> ReplyFuture {
         match super::serve_reply(&self.gateway, self.config, req) {
             Ok(fut) => fut,
-            Err(req) => Box::pin(self.generated.call(req)),
+            Err(req) => {
+                let status = Status::unimplemented(format!("no method {}", req.uri().path()));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
         }
     }
 }

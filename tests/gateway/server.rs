@@ -402,3 +402,41 @@ async fn every_refusal_carries_x_request_id() {
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.bytes().filter(|b| *b == b'-').count() == 4
 }
+
+/// A method no `imprint.v2` service has is UNIMPLEMENTED, and nothing goes
+/// upstream; the real methods beside it are served.
+#[tokio::test]
+async fn an_unknown_method_of_a_served_service_is_unimplemented() {
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::GET,
+        "/v2/customers/9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4",
+        Reply::ok(customer_json()),
+    );
+    let gw = TestGateway::start(&up).await;
+    let mut grpc = tonic::client::Grpc::new(gw.channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/imprint.v2.CustomerService/NoSuchMethod");
+    let codec = tonic_prost::ProstCodec::<GetCustomerRequest, Customer>::default();
+    let status = grpc
+        .unary(
+            req(GetCustomerRequest {
+                customer_id: "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4".into(),
+            }),
+            path,
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(up.requests().is_empty());
+    let customer = CustomerServiceClient::new(gw.channel.clone())
+        .get_customer(req(GetCustomerRequest {
+            customer_id: "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(customer.id, "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4");
+    assert_eq!(up.requests().len(), 1);
+}
