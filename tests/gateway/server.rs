@@ -440,3 +440,101 @@ async fn an_unknown_method_of_a_served_service_is_unimplemented() {
     assert_eq!(customer.id, "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4");
     assert_eq!(up.requests().len(), 1);
 }
+
+/// A CONNECT proxy on 127.0.0.1 that pipes bytes; records each request head.
+async fn connect_proxy() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://gw:proxy-s3cret@{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let heads = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    match client.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                heads.lock().push(head);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// `serve` takes its proxy from the environment: calls to Imprint go through
+/// a CONNECT tunnel with the proxy URL's credentials, and the caller gets
+/// Imprint's answer; an https:// proxy is refused at start-up naming the
+/// variable, never its value.
+#[tokio::test]
+async fn serve_reaches_imprint_through_the_proxy_the_environment_names() {
+    let up = FakeUpstream::start().await;
+    up.on(
+        Method::GET,
+        "/v2/customers/9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4",
+        Reply::ok(customer_json()),
+    );
+    let (proxy, heads) = connect_proxy().await;
+    let gw =
+        crate::harness::GatewayProcess::spawn(&up.url(), &[("HTTP_PROXY", proxy.as_str())]).await;
+    let customer = CustomerServiceClient::new(gw.channel.clone())
+        .get_customer(req(GetCustomerRequest {
+            customer_id: "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(customer.id, "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4");
+    let sent = up.only_request();
+    assert_eq!(
+        sent.path,
+        "/v2/customers/9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4"
+    );
+    assert!(sent.headers.contains_key("authorization"));
+    let heads = heads.lock().clone();
+    let authority = up.url().trim_start_matches("http://").to_owned();
+    // The call's tunnel (and the readiness probe's, if it ran yet): each a
+    // CONNECT to Imprint with `gw:proxy-s3cret` as Basic credentials.
+    assert!(!heads.is_empty());
+    for head in &heads {
+        assert!(
+            head.starts_with(&format!("CONNECT {authority} ")),
+            "{heads:?}"
+        );
+        assert!(head.contains("Basic Z3c6cHJveHktczNjcmV0"), "{heads:?}");
+    }
+    assert!(!sent.headers.contains_key("proxy-authorization"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"))
+        .arg("serve")
+        .env("IMPRINT_API_KEY", "sk_test_proxy")
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
+        .env("HTTPS_PROXY", "https://gw:proxy-s3cret@proxy.invalid:443")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("HTTPS_PROXY must be an http:// proxy URL"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret") && !stderr.contains("proxy.invalid"),
+        "{stderr}"
+    );
+}
