@@ -13,20 +13,23 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 /// The metadata key, in both directions.
 pub const HEADER: &str = "x-request-id";
 
+/// [`HEADER`] as a header name: no parsing on the way in and out.
+pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
+
 /// Whether a caller's id is usable as is: 1 to 128 characters of
 /// `A-Z a-z 0-9 - _ . :`, so it is safe in logs and upstream headers.
 pub fn is_sane(id: &str) -> bool {
     (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && id.bytes().all(
+            |b| matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b':'),
+        )
 }
 
 /// The caller's id if sane, else a fresh UUID.
@@ -88,8 +91,8 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let value = settle_value(req.headers().get(HEADER));
-        req.headers_mut().insert(HEADER, value.clone());
+        let value = settle_value(req.headers().get(HEADER_NAME));
+        req.headers_mut().insert(HEADER_NAME, value.clone());
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(value),
@@ -119,7 +122,7 @@ where
             // New on every call: never indexed by HPACK (see the services).
             id.set_sensitive(true);
             // The services set it too (the same value); keep theirs.
-            if let http::header::Entry::Vacant(e) = response.headers_mut().entry(HEADER) {
+            if let http::header::Entry::Vacant(e) = response.headers_mut().entry(HEADER_NAME) {
                 e.insert(id);
             }
         }

@@ -7,12 +7,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
-use tonic::{
-    metadata::{Ascii, MetadataMap, MetadataValue},
-    Request, Response, Status,
-};
+use tonic::{metadata::MetadataMap, Request, Response, Status};
 use tower::ServiceExt;
 
 use secrecy::SecretString;
@@ -30,8 +27,13 @@ use crate::{
 };
 
 /// Serves every `imprint.v2` service by translating calls to REST.
+///
+/// Cloned several times per call (tonic's router, the method, its future):
+/// one reference count, not a copy of the upstream stack each time.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct Gateway(Arc<Shared>);
+
+struct Shared {
     upstream: UpstreamService,
     default_deadline: Duration,
     /// The configured products, which `x-imprint-product` picks from.
@@ -53,11 +55,11 @@ impl Gateway {
         default_deadline: Duration,
         credentials: Arc<CredentialStore>,
     ) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             upstream,
             default_deadline,
             credentials,
-        }
+        }))
     }
 
     /// The product a call uses: `x-imprint-product`, or the default one.
@@ -75,7 +77,7 @@ impl Gateway {
                 .to_str()
                 .ok()
                 .map(str::trim)
-                .filter(|n| self.credentials.knows(n))
+                .filter(|n| self.0.credentials.knows(n))
                 .ok_or_else(|| {
                     errors::invalid_request(&[translate::FieldViolation {
                         field: PRODUCT_HEADER.into(),
@@ -131,7 +133,7 @@ impl Gateway {
         form: Form,
     ) -> Result<Response<Reply<E::Response>>, Status> {
         let (request_id, request_id_value) = request_id(request.metadata());
-        let budget = upstream_budget(caller_timeout(request.metadata()), self.default_deadline);
+        let budget = upstream_budget(caller_timeout(request.metadata()), self.0.default_deadline);
         let deadline = Instant::now() + budget;
         let known = request.extensions().get::<Arc<Caller>>();
         let caller: Arc<str> = match (known, request.extensions().get::<InternalActor>()) {
@@ -161,40 +163,42 @@ impl Gateway {
             }
             Err(status) => Err(status),
         };
-        let mut metadata = MetadataMap::new();
+        // Header names, not strings parsed on every call.
+        let mut headers = HeaderMap::new();
         if let Some(mut id) = request_id_value {
             // New on every call: HPACK sends it as a literal that is never
             // indexed, instead of churning the connection's header table.
             id.set_sensitive(true);
-            metadata.insert("x-request-id", id);
+            headers.insert(crate::request_id::HEADER_NAME, id);
         }
         if stats.attempts() > 0 {
-            metadata.insert("x-upstream-attempts", MetadataValue::from(stats.attempts()));
+            headers.insert(UPSTREAM_ATTEMPTS, HeaderValue::from(stats.attempts()));
         }
         if let Some(cause) = stats
             .last_cause()
-            .and_then(|c| MetadataValue::try_from(c).ok())
+            .and_then(|c| HeaderValue::try_from(c).ok())
         {
-            metadata.insert("x-upstream-retry-cause", cause);
+            headers.insert(UPSTREAM_RETRY_CAUSE, cause);
         }
         if let Some(cache) = stats.cache() {
-            metadata.insert("x-cache", MetadataValue::from_static(cache.as_str()));
+            headers.insert(X_CACHE, HeaderValue::from_static(cache.as_str()));
         }
         if stats.replayed() {
-            metadata.insert("idempotent-replayed", MetadataValue::from_static("true"));
+            headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         }
         match result {
             Ok((message, redacted)) => {
                 if !redacted.is_empty() {
-                    if let Ok(v) = MetadataValue::try_from(redacted.join(",")) {
-                        metadata.insert(PCI_REDACTED_HEADER, v);
+                    if let Ok(v) = HeaderValue::from_str(&redacted.join(",")) {
+                        headers.insert(PCI_REDACTED, v);
                     }
                 }
                 let mut response = Response::new(message);
-                *response.metadata_mut() = metadata;
+                *response.metadata_mut() = MetadataMap::from_headers(headers);
                 Ok(response)
             }
             Err(mut status) => {
+                let metadata = MetadataMap::from_headers(headers);
                 for kv in metadata.iter() {
                     if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
                         status.metadata_mut().insert(k.clone(), v.clone());
@@ -243,10 +247,16 @@ impl Gateway {
             product: ctx.product,
             authenticate_with: ctx.authenticate_with,
         };
-        let response = self.upstream.clone().oneshot(request).await.map_err(|e| {
-            let sent = stats.since_sent().is_some();
-            errors::upstream_status(rpc, resend_unsafe, sent, &e)
-        })?;
+        let response = self
+            .0
+            .upstream
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| {
+                let sent = stats.since_sent().is_some();
+                errors::upstream_status(rpc, resend_unsafe, sent, &e)
+            })?;
         let mut body = std::borrow::Cow::Borrowed(&response.body[..]);
         let mut redacted = Vec::new();
         if !ctx.pci {
@@ -334,6 +344,13 @@ pub const PCI_FIELDS: &[&str] = &["pci_details"];
 /// Response metadata naming the PCI fields stripped from the answer.
 pub const PCI_REDACTED_HEADER: &str = "x-pci-redacted";
 
+// The answer's metadata keys (see [`Gateway::call`]).
+const PCI_REDACTED: HeaderName = HeaderName::from_static(PCI_REDACTED_HEADER);
+const UPSTREAM_ATTEMPTS: HeaderName = HeaderName::from_static("x-upstream-attempts");
+const UPSTREAM_RETRY_CAUSE: HeaderName = HeaderName::from_static("x-upstream-retry-cause");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 /// What the edge learned about a call before it goes upstream.
 struct CallContext {
     /// The caller may receive PCI fields.
@@ -380,15 +397,15 @@ fn no_cache(metadata: &MetadataMap) -> bool {
 /// The call's request id, settled by [`crate::request_id`] at the edge
 /// (settled here too for a call that did not pass the edge), and its
 /// metadata value for the answer (the request's own, shared, when usable).
-fn request_id(metadata: &MetadataMap) -> (Arc<str>, Option<MetadataValue<Ascii>>) {
-    let given = metadata.get(crate::request_id::HEADER);
+fn request_id(metadata: &MetadataMap) -> (Arc<str>, Option<HeaderValue>) {
+    let given = metadata.as_ref().get(crate::request_id::HEADER_NAME);
     if let Some((value, id)) = given.and_then(|v| Some((v, v.to_str().ok()?))) {
         if crate::request_id::is_sane(id) {
             return (Arc::from(id), Some(value.clone()));
         }
     }
     let id = crate::request_id::settle(None);
-    let value = MetadataValue::try_from(&*id).ok();
+    let value = HeaderValue::from_str(&id).ok();
     (id.into(), value)
 }
 

@@ -11,7 +11,7 @@ use std::{
     time::Instant,
 };
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use opentelemetry::{
     trace::{FutureExt as _, SpanKind, Status, TraceContextExt as _, Tracer as _},
     KeyValue,
@@ -21,6 +21,11 @@ use tracing::Instrument as _;
 
 use super::Telemetry;
 use crate::{auth::Caller, ratelimit::RateLimited};
+
+// Read or written on every call: names, not strings parsed each time.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const UPSTREAM_ATTEMPTS: HeaderName = HeaderName::from_static("x-upstream-attempts");
+const TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
 
 /// Builds [`RpcTelemetry`].
 #[derive(Clone)]
@@ -86,7 +91,7 @@ where
             .map(|c| c.name.clone());
         // The header value itself (shared bytes), not a copy: most calls
         // read it only if a span or a log line is recorded.
-        let request_id_value = req.headers().get(crate::request_id::HEADER).cloned();
+        let request_id_value = req.headers().get(crate::request_id::HEADER_NAME).cloned();
         let request_id = request_id_value
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -138,7 +143,7 @@ where
                     // Errors come trailers-only; a body means the handler answered.
                     Ok(resp) => resp
                         .headers()
-                        .get("grpc-status")
+                        .get(&GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<i32>().ok())
                         .map_or(tonic::Code::Ok, tonic::Code::from_i32),
@@ -150,7 +155,7 @@ where
                     result
                         .as_ref()
                         .ok()
-                        .and_then(|r| r.headers().get("x-upstream-attempts"))
+                        .and_then(|r| r.headers().get(&UPSTREAM_ATTEMPTS))
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u32>().ok())
                         .unwrap_or(0)
@@ -180,7 +185,7 @@ where
                     {
                         // New on every call: never indexed by HPACK.
                         id.set_sensitive(true);
-                        resp.headers_mut().insert("x-trace-id", id);
+                        resp.headers_mut().insert(TRACE_ID, id);
                     }
                 }
                 if let Some(cx) = cx {

@@ -104,16 +104,24 @@ impl ser::Error for Error {
     }
 }
 
+/// Whether `{key}` is a segment of `template` (a template's variables are
+/// whole segments).
 fn is_path_param(template: &str, key: &str) -> bool {
-    template.split('/').any(|seg| {
-        seg.len() == key.len() + 2 && seg.starts_with('{') && &seg[1..seg.len() - 1] == key
+    template.match_indices(key).any(|(at, _)| {
+        template[..at].ends_with("/{") && template[at + key.len()..].split('/').next() == Some("}")
     })
 }
 
 /// The text of a scalar JSON fragment: a string unquoted, a number or bool as is.
 fn scalar_text(json: &[u8]) -> Option<String> {
     match json.first()? {
-        b'"' => serde_json::from_slice::<String>(json).ok(),
+        // Without an escape, a JSON string's text is what the quotes enclose.
+        b'"' => match json.get(1..json.len() - 1) {
+            Some(text) if json.len() >= 2 && json.ends_with(b"\"") && !text.contains(&b'\\') => {
+                String::from_utf8(text.to_vec()).ok()
+            }
+            _ => serde_json::from_slice::<String>(json).ok(),
+        },
         b'{' | b'[' => None,
         _ => String::from_utf8(json.to_vec()).ok(),
     }
@@ -257,5 +265,32 @@ impl<'a, 'r> ser::Serializer for &'a mut Pass<'r> {
         serialize_tuple_variant(&'static str, u32, &'static str, usize) -> Self::SerializeTupleVariant;
         serialize_map(Option<usize>) -> Self::SerializeMap;
         serialize_struct_variant(&'static str, u32, &'static str, usize) -> Self::SerializeStructVariant;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_params_are_whole_segments() {
+        let t = "/v2/customers/{customer_id}/payment_methods/{id}";
+        assert!(is_path_param(t, "customer_id"));
+        assert!(is_path_param(t, "id"));
+        assert!(!is_path_param(t, "customer"));
+        assert!(!is_path_param(t, "payment_methods"));
+        assert!(!is_path_param("/v2/{name}:cancel", "name"));
+        assert!(!is_path_param("/v2/x{id}", "id"));
+    }
+
+    #[test]
+    fn scalar_text_unquotes_strings_and_keeps_escapes_exact() {
+        assert_eq!(scalar_text(br#""c-1""#).as_deref(), Some("c-1"));
+        assert_eq!(scalar_text(br#""a\"b\u00e9/""#).as_deref(), Some("a\"bé/"));
+        assert_eq!(scalar_text(br#""""#).as_deref(), Some(""));
+        assert_eq!(scalar_text(b"42").as_deref(), Some("42"));
+        assert_eq!(scalar_text(b"true").as_deref(), Some("true"));
+        assert_eq!(scalar_text(br#"{"a":1}"#), None);
+        assert_eq!(scalar_text(b"\""), None);
     }
 }
