@@ -183,7 +183,11 @@ pub async fn start(
     };
     match &tls {
         Some(t) if t.mutual() => {
-            tracing::info!("gRPC over TLS; client certificates from GATEWAY_TLS_CLIENT_CA_FILE identify callers")
+            let required = config.server.tls_client_cert_required;
+            tracing::info!(
+                client_certificate = if required { "required" } else { "optional" },
+                "gRPC over TLS; client certificates from GATEWAY_TLS_CLIENT_CA_FILE identify callers"
+            )
         }
         Some(_) => tracing::info!("gRPC over TLS"),
         None if !loopback_listener => {

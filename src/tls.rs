@@ -13,9 +13,9 @@
 //! SANs) is read once per connection and travels with every request of
 //! that connection as [`PeerInfo`] (tonic's connect info).
 //!
-//! With a client CA, a certificate is optional at the handshake (callers
-//! without one still use bearer tokens) unless `tls_client_cert_required`;
-//! one that the CA did not sign always fails the handshake.
+//! With a client CA, a client must present a certificate it signed, unless
+//! `tls_client_cert_required = false` (then callers without one use bearer
+//! tokens); one that the CA did not sign always fails the handshake.
 
 use std::{
     io,

@@ -213,8 +213,10 @@ pub struct ServerConfig {
     /// (`GATEWAY_TLS_CLIENT_CA_FILE`): mTLS, the caller being the
     /// certificate's SPIFFE ID or DNS SAN.
     pub tls_client_ca_file: Option<PathBuf>,
-    /// With a client CA: refuse at the handshake a client without a
-    /// certificate (default: such callers use bearer tokens).
+    /// With a client CA: a client without a certificate fails the
+    /// handshake (the default: the client CA *requires* certificates, as
+    /// the runtime contract says). `false` lets callers without one use
+    /// bearer tokens. No effect without a client CA.
     pub tls_client_cert_required: bool,
     /// Serve gRPC without TLS on a non-loopback address. Off: `serve`
     /// refuses to start plaintext anywhere but loopback.
@@ -239,7 +241,7 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
-            tls_client_cert_required: false,
+            tls_client_cert_required: true,
             plaintext: false,
             watch_interval: Duration::from_secs(5),
         }
@@ -844,12 +846,6 @@ impl Config {
                 ))
             }
             _ => {}
-        }
-        if s.tls_client_cert_required && s.tls_client_ca_file.is_none() {
-            return Err(err(
-                "server.tls_client_cert_required",
-                "needs GATEWAY_TLS_CLIENT_CA_FILE",
-            ));
         }
         if s.tls_client_ca_file.is_some() && s.tls_cert_file.is_none() {
             return Err(err(
