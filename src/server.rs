@@ -112,6 +112,10 @@ fn callers_from(config: &Config) -> anyhow::Result<(CallerTable, bool)> {
 /// The HTTP client to Imprint `config` describes (`serve`, `rotate-key`).
 pub fn upstream_client(config: &Config) -> anyhow::Result<HttpClient> {
     let u = &config.upstream;
+    let extra_roots = match &u.extra_ca_file {
+        Some(path) => crate::tls::read_certs(path, "upstream.extra_ca_file")?,
+        None => Vec::new(),
+    };
     HttpClient::new(&ClientConfig {
         base_url: u.base_url.clone(),
         connect_timeout: u.connect_timeout,
@@ -119,6 +123,7 @@ pub fn upstream_client(config: &Config) -> anyhow::Result<HttpClient> {
         pool_max_idle_per_host: u.pool_max_idle_per_host,
         tcp_keepalive: u.tcp_keepalive,
         max_response_bytes: u.max_response_bytes,
+        extra_roots,
     })
     .context("building the upstream HTTP client")
 }

@@ -251,7 +251,10 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
-fn read_certs(path: &Path, setting: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_certs(
+    path: &Path,
+    setting: &str,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let text = std::fs::read(path)
         .map_err(|e| anyhow::anyhow!("{setting}: cannot read {}: {e}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&text)

@@ -186,6 +186,25 @@ fn serve_refuses_plaintext_on_a_non_loopback_address_unless_told() {
         stderr.contains("GATEWAY_TLS_CERT_FILE: cannot read"),
         "{stderr}"
     );
+    // Extra CAs for Imprint's certificate: a readable PEM file of them.
+    let out = check_config(&[("GATEWAY__UPSTREAM__EXTRA_CA_FILE", "/nonexistent/ca.pem")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upstream.extra_ca_file: cannot read"),
+        "{stderr}"
+    );
+    let not_pem = std::env::temp_dir().join(format!("igw-cli-ca-{}.pem", std::process::id()));
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let out = check_config(&[(
+        "GATEWAY__UPSTREAM__EXTRA_CA_FILE",
+        not_pem.to_str().unwrap(),
+    )]);
+    let _ = std::fs::remove_file(&not_pem);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream.extra_ca_file"), "{stderr}");
+    assert!(!stderr.contains("not a certificate"), "{stderr}");
 }
 
 #[test]

@@ -153,6 +153,11 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // The base URL, the proxies the environment names, the extra CAs.
+    if let Err(e) = server::upstream_client(&config) {
+        eprintln!("error: invalid configuration: {e:#}");
+        return ExitCode::from(2);
+    }
     let callers = match &config.auth.caller_tokens_file {
         Some(path) => match crate::auth::CallerTable::load(path) {
             Ok(table) => Some(table),

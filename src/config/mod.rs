@@ -296,6 +296,10 @@ pub struct UpstreamConfig {
     /// Bounds one attempt; the caller's deadline bounds all of them.
     #[serde(with = "humantime_serde")]
     pub attempt_timeout: Duration,
+    /// PEM CA certificate(s) trusted for Imprint's TLS certificate besides
+    /// the public web roots: a TLS-inspecting egress proxy's CA, a private
+    /// staging endpoint's (`GATEWAY__UPSTREAM__EXTRA_CA_FILE`).
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -313,6 +317,7 @@ impl Default for UpstreamConfig {
             tcp_keepalive: Duration::from_secs(60),
             max_response_bytes: 16 * 1024 * 1024,
             attempt_timeout: Duration::from_secs(5),
+            extra_ca_file: None,
         }
     }
 }

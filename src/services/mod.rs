@@ -176,7 +176,7 @@ impl Gateway {
         }
         if let Some(cause) = stats
             .last_cause()
-            .and_then(|c| HeaderValue::try_from(c).ok())
+            .and_then(|c| HeaderValue::from_str(&c).ok())
         {
             headers.insert(UPSTREAM_RETRY_CAUSE, cause);
         }

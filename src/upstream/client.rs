@@ -61,6 +61,9 @@ pub struct ClientConfig {
     pub tcp_keepalive: Duration,
     /// Answers larger than this are refused rather than buffered.
     pub max_response_bytes: usize,
+    /// CA certificates trusted besides the public web roots
+    /// (`upstream.extra_ca_file`).
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 /// Why the client could not be built. Names the setting, never its value.
@@ -72,6 +75,8 @@ pub enum InvalidBaseUrl {
     /// get its credentials in clear text, a SOCKS one an HTTP request.
     #[error("{0} must be an http:// proxy URL (https:// and SOCKS proxies are not supported)")]
     Proxy(&'static str),
+    #[error("upstream.extra_ca_file holds a certificate that is not a usable CA certificate")]
+    ExtraCa,
 }
 
 /// The proxy variables read, in either case (as hyper-util's matcher
@@ -155,7 +160,7 @@ impl HttpClient {
             proxies: Arc::new(proxies),
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
+            .with_tls_config(tls_config(&config.extra_roots)?)
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(proxied);
@@ -213,19 +218,26 @@ impl HttpClient {
 }
 
 /// rustls as reqwest's `rustls-tls` configured it: the ring provider (or
-/// the process default, if one is installed), TLS 1.2 and 1.3, webpki roots,
-/// SNI on. ALPN is set by the connector builder.
-fn tls_config() -> rustls::ClientConfig {
+/// the process default, if one is installed), TLS 1.2 and 1.3, webpki roots
+/// (and `extra` CAs), SNI on. ALPN is set by the connector builder.
+fn tls_config(
+    extra: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, InvalidBaseUrl> {
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    rustls::ClientConfig::builder_with_provider(provider)
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|_| InvalidBaseUrl::ExtraCa)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default TLS versions")
         .with_root_certificates(roots)
-        .with_no_client_auth()
+        .with_no_client_auth())
 }
 
 /// A TCP connection to Imprint: direct, or a `CONNECT` tunnel through the
@@ -578,6 +590,7 @@ mod tests {
             pool_max_idle_per_host: 8,
             tcp_keepalive: Duration::from_secs(60),
             max_response_bytes,
+            extra_roots: Vec::new(),
         })
         .unwrap()
     }
@@ -696,6 +709,7 @@ mod tests {
             pool_max_idle_per_host: 8,
             tcp_keepalive: Duration::from_secs(60),
             max_response_bytes: 1024,
+            extra_roots: Vec::new(),
         };
         let proxies = Matcher::builder().all(proxy.to_owned()).build();
         HttpClient::with_proxies(&config, proxies).unwrap()

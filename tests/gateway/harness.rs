@@ -24,6 +24,8 @@ pub const LIMITED_TOKEN: &str = "caller-token-customers";
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: Method,
+    /// HTTP/1.1, or HTTP/2 when TLS negotiated it ([`FakeUpstream::start_tls`]).
+    pub version: axum::http::Version,
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
@@ -105,6 +107,8 @@ struct Script {
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     script: Arc<Mutex<Script>>,
+    /// `http`, or `https` ([`FakeUpstream::start_tls`]).
+    scheme: &'static str,
 }
 
 impl FakeUpstream {
@@ -119,11 +123,64 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let app = Router::new().fallback(handle).with_state(script.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { addr, script }
+        Self {
+            addr,
+            script,
+            scheme: "http",
+        }
+    }
+
+    /// Over TLS with this certificate and key (PEM), offering HTTP/2 and
+    /// HTTP/1.1 by ALPN, as Imprint's HTTPS endpoint does.
+    pub async fn start_tls(cert: &str, key: &str) -> Self {
+        use tokio_rustls::rustls::{
+            self,
+            pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+        };
+        let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let script = Arc::new(Mutex::new(Script::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(script.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            script,
+            scheme: "https",
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Scripts `method path` (path as received, percent-encoded, no query).
@@ -161,6 +218,7 @@ async fn handle(State(script): State<Arc<Mutex<Script>>>, req: Request) -> Respo
     let path = parts.uri.path().to_string();
     let recorded = Recorded {
         method: parts.method.clone(),
+        version: parts.version,
         path: path.clone(),
         query: parts.uri.query().map(str::to_string),
         headers: parts.headers.clone(),

@@ -923,3 +923,60 @@ async fn certificate_callers_are_held_to_their_products_and_audited() {
     );
     gw.shutdown().await.unwrap();
 }
+
+/// Imprint is reached over HTTPS in production: the gateway negotiates
+/// HTTP/2 by ALPN, trusts `upstream.extra_ca_file` beside the public roots,
+/// and refuses an endpoint whose certificate no trusted CA signed (nothing
+/// is sent to it).
+#[tokio::test]
+async fn serve_reaches_an_https_imprint_over_http2_trusting_the_extra_ca() {
+    let staging = Ca::new("imprint staging CA");
+    let leaf = staging.server();
+    let up = FakeUpstream::start_tls(&leaf.cert, &leaf.key).await;
+    up.on(Method::GET, "/v2/customers/C1", Reply::ok(customer_json()));
+    assert!(up.url().starts_with("https://127.0.0.1:"));
+    let dir = Dir::new();
+    let ca_file = dir.0.join("imprint-ca.pem");
+    std::fs::write(&ca_file, &staging.pem).unwrap();
+    let call = |addr: SocketAddr| async move {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        CustomerServiceClient::new(ch)
+            .get_customer(with_token(
+                GetCustomerRequest {
+                    customer_id: "C1".into(),
+                },
+                "caller-token-tls",
+            ))
+            .await
+    };
+
+    let env = [(
+        "GATEWAY__UPSTREAM__EXTRA_CA_FILE",
+        ca_file.display().to_string(),
+    )];
+    let gw = start(&up.url(), &dir.0, TOKEN_POLICY, &env).await;
+    let customer = call(gw.grpc_addr()).await.unwrap().into_inner();
+    assert_eq!(customer, crate::fixtures::customer());
+    let sent = up.only_request();
+    assert_eq!(sent.version, axum::http::Version::HTTP_2);
+    assert_eq!(sent.method, Method::GET);
+    assert_eq!(sent.path, "/v2/customers/C1");
+    assert!(sent.headers.contains_key("authorization"));
+    gw.shutdown().await.unwrap();
+
+    // Only the public roots: the staging certificate is refused, and the
+    // caller is told Imprint is unavailable.
+    let gw = start(&up.url(), &dir.0, TOKEN_POLICY, &[]).await;
+    let refused = call(gw.grpc_addr()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        up.requests().len(),
+        1,
+        "a request went to an untrusted endpoint"
+    );
+    gw.shutdown().await.unwrap();
+}
