@@ -280,7 +280,10 @@ fn storable(
         Ok(resp) if resp.status.is_success() && !directive(&resp.headers, "no-store") => {
             Some(Entry {
                 status: resp.status,
-                body: resp.body.clone(),
+                // A copy: the answer's body is a slice of the connection's
+                // read buffer (8 KiB and up), which a shared handle would
+                // keep alive for as long as the entry, unseen by the weigher.
+                body: bytes::Bytes::copy_from_slice(&resp.body),
                 decoded: DecodedSlot::default(),
                 not_found: None,
                 tags,
@@ -454,5 +457,32 @@ impl SharedError {
             SharedError::Overloaded => UpstreamError::Overloaded,
             SharedError::Idempotency(e) => UpstreamError::Idempotency(e.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry holds its own copy of the body, not a share of the buffer
+    /// the body was read into.
+    #[test]
+    fn a_stored_body_does_not_keep_the_read_buffer_alive() {
+        let buffer = bytes::Bytes::from(vec![b'x'; 8192]);
+        let body = buffer.slice(100..720);
+        let ok = Ok(UpstreamResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: body.clone(),
+            decoded: None,
+        });
+        let ttls = Ttls {
+            ok: Duration::from_secs(60),
+            not_found: Duration::ZERO,
+        };
+        let entry = storable(&ok, Arc::from([]), ttls).expect("a 200 is stored");
+        assert_eq!(entry.body, body);
+        let within = buffer.as_ptr_range();
+        assert!(!within.contains(&entry.body.as_ptr()));
     }
 }

@@ -28,7 +28,7 @@ pub struct UpstreamCall {
     pub seq: u64,
     pub at: SystemTime,
     pub rpc: &'static str,
-    pub method: String,
+    pub method: http::Method,
     pub template: &'static str,
     /// Imprint's HTTP status; 0 when it did not answer.
     pub status: u16,
@@ -38,7 +38,8 @@ pub struct UpstreamCall {
     pub attempts: u32,
     pub caller: Arc<str>,
     pub request_id: Arc<str>,
-    pub trace_id: String,
+    /// The call's trace, when one was recorded.
+    pub trace_id: Option<opentelemetry::trace::TraceId>,
     pub request_body: String,
     pub response_body: String,
 }
@@ -46,9 +47,7 @@ pub struct UpstreamCall {
 impl UpstreamCall {
     fn size(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.method.len()
             + self.error.as_ref().map_or(0, String::len)
-            + self.trace_id.len()
             + self.request_body.len()
             + self.response_body.len()
     }
@@ -69,7 +68,11 @@ pub struct Query {
 
 #[derive(Default)]
 struct Inner {
-    calls: VecDeque<Arc<UpstreamCall>>,
+    /// Held in place, not boxed: with thousands kept, each call recorded
+    /// allocates (and each evicted frees) only its bodies. Every
+    /// allocation here is of memory gone cold since it was last used, and
+    /// with 10 000 entries those cost more than the recording itself.
+    calls: VecDeque<UpstreamCall>,
     bytes: usize,
     next_seq: u64,
 }
@@ -101,7 +104,7 @@ impl RequestLog {
             return;
         }
         inner.bytes += size;
-        inner.calls.push_back(Arc::new(call));
+        inner.calls.push_back(call);
         while inner.calls.len() > self.max_entries || inner.bytes > self.max_bytes {
             match inner.calls.pop_front() {
                 Some(old) => inner.bytes -= old.size(),
@@ -110,8 +113,8 @@ impl RequestLog {
         }
     }
 
-    /// Newest first; the cursor of the next page when there is more.
-    pub fn list(&self, q: &Query) -> (Vec<Arc<UpstreamCall>>, Option<u64>) {
+    /// Newest first (copies); the cursor of the next page when there is more.
+    pub fn list(&self, q: &Query) -> (Vec<UpstreamCall>, Option<u64>) {
         let inner = self.inner.lock();
         let limit = q.limit.clamp(1, 1000);
         let mut out = Vec::new();
@@ -220,7 +223,7 @@ mod tests {
             seq: 0,
             at: SystemTime::now(),
             rpc,
-            method: "GET".into(),
+            method: http::Method::GET,
             template: "/v2/x",
             status,
             error: None,
@@ -228,7 +231,7 @@ mod tests {
             attempts: 1,
             caller: "c".into(),
             request_id: "r".into(),
-            trace_id: String::new(),
+            trace_id: None,
             request_body: String::new(),
             response_body: String::new(),
         }
