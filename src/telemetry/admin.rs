@@ -62,7 +62,7 @@ pub fn list_upstream_calls(
         .map(|c| UpstreamCall {
             at: Some(timestamp(c.at)),
             rpc: c.rpc.into(),
-            method: c.method.to_string(),
+            method: c.method.clone(),
             route_template: c.template.into(),
             status: i32::from(c.status),
             error: c.error.clone().unwrap_or_default(),
@@ -70,7 +70,7 @@ pub fn list_upstream_calls(
             attempts: i32::try_from(c.attempts).unwrap_or(i32::MAX),
             caller: c.caller.to_string(),
             request_id: c.request_id.to_string(),
-            trace_id: c.trace_id.map(|t| t.to_string()).unwrap_or_default(),
+            trace_id: c.trace_id.clone(),
             request_body: c.request_body.clone(),
             response_body: c.response_body.clone(),
         })

@@ -28,7 +28,7 @@ pub struct UpstreamCall {
     pub seq: u64,
     pub at: SystemTime,
     pub rpc: &'static str,
-    pub method: http::Method,
+    pub method: String,
     pub template: &'static str,
     /// Imprint's HTTP status; 0 when it did not answer.
     pub status: u16,
@@ -38,8 +38,7 @@ pub struct UpstreamCall {
     pub attempts: u32,
     pub caller: Arc<str>,
     pub request_id: Arc<str>,
-    /// The call's trace, when one was recorded.
-    pub trace_id: Option<opentelemetry::trace::TraceId>,
+    pub trace_id: String,
     pub request_body: String,
     pub response_body: String,
 }
@@ -47,7 +46,9 @@ pub struct UpstreamCall {
 impl UpstreamCall {
     fn size(&self) -> usize {
         std::mem::size_of::<Self>()
+            + self.method.len()
             + self.error.as_ref().map_or(0, String::len)
+            + self.trace_id.len()
             + self.request_body.len()
             + self.response_body.len()
     }
@@ -68,11 +69,7 @@ pub struct Query {
 
 #[derive(Default)]
 struct Inner {
-    /// Held in place, not boxed: with thousands kept, each call recorded
-    /// allocates (and each evicted frees) only its bodies. Every
-    /// allocation here is of memory gone cold since it was last used, and
-    /// with 10 000 entries those cost more than the recording itself.
-    calls: VecDeque<UpstreamCall>,
+    calls: VecDeque<Arc<UpstreamCall>>,
     bytes: usize,
     next_seq: u64,
 }
@@ -104,7 +101,7 @@ impl RequestLog {
             return;
         }
         inner.bytes += size;
-        inner.calls.push_back(call);
+        inner.calls.push_back(Arc::new(call));
         while inner.calls.len() > self.max_entries || inner.bytes > self.max_bytes {
             match inner.calls.pop_front() {
                 Some(old) => inner.bytes -= old.size(),
@@ -113,8 +110,8 @@ impl RequestLog {
         }
     }
 
-    /// Newest first (copies); the cursor of the next page when there is more.
-    pub fn list(&self, q: &Query) -> (Vec<UpstreamCall>, Option<u64>) {
+    /// Newest first; the cursor of the next page when there is more.
+    pub fn list(&self, q: &Query) -> (Vec<Arc<UpstreamCall>>, Option<u64>) {
         let inner = self.inner.lock();
         let limit = q.limit.clamp(1, 1000);
         let mut out = Vec::new();
@@ -223,7 +220,7 @@ mod tests {
             seq: 0,
             at: SystemTime::now(),
             rpc,
-            method: http::Method::GET,
+            method: "GET".into(),
             template: "/v2/x",
             status,
             error: None,
@@ -231,7 +228,7 @@ mod tests {
             attempts: 1,
             caller: "c".into(),
             request_id: "r".into(),
-            trace_id: None,
+            trace_id: String::new(),
             request_body: String::new(),
             response_body: String::new(),
         }

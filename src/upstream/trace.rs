@@ -243,7 +243,7 @@ impl Logged {
             seq: 0,
             at: std::time::SystemTime::now(),
             rpc: self.rpc,
-            method: self.method,
+            method: self.method.to_string(),
             template: self.template,
             status,
             error,
@@ -251,7 +251,11 @@ impl Logged {
             attempts,
             caller: self.caller,
             request_id: self.request_id,
-            trace_id: sc.is_valid().then(|| sc.trace_id()),
+            trace_id: if sc.is_valid() {
+                sc.trace_id().to_string()
+            } else {
+                String::new()
+            },
             request_body: self
                 .body
                 .map(|b| redact(&b, &fields, &self.sensitive))
