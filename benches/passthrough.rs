@@ -88,6 +88,20 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `pid`'s resident set now, in KiB: anonymous (its heap and stacks) and
+/// file-backed (mostly the pages of its own executable it has touched).
+fn rss_split_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 /// `pid` and its children (nginx's workers).
 fn with_children(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
@@ -456,9 +470,13 @@ fn profile(name: &str, pids: &[u32]) -> Option<Proc> {
     // `PROFILE_EVENT=probe_libc:malloc`: where the allocations come from,
     // instead of where the time goes. Every event is a sample (perf does
     // not thin out uprobes): keep CALLS small, with dwarf ~1 GB per 1 000.
+    // Otherwise CPU time is sampled `PROFILE_FREQ` times a second (999).
     let sampling = match std::env::var("PROFILE_EVENT") {
         Ok(event) => vec!["-e".into(), event],
-        Err(_) => vec!["-F".to_string(), "999".to_string()],
+        Err(_) => {
+            let freq = std::env::var("PROFILE_FREQ").unwrap_or_else(|_| "999".into());
+            vec!["-F".to_string(), freq]
+        }
     };
     let mut args = vec!["record".to_string(), "--call-graph".into(), graph];
     args.extend(sampling);
@@ -524,6 +542,8 @@ struct Row {
     load: Run,
     single: Run,
     rss_kib: Option<u64>,
+    /// Anonymous and file-backed resident KiB right after the load.
+    rss_split: Option<(u64, u64)>,
 }
 
 async fn measure(
@@ -544,6 +564,7 @@ async fn measure(
         report_events(name, &out, load.calls + warm_up_calls(calls, concurrency));
     }
     let rss_kib = pids.first().map(|p| peak_rss_kib(*p));
+    let rss_split = pids.first().map(|p| rss_split_kib(*p));
     let single = run(&target, &[], (calls / 10).clamp(500, 5_000), 1).await;
     eprintln!(
         "  {name}: {} calls, {:.0} calls/s, cpu/call {}",
@@ -558,6 +579,7 @@ async fn measure(
         load,
         single,
         rss_kib,
+        rss_split,
     }
 }
 
@@ -723,5 +745,18 @@ fn report(rows: &[Row], calls: usize, concurrency: usize, server_cpu: &str, clie
             "gateway peak RSS under load:              {:.1} MiB (goal ≤ 25 MiB)",
             r as f64 / 1024.0
         );
+    }
+    let gateways = rows
+        .iter()
+        .filter(|r| r.name.starts_with("gateway") || r.name.starts_with("baseline"));
+    for r in gateways {
+        if let Some((anon, file)) = r.rss_split.filter(|s| *s != (0, 0)) {
+            println!(
+                "{} RSS after the load: {:.1} MiB anonymous + {:.1} MiB file-backed (executable and libraries)",
+                r.name,
+                anon as f64 / 1024.0,
+                file as f64 / 1024.0
+            );
+        }
     }
 }
