@@ -133,16 +133,8 @@ fn spawn_gateway() -> Gateway {
 
 /// VmRSS and VmHWM (peak) of `pid`, in MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let [now, peak] = proc_stat::status_kib(pid, ["VmRSS", "VmHWM"]);
+    (now as f64 / 1024.0, peak as f64 / 1024.0)
 }
 
 /// utime + stime of `pid`, in seconds.

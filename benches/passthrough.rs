@@ -80,26 +80,15 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// Peak resident set of `pid`, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    let [peak] = proc_stat::status_kib(pid, ["VmHWM"]);
+    peak
 }
 
 /// `pid`'s resident set now, in KiB: anonymous (its heap and stacks) and
 /// file-backed (mostly the pages of its own executable it has touched).
 fn rss_split_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    let [anon, file] = proc_stat::status_kib(pid, ["RssAnon", "RssFile"]);
+    (anon, file)
 }
 
 /// `pid` and its children (nginx's workers).

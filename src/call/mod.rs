@@ -72,7 +72,49 @@ async fn connect(opts: &CallOptions) -> anyhow::Result<Channel> {
     endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {uri}"))
+        .with_context(|| format!("cannot connect to {uri}{}", certificate_hint(opts)))
+}
+
+/// A status with what caused it: a transport error says why (a TLS alert,
+/// a refused or closed connection).
+fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+/// The likely reason a TLS connection without a client certificate was
+/// lost: a gateway with a client CA requires one by default, and TLS 1.3
+/// tells the client only by closing the connection.
+fn certificate_hint(opts: &CallOptions) -> &'static str {
+    if opts.tls.as_ref().is_some_and(|t| t.identity.is_none()) {
+        " (no --cert/--key given: a gateway with GATEWAY_TLS_CLIENT_CA_FILE requires a client certificate unless configured otherwise)"
+    } else {
+        ""
+    }
+}
+
+/// [`certificate_hint`] for a transport failure; nothing for an answer.
+fn hint(status: &tonic::Status, opts: &CallOptions) -> &'static str {
+    if std::error::Error::source(status).is_some() {
+        certificate_hint(opts)
+    } else {
+        ""
+    }
+}
+
+/// An answer from the server, or a transport failure told with its cause.
+fn status_error(status: tonic::Status, opts: &CallOptions) -> CallError {
+    if std::error::Error::source(&status).is_some() {
+        CallError::Other(anyhow!("{}{}", describe(&status), hint(&status, opts)))
+    } else {
+        CallError::Status(status)
+    }
 }
 
 fn request<T>(message: T, opts: &CallOptions) -> anyhow::Result<tonic::Request<T>> {
@@ -226,9 +268,12 @@ pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String
         )));
     }
     let mut grpc = tonic::client::Grpc::new(p.channel);
-    grpc.ready()
-        .await
-        .map_err(|e| CallError::Other(anyhow!("connection not ready: {e}")))?;
+    grpc.ready().await.map_err(|e| {
+        CallError::Other(anyhow!(
+            "connection not ready: {e}{}",
+            certificate_hint(opts)
+        ))
+    })?;
     let codec = codec::DynamicCodec::new(p.desc.output());
     let response = grpc
         .unary(
@@ -237,7 +282,7 @@ pub async fn call(opts: &CallOptions, method: &str, json: &str) -> Result<String
             codec,
         )
         .await
-        .map_err(CallError::Status)?;
+        .map_err(|s| status_error(s, opts))?;
     let value = to_json(&p.desc, response.into_inner())?;
     serde_json::to_string_pretty(&value)
         .map_err(|e| CallError::Other(anyhow!("cannot print the response: {e}")))
@@ -254,17 +299,20 @@ pub async fn call_streaming(
 ) -> Result<(), CallError> {
     let p = prepare(opts, method, json).await?;
     let mut grpc = tonic::client::Grpc::new(p.channel);
-    grpc.ready()
-        .await
-        .map_err(|e| CallError::Other(anyhow!("connection not ready: {e}")))?;
+    grpc.ready().await.map_err(|e| {
+        CallError::Other(anyhow!(
+            "connection not ready: {e}{}",
+            certificate_hint(opts)
+        ))
+    })?;
     let codec = codec::DynamicCodec::new(p.desc.output());
     let req = with_metadata(tonic::Request::new(p.message), opts).map_err(CallError::Other)?;
     let mut stream = grpc
         .server_streaming(req, p.path, codec)
         .await
-        .map_err(CallError::Status)?
+        .map_err(|s| status_error(s, opts))?
         .into_inner();
-    while let Some(message) = stream.message().await.map_err(CallError::Status)? {
+    while let Some(message) = stream.message().await.map_err(|s| status_error(s, opts))? {
         let value = to_json(&p.desc, message)?;
         each(value.to_string());
     }

@@ -13,32 +13,7 @@ use tonic_reflection::pb::v1::{
     server_reflection_response::MessageResponse, ServerReflectionRequest,
 };
 
-use super::{request, CallOptions};
-
-/// A status with what caused it: a transport error says why (a TLS alert
-/// such as a required client certificate, a refused connection).
-fn describe(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    let mut cause = std::error::Error::source(status);
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}
-
-/// For a connection lost without a client certificate over TLS: the
-/// likely reason (a gateway with a client CA requires certificates, and
-/// TLS 1.3 reports it only by closing the connection).
-fn hint(status: &tonic::Status, opts: &CallOptions) -> &'static str {
-    let transport = std::error::Error::source(status).is_some();
-    if transport && opts.tls.as_ref().is_some_and(|t| t.identity.is_none()) {
-        " (no --cert/--key given: a gateway with GATEWAY_TLS_CLIENT_CA_FILE refuses clients without a certificate)"
-    } else {
-        ""
-    }
-}
+use super::{describe, hint, request, CallOptions};
 
 async fn ask(
     channel: Channel,
@@ -59,7 +34,7 @@ async fn ask(
         .next()
         .await
         .ok_or_else(|| anyhow!("reflection: no answer"))?
-        .map_err(|s| anyhow!("reflection: {}", describe(&s)))?;
+        .map_err(|s| anyhow!("reflection: {}{}", describe(&s), hint(&s, opts)))?;
     match resp.message_response {
         Some(MessageResponse::ErrorResponse(e)) => Err(anyhow!("reflection: {}", e.error_message)),
         Some(other) => Ok(other),
