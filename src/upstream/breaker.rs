@@ -5,7 +5,7 @@
 //! States: **closed** (calls flow, outcomes are counted in a rolling
 //! window), **open** (calls fail at once for `open_for`), **half-open**
 //! (up to `half_open_probes` calls at once; one success closes, one failure
-//! reopens). Only signs of an unhealthy upstream count as failures:
+//! reopens; a probe counts only in the half-open period that admitted it). Only signs of an unhealthy upstream count as failures:
 //! transport errors, timeouts and 5xx; a 404 is not Imprint's fault.
 //!
 //! There is one breaker per upstream stack, i.e. per Imprint base URL (the
@@ -91,6 +91,9 @@ struct Slot {
 #[derive(Debug)]
 struct Inner {
     state: State,
+    /// Counts transitions: a probe belongs to the half-open period it was
+    /// admitted in, and says nothing about a later one.
+    generation: u64,
     start: Instant,
     slots: [Slot; SLOTS],
 }
@@ -136,7 +139,10 @@ struct Breaker {
 /// What a call may do.
 enum Admission {
     Closed,
-    Probe,
+    /// A probe of the half-open period numbered `generation`.
+    Probe {
+        generation: u64,
+    },
 }
 
 impl Breaker {
@@ -144,6 +150,7 @@ impl Breaker {
     fn transition(&self, inner: &mut Inner, to: State) {
         let (from, to_name) = (inner.state.name(), to.name());
         inner.state = to;
+        inner.generation += 1;
         let m = self.telemetry.metrics();
         let host = KeyValue::new("server.address", self.telemetry.upstream_host().to_string());
         m.breaker_transitions.add(
@@ -178,11 +185,15 @@ impl Breaker {
             State::Open { .. } => {
                 tracing::info!("circuit half-open: probing Imprint");
                 self.transition(&mut inner, State::HalfOpen { probes: 1 });
-                Ok(Admission::Probe)
+                Ok(Admission::Probe {
+                    generation: inner.generation,
+                })
             }
             State::HalfOpen { probes } if probes < self.config.half_open_probes => {
                 inner.state = State::HalfOpen { probes: probes + 1 };
-                Ok(Admission::Probe)
+                Ok(Admission::Probe {
+                    generation: inner.generation,
+                })
             }
             State::HalfOpen { .. } => Err(UpstreamError::CircuitOpen {
                 retry_after: self.config.open_for.min(Duration::from_millis(100)),
@@ -194,9 +205,10 @@ impl Breaker {
         let mut inner = self.inner.lock();
         let now = Instant::now();
         match admission {
-            Admission::Probe => {
-                if !matches!(inner.state, State::HalfOpen { .. }) {
-                    // Another probe already decided.
+            Admission::Probe { generation } => {
+                if inner.generation != generation {
+                    // Another probe already decided this half-open period;
+                    // a later one is for its own probes to decide.
                     return;
                 }
                 if failed {
@@ -228,10 +240,11 @@ impl Breaker {
     }
 
     /// A probe that ended without an outcome (its caller went away before
-    /// its deadline): give its slot back so another call can probe.
-    fn release_probe(&self) {
+    /// its deadline): give its slot back so another call can probe (in
+    /// its own half-open period only).
+    fn release_probe(&self, generation: u64) {
         let mut inner = self.inner.lock();
-        if let State::HalfOpen { probes } = inner.state {
+        if let (State::HalfOpen { probes }, true) = (&inner.state, inner.generation == generation) {
             inner.state = State::HalfOpen {
                 probes: probes.saturating_sub(1),
             };
@@ -277,8 +290,8 @@ impl Permit {
     }
 
     fn release(&self, admission: Admission) {
-        if matches!(admission, Admission::Probe) {
-            self.breaker.release_probe();
+        if let Admission::Probe { generation } = admission {
+            self.breaker.release_probe(generation);
         }
     }
 }
@@ -313,6 +326,7 @@ impl CircuitBreakerLayer {
             config,
             inner: Mutex::new(Inner {
                 state: State::Closed,
+                generation: 0,
                 start: Instant::now(),
                 slots: [Slot::default(); SLOTS],
             }),
@@ -612,6 +626,79 @@ mod tests {
         svc.clone().oneshot(with_deadline(100)).await.unwrap();
         svc.clone().oneshot(with_deadline(100)).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 7);
+    }
+
+    /// With several probes, one admitted in an earlier half-open period
+    /// (overtaken by another probe's failure) decides nothing in a later one.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_probe_does_not_decide_a_later_half_open_period() {
+        // 1-4 fail (open); 5 waits for `release` then succeeds; 6 fails;
+        // later calls hang.
+        let calls = Arc::new(AtomicU32::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (c, r) = (calls.clone(), release.clone());
+        let upstream = service_fn(move |_: UpstreamRequest| {
+            let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let r = r.clone();
+            async move {
+                match n {
+                    1..=4 | 6 => Err(unavailable()),
+                    5 => {
+                        r.notified().await;
+                        Ok(())
+                    }
+                    _ => std::future::pending().await,
+                }
+            }
+        });
+        let svc = breaker_layer(BreakerConfig {
+            half_open_probes: 2,
+            ..config()
+        })
+        .layer(upstream);
+        for _ in 0..4 {
+            svc.clone().oneshot(request()).await.unwrap_err();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // Half-open, first period: probe 5 waits, probe 6 fails (open again).
+        let stale = tokio::spawn(svc.clone().oneshot(request()));
+        for _ in 0..100 {
+            if calls.load(Ordering::SeqCst) == 5 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        svc.clone().oneshot(request()).await.unwrap_err();
+        assert!(matches!(
+            svc.clone().oneshot(request()).await,
+            Err(UpstreamError::CircuitOpen { .. })
+        ));
+        // Second period: probes 7 and 8 hang; then the stale probe succeeds.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let _probes = [
+            tokio::spawn(svc.clone().oneshot(request())),
+            tokio::spawn(svc.clone().oneshot(request())),
+        ];
+        for _ in 0..100 {
+            if calls.load(Ordering::SeqCst) == 8 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 8);
+        release.notify_one();
+        stale.await.unwrap().unwrap();
+        // Still half-open with both slots taken: not closed by the stale one
+        // (closed, the call would reach the hanging Imprint).
+        let answer = tokio::time::timeout(Duration::from_secs(1), svc.clone().oneshot(request()))
+            .await
+            .expect("refused at once, not sent to Imprint");
+        assert!(
+            matches!(answer, Err(UpstreamError::CircuitOpen { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 8);
     }
 
     #[tokio::test(start_paused = true)]
