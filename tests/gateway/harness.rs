@@ -404,15 +404,6 @@ pub fn assert_authenticated(r: &Recorded) {
     assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
 }
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A real redis-server of the test's own, on a Unix socket in its own
 /// directory: no port to find first and race for.
 pub struct RedisServer {
@@ -553,6 +544,24 @@ impl GatewayProcess {
             _dir: dir,
         }
     }
+}
+
+/// The addresses a `serve` process bound, from its JSON log file `log`
+/// (`imprint_gateway::server` at info or finer): start it on port 0, then
+/// ask here. Nothing to find first and race for.
+pub async fn listening_in(log: &std::path::Path) -> (SocketAddr, SocketAddr) {
+    for _ in 0..400 {
+        if let Ok(text) = std::fs::read_to_string(log) {
+            if let Some(addrs) = text.lines().find_map(listening_addrs) {
+                return addrs;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the gateway logged no listening addresses in {}",
+        log.display()
+    );
 }
 
 /// `(grpc, http)` from the gateway's JSON "listening" log line.

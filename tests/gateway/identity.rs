@@ -437,16 +437,14 @@ async fn sighup_reloads_the_certificate_and_no_key_material_is_logged() {
     let callers = dir.0.join("callers.toml");
     std::fs::write(&callers, TOKEN_POLICY).unwrap();
     let log_path = dir.0.join("gateway.log");
-    let grpc = crate::harness::free_port();
-    let http = crate::harness::free_port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"));
     cmd.arg("serve")
         .env("IMPRINT_API_BASE_URL", up.url())
         .env("IMPRINT_API_KEY", API_KEY)
         .env("IMPRINT_MERCHANT_KEY", MERCHANT_KEY)
         .env("GATEWAY_CALLER_TOKENS_FILE", &callers)
-        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         // SIGHUP only: the file watch is off.
         .env("GATEWAY__SERVER__WATCH_INTERVAL", "0s")
         .env("GATEWAY__CACHE__ENABLED", "false")
@@ -458,7 +456,7 @@ async fn sighup_reloads_the_certificate_and_no_key_material_is_logged() {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{grpc}").parse().unwrap();
+    let (addr, _) = crate::harness::listening_in(&log_path).await;
     let mut old = None;
     for _ in 0..100 {
         if let Ok(ch) = tls_channel(addr, &first.pem, None).await {

@@ -1109,7 +1109,6 @@ async fn no_key_secret_in_any_output_of_key_management() {
     )
     .unwrap();
     let log_path = dir.0.join("stderr.log");
-    let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -1120,8 +1119,8 @@ async fn no_key_secret_in_any_output_of_key_management() {
         .env("GATEWAY_CALLER_TOKENS_FILE", &callers)
         .env("GATEWAY_MASTER_KEY_FILE", &master)
         .env("GATEWAY_DATA_DIR", dir.0.join("data"))
-        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("GATEWAY_LOG_FORMAT", "json")
         .env("GATEWAY__CACHE__ENABLED", "false")
         .env("RUST_LOG", "trace")
@@ -1129,6 +1128,8 @@ async fn no_key_secret_in_any_output_of_key_management() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
+    let (grpc, http) = crate::harness::listening_in(&log_path).await;
+    let (grpc, http) = (grpc.port(), http.port());
     let mut channel = None;
     for _ in 0..200 {
         match Channel::from_shared(format!("http://127.0.0.1:{grpc}"))

@@ -716,7 +716,6 @@ async fn trace_level_json_logs_carry_the_trace_id_and_no_secret() {
     let tokens = dir.0.join("callers.toml");
     std::fs::write(&tokens, crate::harness::TOKENS_FILE).unwrap();
     let log_path = dir.0.join("stderr.log");
-    let (grpc, http) = (crate::harness::free_port(), crate::harness::free_port());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-gateway"))
         .arg("serve")
         .env("IMPRINT_API_BASE_URL", up.url())
@@ -725,8 +724,8 @@ async fn trace_level_json_logs_carry_the_trace_id_and_no_secret() {
         .env("IMPRINT_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("GATEWAY_DATA_DIR", dir.0.join("data"))
         .env("GATEWAY_CALLER_TOKENS_FILE", &tokens)
-        .env("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("GATEWAY_GRPC_ADDR", "127.0.0.1:0")
+        .env("GATEWAY_HTTP_ADDR", "127.0.0.1:0")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
         .env("GATEWAY_LOG_FORMAT", "json")
         .env("RUST_LOG", "trace")
@@ -734,6 +733,8 @@ async fn trace_level_json_logs_carry_the_trace_id_and_no_secret() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
+    let (grpc, http) = crate::harness::listening_in(&log_path).await;
+    let (grpc, http) = (grpc.port(), http.port());
     let mut channel = None;
     for _ in 0..100 {
         match tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
