@@ -35,12 +35,18 @@ pub struct EventsConfig {
     /// Durable local state (`GATEWAY_DATA_DIR`): the redb event log.
     pub data_dir: PathBuf,
     /// How many events a subscriber may fall behind the live feed before it
-    /// is ended as too slow.
+    /// is ended as too slow; at least [`MIN_SUBSCRIBER_BUFFER`].
     pub subscriber_buffer: usize,
     /// With Redis: wait until the append is fsync'd to the AOF (WAITAOF 1 0);
     /// needs `appendonly yes` on the server.
     pub redis_wait_aof: bool,
 }
+
+/// The largest burst events are published in: one redb commit of
+/// concurrent webhooks, or one read of the Redis stream (both 512). A
+/// caught-up subscriber is that far behind the live feed as a burst
+/// arrives, so a smaller buffer would end subscribers that keep up.
+pub const MIN_SUBSCRIBER_BUFFER: usize = 512;
 
 impl Default for EventsConfig {
     fn default() -> Self {
@@ -136,8 +142,11 @@ impl EventsConfig {
         if self.retention_max_events == 0 {
             return Err(err("events.retention_max_events", "must be at least 1"));
         }
-        if self.subscriber_buffer == 0 {
-            return Err(err("events.subscriber_buffer", "must be at least 1"));
+        if self.subscriber_buffer < MIN_SUBSCRIBER_BUFFER {
+            return Err(err(
+                "events.subscriber_buffer",
+                "must be at least 512, the largest burst events are published in (a smaller value ends subscribers that keep up)",
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(err("GATEWAY_DATA_DIR", "is empty"));

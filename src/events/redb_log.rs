@@ -21,8 +21,9 @@ const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const HEAD: &str = "head";
 const TRIMMED: &str = "trimmed_through";
-/// Appends committed together at most (bounds one transaction's size).
-const MAX_BATCH: usize = 512;
+/// Appends committed together at most (bounds one transaction's size); one
+/// commit is one burst for the subscribers, whose buffer is at least this.
+const MAX_BATCH: usize = crate::config::events::MIN_SUBSCRIBER_BUFFER;
 
 enum Op {
     Append(Box<NewEvent>, oneshot::Sender<Result<Appended, LogError>>),

@@ -160,7 +160,8 @@ async fn tail(
             Duration::from_millis(BLOCK_MS) + OP_TIMEOUT,
             redis::cmd("XREAD")
                 .arg("COUNT")
-                .arg(512)
+                // One read is one burst for the subscribers (see the minimum).
+                .arg(crate::config::events::MIN_SUBSCRIBER_BUFFER)
                 .arg("BLOCK")
                 .arg(BLOCK_MS)
                 .arg("STREAMS")

@@ -401,7 +401,8 @@ async fn resume_after_cursor_gets_exactly_what_followed() {
 
 #[tokio::test]
 async fn slow_subscriber_is_ended_with_resource_exhausted() {
-    let (gw, _data) = gateway(&[("GATEWAY__EVENTS__SUBSCRIBER_BUFFER", "4")]).await;
+    // The smallest buffer allowed: the largest publish burst.
+    let (gw, _data) = gateway(&[("GATEWAY__EVENTS__SUBSCRIBER_BUFFER", "512")]).await;
     let http = gw.http_addr().to_string();
     let mut client = EventServiceClient::new(gw.channel.clone());
     // A client that reads nothing: small HTTP/2 windows, so what the
@@ -426,9 +427,10 @@ async fn slow_subscriber_is_ended_with_resource_exhausted() {
         .await
         .unwrap()
         .into_inner();
-    // Large events fill the HTTP/2 window (64 KiB) and the queue quickly.
+    // Large events fill the slow one's HTTP/2 window (16 KiB) at once;
+    // then it falls behind by one event per post, past 512.
     let pad = "p".repeat(8 * 1024);
-    let n = 40;
+    let n = 560;
     for i in 0..n {
         let body = serde_json::json!({
             "object": "TRANSACTION",
