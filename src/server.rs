@@ -736,8 +736,67 @@ const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// Accepted gRPC connections with Nagle off. The builder's `tcp_nodelay`
 /// applies only to listeners tonic binds itself, not to an incoming stream:
 /// without this, a small answer can wait for the caller's delayed ACK (40 ms).
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<Unvectored<tokio::net::TcpStream>>> {
+    use futures::StreamExt as _;
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|conn| conn.map(Unvectored))
+}
+
+/// A connection that says it has no vectored writes, so that HTTP/2 (h2)
+/// copies frames under 1 KiB into its write buffer instead of chaining
+/// each one to be written on its own: a unary answer's headers, message and
+/// trailers then go out in one `write` instead of two `writev`, and the
+/// frames of many event streams queued together go out together.
+pub struct Unvectored<T>(T);
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for Unvectored<T>
+{
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Unvectored<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Unvectored<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

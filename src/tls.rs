@@ -327,15 +327,11 @@ impl AsyncWrite for TlsConn {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
+    /// No vectored writes, as on plaintext connections
+    /// ([`crate::server::Unvectored`]): HTTP/2 then gathers small frames in
+    /// its buffer, and a unary answer is one write (one TLS record) instead
+    /// of two.
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        false
     }
 }
