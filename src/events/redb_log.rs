@@ -86,7 +86,7 @@ impl RedbLog {
         let (live, _) = broadcast::channel(live_capacity.max(16));
         let writer = Writer {
             db: db.clone(),
-            live: live.clone(),
+            publish: Publisher::start(live.clone()),
         };
         let writer = std::thread::Builder::new()
             .name("event-log-writer".into())
@@ -168,7 +168,46 @@ impl EventLog for RedbLog {
 
 struct Writer {
     db: Arc<Database>,
-    live: broadcast::Sender<Arc<StoredEvent>>,
+    publish: Publisher,
+}
+
+/// Where committed events go live: from a task on the runtime when there
+/// is one, so that the subscribers' streams it wakes are queued on that
+/// worker (see [`super::subscribe`] on batching their frames), else from
+/// the writer thread itself.
+enum Publisher {
+    Task(tokio::sync::mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>),
+    Direct(broadcast::Sender<Arc<StoredEvent>>),
+}
+
+impl Publisher {
+    fn start(live: broadcast::Sender<Arc<StoredEvent>>) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Publisher::Direct(live);
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Arc<StoredEvent>>>();
+        runtime.spawn(async move {
+            while let Some(events) = rx.recv().await {
+                for ev in events {
+                    let _ = live.send(ev);
+                }
+            }
+        });
+        Publisher::Task(tx)
+    }
+
+    fn publish(&self, events: Vec<Arc<StoredEvent>>) {
+        match self {
+            Publisher::Task(tx) => {
+                let _ = tx.send(events);
+            }
+            Publisher::Direct(live) => {
+                for ev in events {
+                    let _ = live.send(ev);
+                }
+            }
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<Appended, LogError>>;
@@ -217,9 +256,7 @@ impl Writer {
                 // Published after the commit (a subscriber never sees an
                 // event the log could still lose) and after the callers are
                 // answered: waking every subscriber must not hold up the 2xx.
-                for ev in stored {
-                    let _ = self.live.send(ev);
-                }
+                self.publish.publish(stored);
             }
             Err(e) => {
                 tracing::error!(error = %e, "event log commit failed");

@@ -72,6 +72,26 @@ async fn receive(mut feed: Feed) -> Received {
     (r, feed)
 }
 
+/// Spends what is left of the polling task's tokio budget after a live
+/// event, so that the task its frame wakes (the HTTP/2 connection's) goes
+/// to the back of the worker's run queue, behind the other subscribers'
+/// streams the same event woke, instead of running next (tokio's LIFO
+/// slot): the connection then writes once for all the frames queued by
+/// then rather than once per frame. The live receiver is unconstrained, so
+/// this stream itself is not held back.
+fn spend_budget(cx: &mut Context<'_>) {
+    // Bounded: under `unconstrained` there is always budget left.
+    for _ in 0..128 {
+        if !tokio::task::coop::has_budget_remaining()
+            || std::pin::pin!(tokio::task::coop::consume_budget())
+                .poll(cx)
+                .is_pending()
+        {
+            return;
+        }
+    }
+}
+
 /// The live feed, waited on without an allocation per event.
 struct Live(ReusableBoxFuture<'static, Received>);
 
@@ -310,6 +330,7 @@ impl Stream for Subscription {
                     };
                     *caught_up = true;
                     if let Some(e) = this.take(e) {
+                        spend_budget(cx);
                         return Poll::Ready(Some(Ok(e)));
                     }
                 }
