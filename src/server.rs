@@ -752,9 +752,7 @@ fn incoming(
 /// frames of many event streams queued together go out together.
 pub struct Unvectored<T>(T);
 
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
-    for Unvectored<T>
-{
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Unvectored<T> {
     type ConnectInfo = T::ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.0.connect_info()
