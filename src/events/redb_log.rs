@@ -176,7 +176,12 @@ struct Writer {
 /// worker (see [`super::subscribe`] on batching their frames), else from
 /// the writer thread itself.
 enum Publisher {
-    Task(tokio::sync::mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>),
+    /// The task's queue, and the feed itself for when the task is gone
+    /// (its runtime stopped): committed events still go live.
+    Task(
+        tokio::sync::mpsc::UnboundedSender<Vec<Arc<StoredEvent>>>,
+        broadcast::Sender<Arc<StoredEvent>>,
+    ),
     Direct(broadcast::Sender<Arc<StoredEvent>>),
 }
 
@@ -186,26 +191,31 @@ impl Publisher {
             return Publisher::Direct(live);
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Arc<StoredEvent>>>();
+        let feed = live.clone();
         runtime.spawn(async move {
             while let Some(events) = rx.recv().await {
                 for ev in events {
-                    let _ = live.send(ev);
+                    let _ = feed.send(ev);
                 }
+                // One commit's burst at a time: the streams it woke run
+                // before the next burst lands (see `MIN_SUBSCRIBER_BUFFER`).
+                tokio::task::yield_now().await;
             }
         });
-        Publisher::Task(tx)
+        Publisher::Task(tx, live)
     }
 
     fn publish(&self, events: Vec<Arc<StoredEvent>>) {
-        match self {
-            Publisher::Task(tx) => {
-                let _ = tx.send(events);
-            }
-            Publisher::Direct(live) => {
-                for ev in events {
-                    let _ = live.send(ev);
-                }
-            }
+        let (events, live) = match self {
+            Publisher::Task(tx, live) => match tx.send(events) {
+                Ok(()) => return,
+                // The task is gone: from here, then.
+                Err(unsent) => (unsent.0, live),
+            },
+            Publisher::Direct(live) => (events, live),
+        };
+        for ev in events {
+            let _ = live.send(ev);
         }
     }
 }
@@ -348,6 +358,28 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    /// Opened on a runtime that has since stopped (its publishing task with
+    /// it): a committed event still goes live, from the writer.
+    #[test]
+    fn events_go_live_after_the_publishing_runtime_stopped() {
+        let first = tokio::runtime::Runtime::new().unwrap();
+        let log = first.block_on(async { RedbLog::in_memory(64).unwrap() });
+        drop(first);
+        let second = tokio::runtime::Runtime::new().unwrap();
+        second.block_on(async {
+            let mut live = log.live();
+            assert!(matches!(
+                log.append(new("late")).await.unwrap(),
+                Appended::New(_)
+            ));
+            let e = tokio::time::timeout(std::time::Duration::from_secs(10), live.recv())
+                .await
+                .expect("delivered live")
+                .unwrap();
+            assert_eq!(e.event.event_id, "late");
+        });
     }
 
     #[tokio::test]

@@ -5,8 +5,9 @@
 //! States: **closed** (calls flow, outcomes are counted in a rolling
 //! window), **open** (calls fail at once for `open_for`), **half-open**
 //! (up to `half_open_probes` calls at once; one success closes, one failure
-//! reopens; a probe counts only in the half-open period that admitted it). Only signs of an unhealthy upstream count as failures:
-//! transport errors, timeouts and 5xx; a 404 is not Imprint's fault.
+//! reopens; a probe counts only in the half-open period that admitted it).
+//! Only signs of an unhealthy upstream count as failures: transport errors,
+//! timeouts and 5xx; a 404 is not Imprint's fault.
 //!
 //! There is one breaker per upstream stack, i.e. per Imprint base URL (the
 //! gateway talks to one). Its state and every transition are metrics
