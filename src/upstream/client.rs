@@ -68,7 +68,7 @@ pub struct ClientConfig {
 
 /// Why the client could not be built. Names the setting, never its value.
 #[derive(Debug, thiserror::Error)]
-pub enum InvalidBaseUrl {
+pub enum InvalidClientConfig {
     #[error("upstream.base_url must be an absolute http or https URL")]
     BaseUrl,
     /// Only `http://` proxies are tunnelled through: an `https://` one would
@@ -92,14 +92,14 @@ const PROXY_VARIABLES: &[&str] = &[
 
 /// Refuses a proxy the tunnel cannot use safely: any scheme but `http`
 /// (a bare `host:port` is taken as `http://`, as the matcher takes it).
-fn check_proxies(get: impl Fn(&str) -> Option<String>) -> Result<(), InvalidBaseUrl> {
+fn check_proxies(get: impl Fn(&str) -> Option<String>) -> Result<(), InvalidClientConfig> {
     for name in PROXY_VARIABLES {
         let Some(value) = get(name).filter(|v| !v.trim().is_empty()) else {
             continue;
         };
         let value = value.trim();
         if value.contains("://") && !value.to_ascii_lowercase().starts_with("http://") {
-            return Err(InvalidBaseUrl::Proxy(name));
+            return Err(InvalidClientConfig::Proxy(name));
         }
     }
     Ok(())
@@ -126,23 +126,26 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl HttpClient {
     /// The client, with the proxies the environment names.
-    pub fn new(config: &ClientConfig) -> Result<Self, InvalidBaseUrl> {
+    pub fn new(config: &ClientConfig) -> Result<Self, InvalidClientConfig> {
         check_proxies(|name| std::env::var(name).ok())?;
         Self::with_proxies(config, Matcher::from_env())
     }
 
-    fn with_proxies(config: &ClientConfig, proxies: Matcher) -> Result<Self, InvalidBaseUrl> {
+    fn with_proxies(config: &ClientConfig, proxies: Matcher) -> Result<Self, InvalidClientConfig> {
         // Parsed the way the configuration check parsed it (IDNA, default
         // ports), once; every call reuses the scheme and authority.
         let url = reqwest::Url::parse(config.base_url.trim_end_matches('/'))
-            .map_err(|_| InvalidBaseUrl::BaseUrl)?;
+            .map_err(|_| InvalidClientConfig::BaseUrl)?;
         if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
-            return Err(InvalidBaseUrl::BaseUrl);
+            return Err(InvalidClientConfig::BaseUrl);
         }
-        let uri: Uri = url.as_str().parse().map_err(|_| InvalidBaseUrl::BaseUrl)?;
+        let uri: Uri = url
+            .as_str()
+            .parse()
+            .map_err(|_| InvalidClientConfig::BaseUrl)?;
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
         else {
-            return Err(InvalidBaseUrl::BaseUrl);
+            return Err(InvalidClientConfig::BaseUrl);
         };
         let prefix: Arc<str> = uri.path().trim_end_matches('/').into();
 
@@ -222,7 +225,7 @@ impl HttpClient {
 /// (and `extra` CAs), SNI on. ALPN is set by the connector builder.
 fn tls_config(
     extra: &[rustls_pki_types::CertificateDer<'static>],
-) -> Result<rustls::ClientConfig, InvalidBaseUrl> {
+) -> Result<rustls::ClientConfig, InvalidClientConfig> {
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -231,7 +234,7 @@ fn tls_config(
     for cert in extra {
         roots
             .add(cert.clone())
-            .map_err(|_| InvalidBaseUrl::ExtraCa)?;
+            .map_err(|_| InvalidClientConfig::ExtraCa)?;
     }
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

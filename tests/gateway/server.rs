@@ -403,41 +403,39 @@ fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.bytes().filter(|b| *b == b'-').count() == 4
 }
 
+/// The fixture customer's id, its REST path, and a GetCustomer for it.
+const CUSTOMER_ID: &str = "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4";
+const CUSTOMER_PATH: &str = "/v2/customers/9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4";
+
+fn get_fixture_customer() -> tonic::Request<GetCustomerRequest> {
+    req(GetCustomerRequest {
+        customer_id: CUSTOMER_ID.into(),
+    })
+}
+
 /// A method no `imprint.v2` service has is UNIMPLEMENTED, and nothing goes
 /// upstream; the real methods beside it are served.
 #[tokio::test]
 async fn an_unknown_method_of_a_served_service_is_unimplemented() {
     let up = FakeUpstream::start().await;
-    up.on(
-        Method::GET,
-        "/v2/customers/9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4",
-        Reply::ok(customer_json()),
-    );
+    up.on(Method::GET, CUSTOMER_PATH, Reply::ok(customer_json()));
     let gw = TestGateway::start(&up).await;
     let mut grpc = tonic::client::Grpc::new(gw.channel.clone());
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static("/imprint.v2.CustomerService/NoSuchMethod");
     let codec = tonic_prost::ProstCodec::<GetCustomerRequest, Customer>::default();
     let status = grpc
-        .unary(
-            req(GetCustomerRequest {
-                customer_id: "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4".into(),
-            }),
-            path,
-            codec,
-        )
+        .unary(get_fixture_customer(), path, codec)
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
     assert!(up.requests().is_empty());
     let customer = CustomerServiceClient::new(gw.channel.clone())
-        .get_customer(req(GetCustomerRequest {
-            customer_id: "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4".into(),
-        }))
+        .get_customer(get_fixture_customer())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(customer.id, "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4");
+    assert_eq!(customer, crate::fixtures::customer());
     assert_eq!(up.requests().len(), 1);
 }
 
@@ -483,27 +481,18 @@ async fn connect_proxy() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Strin
 #[tokio::test]
 async fn serve_reaches_imprint_through_the_proxy_the_environment_names() {
     let up = FakeUpstream::start().await;
-    up.on(
-        Method::GET,
-        "/v2/customers/9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4",
-        Reply::ok(customer_json()),
-    );
+    up.on(Method::GET, CUSTOMER_PATH, Reply::ok(customer_json()));
     let (proxy, heads) = connect_proxy().await;
     let gw =
         crate::harness::GatewayProcess::spawn(&up.url(), &[("HTTP_PROXY", proxy.as_str())]).await;
     let customer = CustomerServiceClient::new(gw.channel.clone())
-        .get_customer(req(GetCustomerRequest {
-            customer_id: "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4".into(),
-        }))
+        .get_customer(get_fixture_customer())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(customer.id, "9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4");
+    assert_eq!(customer, crate::fixtures::customer());
     let sent = up.only_request();
-    assert_eq!(
-        sent.path,
-        "/v2/customers/9B5E1EE0-2E1C-46E7-81B9-3C3917204BE4"
-    );
+    assert_eq!(sent.path, CUSTOMER_PATH);
     assert!(sent.headers.contains_key("authorization"));
     let heads = heads.lock().clone();
     let authority = up.url().trim_start_matches("http://").to_owned();
