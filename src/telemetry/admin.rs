@@ -58,21 +58,21 @@ pub fn list_upstream_calls(
     };
     let (calls, next) = telemetry.request_log().list(&query);
     let data = calls
-        .iter()
+        .into_iter()
         .map(|c| UpstreamCall {
             at: Some(timestamp(c.at)),
             rpc: c.rpc.into(),
-            method: c.method.clone(),
+            method: c.method,
             route_template: c.template.into(),
             status: i32::from(c.status),
-            error: c.error.clone().unwrap_or_default(),
+            error: c.error.unwrap_or_default(),
             latency: prost_types::Duration::try_from(c.latency).ok(),
             attempts: i32::try_from(c.attempts).unwrap_or(i32::MAX),
             caller: c.caller.to_string(),
             request_id: c.request_id.to_string(),
-            trace_id: c.trace_id.clone(),
-            request_body: c.request_body.clone(),
-            response_body: c.response_body.clone(),
+            trace_id: c.trace_id,
+            request_body: c.request_body,
+            response_body: c.response_body,
         })
         .collect();
     Ok(Response::new(ListUpstreamCallsResponse {

@@ -21,7 +21,7 @@ pub const ALWAYS_REDACTED: &[&str] = &["client_secret", "pci_details"];
 /// What replaces a redacted value.
 pub const REDACTED: &str = "[REDACTED]";
 
-/// One upstream call, as recorded.
+/// One upstream call, as recorded and as listed.
 #[derive(Debug, Clone)]
 pub struct UpstreamCall {
     /// Position in the log: the paging cursor.
@@ -44,13 +44,52 @@ pub struct UpstreamCall {
 }
 
 impl UpstreamCall {
+    /// The call's texts, in the order they sit in the log's bytes.
+    fn texts(&self) -> [&str; TEXTS] {
+        [
+            &self.method,
+            self.error.as_deref().unwrap_or_default(),
+            &self.request_id,
+            &self.trace_id,
+            &self.request_body,
+            &self.response_body,
+        ]
+    }
+}
+
+/// How many texts a call has (see [`UpstreamCall::texts`]).
+const TEXTS: usize = 6;
+
+/// A call as kept: its fixed fields, and where its texts sit in the
+/// log's bytes. The texts are copied into one byte ring rather than kept
+/// as allocations of their own: 10 000 calls' bodies held as separate
+/// allocations and freed oldest first hand every later allocation of the
+/// same size a chunk untouched for 10 000 calls, which made each call's
+/// own short-lived allocations slow (`docs/BENCHMARKS.md`).
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    at: SystemTime,
+    rpc: &'static str,
+    template: &'static str,
+    status: u16,
+    has_error: bool,
+    attempts: u32,
+    latency: Duration,
+    caller: Arc<str>,
+    /// Offset of its first text byte, counted from the log's beginning.
+    start: u64,
+    lens: [u32; TEXTS],
+}
+
+impl Entry {
+    fn text_len(&self) -> usize {
+        self.lens.iter().map(|&l| l as usize).sum()
+    }
+
+    /// What it counts against `max_bytes`.
     fn size(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.method.len()
-            + self.error.as_ref().map_or(0, String::len)
-            + self.trace_id.len()
-            + self.request_body.len()
-            + self.response_body.len()
+        std::mem::size_of::<Self>() + self.text_len()
     }
 }
 
@@ -69,9 +108,67 @@ pub struct Query {
 
 #[derive(Default)]
 struct Inner {
-    calls: VecDeque<Arc<UpstreamCall>>,
+    entries: VecDeque<Entry>,
+    /// The kept calls' texts, oldest first, back to back.
+    texts: VecDeque<u8>,
+    /// The offset of `texts[0]` since the log began.
+    base: u64,
     bytes: usize,
     next_seq: u64,
+}
+
+impl Inner {
+    fn evict_oldest(&mut self) -> bool {
+        let Some(old) = self.entries.pop_front() else {
+            return false;
+        };
+        let len = old.text_len();
+        // The oldest call's texts are the ring's front: dropping them
+        // moves its head and copies nothing.
+        self.texts.drain(..len);
+        self.base += len as u64;
+        self.bytes -= old.size();
+        true
+    }
+
+    /// `entry` as a listed call: its texts copied out of the ring.
+    fn expand(&self, entry: &Entry) -> UpstreamCall {
+        let mut at = usize::try_from(entry.start - self.base).unwrap_or(usize::MAX);
+        let mut texts = entry.lens.map(|len| {
+            let len = len as usize;
+            let text: Vec<u8> = self.texts.range(at..at + len).copied().collect();
+            at += len;
+            // Written from `&str`s and cut at their boundaries.
+            String::from_utf8(text).unwrap_or_default()
+        });
+        let mut take = |i: usize| std::mem::take(&mut texts[i]);
+        UpstreamCall {
+            seq: entry.seq,
+            at: entry.at,
+            rpc: entry.rpc,
+            method: take(0),
+            template: entry.template,
+            status: entry.status,
+            error: entry.has_error.then(|| take(1)),
+            latency: entry.latency,
+            attempts: entry.attempts,
+            caller: entry.caller.clone(),
+            request_id: take(2).into(),
+            trace_id: take(3),
+            request_body: take(4),
+            response_body: take(5),
+        }
+    }
+}
+
+/// Grows `deque` to hold `more`, by a quarter at a time rather than by
+/// doubling: a ring's head travels its whole capacity, so every byte of
+/// slack becomes resident.
+fn reserve<T>(deque: &mut VecDeque<T>, more: usize) {
+    let free = deque.capacity() - deque.len();
+    if free < more {
+        deque.reserve_exact(more.max(deque.capacity() / 4).max(64));
+    }
 }
 
 /// The log; see the module docs.
@@ -92,46 +189,70 @@ impl RequestLog {
 
     /// Stores `call` (its `seq` is assigned here), evicting the oldest
     /// beyond the bounds.
-    pub fn record(&self, mut call: UpstreamCall) {
+    pub fn record(&self, call: UpstreamCall) {
+        let texts = call.texts();
+        let lens = texts.map(|t| u32::try_from(t.len()).unwrap_or(u32::MAX));
         let mut inner = self.inner.lock();
-        call.seq = inner.next_seq;
+        let seq = inner.next_seq;
         inner.next_seq += 1;
-        let size = call.size();
-        if size > self.max_bytes || self.max_entries == 0 {
+        let entry = Entry {
+            seq,
+            at: call.at,
+            rpc: call.rpc,
+            template: call.template,
+            status: call.status,
+            has_error: call.error.is_some(),
+            attempts: call.attempts,
+            latency: call.latency,
+            caller: call.caller.clone(),
+            start: 0,
+            lens,
+        };
+        let size = entry.size();
+        if size > self.max_bytes || self.max_entries == 0 || lens.contains(&u32::MAX) {
             return;
         }
-        inner.bytes += size;
-        inner.calls.push_back(Arc::new(call));
-        while inner.calls.len() > self.max_entries || inner.bytes > self.max_bytes {
-            match inner.calls.pop_front() {
-                Some(old) => inner.bytes -= old.size(),
-                None => break,
+        // Room first, so the new texts go where the oldest were.
+        while inner.entries.len() >= self.max_entries || inner.bytes + size > self.max_bytes {
+            if !inner.evict_oldest() {
+                break;
             }
         }
+        let entry = Entry {
+            start: inner.base + inner.texts.len() as u64,
+            ..entry
+        };
+        reserve(&mut inner.texts, entry.text_len());
+        for text in texts {
+            inner.texts.extend(text.as_bytes());
+        }
+        reserve(&mut inner.entries, 1);
+        inner.entries.push_back(entry);
+        inner.bytes += size;
     }
 
     /// Newest first; the cursor of the next page when there is more.
-    pub fn list(&self, q: &Query) -> (Vec<Arc<UpstreamCall>>, Option<u64>) {
+    pub fn list(&self, q: &Query) -> (Vec<UpstreamCall>, Option<u64>) {
         let inner = self.inner.lock();
         let limit = q.limit.clamp(1, 1000);
         let mut out = Vec::new();
-        for call in inner.calls.iter().rev() {
-            if q.before.is_some_and(|b| call.seq >= b) {
+        for entry in inner.entries.iter().rev() {
+            if q.before.is_some_and(|b| entry.seq >= b) {
                 continue;
             }
-            if q.since.is_some_and(|s| call.at < s) {
+            if q.since.is_some_and(|s| entry.at < s) {
                 break;
             }
-            let matches = q.rpc.as_deref().is_none_or(|r| r == call.rpc)
-                && q.caller.as_deref().is_none_or(|c| c == &*call.caller)
-                && q.status_class.is_none_or(|c| call.status / 100 == c);
+            let matches = q.rpc.as_deref().is_none_or(|r| r == entry.rpc)
+                && q.caller.as_deref().is_none_or(|c| c == &*entry.caller)
+                && q.status_class.is_none_or(|c| entry.status / 100 == c);
             if !matches {
                 continue;
             }
             if out.len() == limit {
-                return (out, Some(call.seq + 1));
+                return (out, Some(entry.seq + 1));
             }
-            out.push(call.clone());
+            out.push(inner.expand(entry));
         }
         (out, None)
     }
@@ -142,7 +263,7 @@ impl RequestLog {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().calls.len()
+        self.inner.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -287,10 +408,61 @@ mod tests {
             ..Query::default()
         });
         assert!(only_a.iter().all(|c| c.rpc == "a"));
-        let small = RequestLog::new(100, 2 * call("a", 200).size());
+        // Each `call` holds "GET" and "r": 4 bytes of text.
+        let small = RequestLog::new(100, 2 * (std::mem::size_of::<Entry>() + 4));
         for _ in 0..10 {
             small.record(call("a", 200));
         }
         assert_eq!(small.len(), 2);
+    }
+
+    #[test]
+    fn texts_come_back_whole_after_the_ring_wraps_and_it_stays_small() {
+        let log = RequestLog::new(50, 1 << 20);
+        let body = |i: usize| format!("{{\"id\":\"c_{i}\",\"pad\":\"{}\"}}", "x".repeat(i % 97));
+        for i in 0..1000 {
+            let mut c = call("r", if i % 3 == 0 { 0 } else { 200 });
+            c.error = (i % 3 == 0).then(|| format!("reset {i}"));
+            c.request_id = format!("req-{i}").into();
+            c.trace_id = format!("{i:032x}");
+            c.request_body = if i % 2 == 0 {
+                body(i + 1)
+            } else {
+                String::new()
+            };
+            c.response_body = body(i);
+            log.record(c);
+        }
+        let (page, _) = log.list(&Query {
+            limit: 1000,
+            ..Query::default()
+        });
+        assert_eq!(page.len(), 50);
+        for c in page {
+            let i = usize::try_from(c.seq).unwrap();
+            assert_eq!(c.method, "GET");
+            assert_eq!(c.error, (i % 3 == 0).then(|| format!("reset {i}")));
+            assert_eq!(&*c.request_id, format!("req-{i}"));
+            assert_eq!(c.trace_id, format!("{i:032x}"));
+            let req = if i % 2 == 0 {
+                body(i + 1)
+            } else {
+                String::new()
+            };
+            assert_eq!(c.request_body, req);
+            assert_eq!(c.response_body, body(i));
+        }
+        let inner = log.inner.lock();
+        let live = inner.texts.len();
+        // Grown a quarter at a time: little slack for the ring to touch.
+        assert!(
+            inner.texts.capacity() <= live + live / 2 + 256,
+            "{live} live, capacity {}",
+            inner.texts.capacity()
+        );
+        assert_eq!(
+            inner.bytes,
+            inner.entries.iter().map(Entry::size).sum::<usize>()
+        );
     }
 }
