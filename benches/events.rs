@@ -19,6 +19,9 @@
 //! tokio worker. Besides latency, the CPU time each process spent per
 //! delivery from the first post until the last subscriber is done (ingest included) (`/proc/<pid>/stat`, clock-tick
 //! resolution) is reported: it varies far less with the machine's load.
+//! `STREAMS_PER_CONN` (default 1 000) sets how many subscribers share one
+//! HTTP/2 connection. The subscribers decode only each event's id
+//! (`DECODE=full`: whole events).
 //! `GATEWAY_BIN` runs another build of the gateway (e.g. an older
 //! commit's) under the same client, for a before/after in one run.
 //!
@@ -39,10 +42,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use imprint_gateway::{
-    events::pb::{event_service_client::EventServiceClient, SubscribeRequest},
-    sandbox::sign,
-};
+use imprint_gateway::{events::pb::SubscribeRequest, sandbox::sign};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
@@ -264,10 +264,83 @@ fn commit_floor() {
     );
 }
 
+/// What the subscribers read of each event by default: its id, to match
+/// the send time. prost skips the other fields without decoding them, so
+/// the client's CPU (on the same cores as the gateway) is spent on
+/// receiving, not on building messages the bench throws away. `DECODE=full`
+/// decodes whole events instead, as most subscribers would.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventId {
+    #[prost(string, tag = "3")]
+    event_id: String,
+}
+
+/// An event as the subscribers decode it; its id.
+trait Received: prost::Message + Default + Send + 'static {
+    fn into_id(self) -> String;
+}
+
+impl Received for EventId {
+    fn into_id(self) -> String {
+        self.event_id
+    }
+}
+
+impl Received for imprint_gateway::events::pb::Event {
+    fn into_id(self) -> String {
+        self.event_id
+    }
+}
+
+/// One subscriber: `Subscribe` on `ch`, each event's receipt time with its
+/// id, until `FANOUT_EVENTS` or the phase's time limit; `ready` counted
+/// once the stream is open.
+async fn receive<T: Received>(ch: Channel, ready: &AtomicUsize) -> Vec<(Instant, String)> {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.expect("channel ready");
+    let mut s = grpc
+        .server_streaming(
+            tonic::Request::new(SubscribeRequest::default()),
+            http::uri::PathAndQuery::from_static("/imprint.gateway.v1.EventService/Subscribe"),
+            tonic_prost::ProstCodec::<SubscribeRequest, T>::default(),
+        )
+        .await
+        .expect("subscribe")
+        .into_inner();
+    ready.fetch_add(1, Ordering::Relaxed);
+    let mut mine = Vec::with_capacity(FANOUT_EVENTS);
+    // One time limit for the whole stream, not a timer per message (whose
+    // cost would be counted in every receipt after it).
+    let _ = tokio::time::timeout(PHASE_LIMIT, async {
+        while mine.len() < FANOUT_EVENTS {
+            let Ok(Some(e)) = s.message().await else {
+                break;
+            };
+            // The receipt time, before anything else.
+            let now = Instant::now();
+            mine.push((now, e.into_id()));
+        }
+    })
+    .await;
+    mine
+}
+
+fn decode_full() -> bool {
+    std::env::var("DECODE").is_ok_and(|v| v == "full")
+}
+
+/// Streams per HTTP/2 connection: `STREAMS_PER_CONN`, default 1 000.
+fn streams_per_conn() -> usize {
+    std::env::var("STREAMS_PER_CONN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1000)
+}
+
 async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
-    // At most ~1000 streams per HTTP/2 connection.
     let mut channels: Vec<Channel> = Vec::new();
-    for _ in 0..subscribers.div_ceil(1000) {
+    for _ in 0..subscribers.div_ceil(streams_per_conn()) {
         channels.push(
             Endpoint::from_shared(format!("http://127.0.0.1:{}", gw.grpc))
                 .unwrap()
@@ -286,28 +359,11 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
         let (sent_at, latencies, ready) = (sent_at.clone(), latencies.clone(), ready.clone());
         let prefix = format!("fan{round}-");
         tasks.push(tokio::spawn(async move {
-            let mut s = EventServiceClient::new(ch)
-                .subscribe(SubscribeRequest::default())
-                .await
-                .expect("subscribe")
-                .into_inner();
-            ready.fetch_add(1, Ordering::Relaxed);
-            let mut mine = Vec::with_capacity(FANOUT_EVENTS);
-            // One time limit for the whole stream, not a timer per message
-            // (whose cost would be counted in every receipt after it).
-            let _ = tokio::time::timeout(PHASE_LIMIT, async {
-                let mut received = 0;
-                while received < FANOUT_EVENTS {
-                    let Ok(Some(e)) = s.message().await else {
-                        break;
-                    };
-                    // The receipt time, before anything else.
-                    let now = Instant::now();
-                    received += 1;
-                    mine.push((now, e.event_id));
-                }
-            })
-            .await;
+            let mine = if decode_full() {
+                receive::<imprint_gateway::events::pb::Event>(ch, &ready).await
+            } else {
+                receive::<EventId>(ch, &ready).await
+            };
             // Matched to the send times after the phase, not under the lock
             // on the way in.
             let sent_at = sent_at.lock().clone();
@@ -356,8 +412,10 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
         per_delivery(cpu_before.1, std::process::id()),
     );
     println!(
-        "fan-out to {subscribers} subscribers ({} streams set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
+        "fan-out to {subscribers} subscribers ({} streams on {} connections, {} decoding, set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
         subscribers,
+        channels.len(),
+        if decode_full() { "whole-event" } else { "id-only" },
         l.len(),
         subscribers * FANOUT_EVENTS,
         p(&l, 0.50),

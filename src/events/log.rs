@@ -21,8 +21,9 @@ pub struct StoredEvent {
     pub event: pb::Event,
     /// The customer it names ("" if none), for filtering.
     pub customer_id: String,
-    /// `event` encoded, once, for every subscriber it goes to.
-    encoded: OnceLock<Bytes>,
+    /// `event` encoded and framed for gRPC, once, for every subscriber it
+    /// goes to.
+    framed: OnceLock<Bytes>,
 }
 
 impl StoredEvent {
@@ -41,17 +42,23 @@ impl StoredEvent {
             cursor,
             event,
             customer_id,
-            encoded: OnceLock::new(),
+            framed: OnceLock::new(),
         }
     }
 
-    /// The protobuf encoding of [`Self::event`], made on first use and then
-    /// shared: a thousand subscribers cost one encoding, not a thousand
-    /// clones and encodings.
-    pub fn encoded(&self) -> Bytes {
-        self.encoded
-            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
+    /// [`Self::event`] as one gRPC message (`events::codec::frame`), made
+    /// on first use and then shared: a thousand subscribers cost one
+    /// encoding and no copy, not a thousand clones and encodings.
+    pub fn framed(&self) -> Bytes {
+        self.framed
+            .get_or_init(|| super::codec::frame(&self.event))
             .clone()
+    }
+
+    /// The protobuf encoding of [`Self::event`]: [`Self::framed`] without
+    /// its 5-byte prefix.
+    pub fn encoded(&self) -> Bytes {
+        self.framed().slice(5..)
     }
 
     /// Milliseconds since the epoch at which the gateway stored it.

@@ -258,7 +258,7 @@ impl Writer {
                 for ((_, waiter), r) in batch.drain(..).zip(results) {
                     if let Appended::New(ev) = &r {
                         // Encoded once, here off the runtime, for every subscriber.
-                        ev.encoded();
+                        ev.framed();
                         stored.push(ev.clone());
                     }
                     let _ = waiter.send(Ok(r));

@@ -180,7 +180,7 @@ async fn tail(
                             for e in events {
                                 last = e.cursor;
                                 // Encoded once here, for every subscriber.
-                                e.encoded();
+                                e.framed();
                                 let _ = live.send(e);
                             }
                         }

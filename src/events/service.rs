@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 use super::{
-    codec::{EncodedEvent, SubscribeCodec},
+    codec,
     invalidate::{self, CacheInvalidator},
     log::{Bounds, EventLog, Retention},
     pb::{
@@ -180,11 +180,11 @@ impl EventService for EventsService {
 /// The gRPC path of Subscribe.
 const SUBSCRIBE_PATH: &str = "/imprint.gateway.v1.EventService/Subscribe";
 
-/// EventService as mounted on the gateway's server: Subscribe with
-/// [`SubscribeCodec`] (each event encoded once, its bytes shared by every
-/// subscriber: a thousand subscribers cost one encoding and a thousand
-/// copies, not a thousand message clones and encodings); every other
-/// method is the generated server's.
+/// EventService as mounted on the gateway's server: Subscribe answered by
+/// [`codec`] (each event encoded and framed once, its bytes shared by every
+/// subscriber: a thousand subscribers cost one encoding and no copy, not a
+/// thousand message clones and encodings); every other method is the
+/// generated server's.
 #[derive(Clone)]
 pub struct EventsServer {
     subscribe: EventsService,
@@ -215,29 +215,6 @@ impl tonic::server::NamedService for EventsServer {
     const NAME: &'static str = super::Events::SERVICE_NAME;
 }
 
-/// Subscribe, answering with shared encoded events.
-struct SubscribeEncoded(EventsService);
-
-impl tonic::server::ServerStreamingService<SubscribeRequest> for SubscribeEncoded {
-    type Response = EncodedEvent;
-    type ResponseStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<EncodedEvent, Status>> + Send + 'static>,
-    >;
-    type Future =
-        futures::future::BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move {
-            use tokio_stream::StreamExt as _;
-            let queue = service.open(request.into_inner()).await?;
-            let stream: Self::ResponseStream =
-                Box::pin(queue.map(|r| r.map(|e| EncodedEvent(e.encoded()))));
-            Ok(Response::new(stream))
-        })
-    }
-}
-
 impl<B> tower::Service<http::Request<B>> for EventsServer
 where
     B: tonic::codegen::Body + Send + 'static,
@@ -258,10 +235,18 @@ where
         if req.uri().path() != SUBSCRIBE_PATH {
             return self.generated.call(req);
         }
-        let method = SubscribeEncoded(self.subscribe.clone());
-        let mut grpc = tonic::server::Grpc::new(SubscribeCodec)
-            .apply_max_message_size_config(self.max_decoding, self.max_encoding);
-        Box::pin(async move { Ok(grpc.server_streaming(method, req).await) })
+        let (service, max_decoding, max_encoding) =
+            (self.subscribe.clone(), self.max_decoding, self.max_encoding);
+        Box::pin(async move {
+            let opened = match codec::request(req, max_decoding).await {
+                Ok(r) => service.open(r).await,
+                Err(status) => Err(status),
+            };
+            Ok(match opened {
+                Ok(subscription) => codec::response(subscription, max_encoding),
+                Err(status) => status.into_http(),
+            })
+        })
     }
 }
 
