@@ -19,7 +19,7 @@
 //! tokio worker. Besides latency, the CPU time each process spent per
 //! delivery from the first post until the last subscriber is done (ingest included) (`/proc/<pid>/stat`, clock-tick
 //! resolution) is reported: it varies far less with the machine's load.
-//! `STREAMS_PER_CONN` (default 1 000) sets how many subscribers share one
+//! `STREAMS_PER_CONN` (default and at most 1 000) sets how many subscribers share one
 //! HTTP/2 connection. The subscribers decode only each event's id
 //! (`DECODE=full`: whole events).
 //! `GATEWAY_BIN` runs another build of the gateway (e.g. an older
@@ -329,13 +329,13 @@ fn decode_full() -> bool {
     std::env::var("DECODE").is_ok_and(|v| v == "full")
 }
 
-/// Streams per HTTP/2 connection: `STREAMS_PER_CONN`, default 1 000.
+/// Streams per HTTP/2 connection: `STREAMS_PER_CONN`, default and at most
+/// 1 000 (the gateway allows 1 024 concurrent streams per connection).
 fn streams_per_conn() -> usize {
     std::env::var("STREAMS_PER_CONN")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(1000)
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(1000, |n| n.clamp(1, 1000))
 }
 
 async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {

@@ -47,9 +47,14 @@ where
     if let Some(encoding) = req.headers().get("grpc-encoding") {
         if encoding.as_bytes() != b"identity" {
             let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
-            return Err(Status::unimplemented(format!(
+            let mut status = Status::unimplemented(format!(
                 "Content is compressed with `{encoding}` which isn't supported"
-            )));
+            ));
+            status.metadata_mut().insert(
+                "grpc-accept-encoding",
+                tonic::metadata::MetadataValue::from_static("identity"),
+            );
+            return Err(status);
         }
     }
     let mut stream = Streaming::new_request(
@@ -72,6 +77,7 @@ where
     let body = EventFrames {
         events,
         max_message: max_message.unwrap_or(usize::MAX),
+        ending: None,
         ended: false,
     };
     let mut response = http::Response::new(tonic::body::Body::new(body));
@@ -82,15 +88,46 @@ where
     response
 }
 
+/// What one DATA frame gathers at most when several events are ready at
+/// once (a history page): tonic's own yield threshold.
+const GATHER: usize = 32 << 10;
+
 /// A Subscribe response body: each event's shared frame, then the status
 /// (OK when the events end, or the error that ended them) as trailers.
+/// A live event goes out as its shared bytes; events that are ready
+/// together (catching up on history) are gathered into one frame.
 struct EventFrames<S> {
     events: S,
     max_message: usize,
+    /// How the call ends, once known but not yet sent.
+    ending: Option<Status>,
     ended: bool,
 }
 
-impl<S> EventFrames<S> {
+impl<S> EventFrames<S>
+where
+    S: Stream<Item = Result<Arc<StoredEvent>, Status>> + Unpin,
+{
+    /// The next event's frame, `Err` with how the call ends instead.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Status>> {
+        Poll::Ready(match ready!(Pin::new(&mut self.events).poll_next(cx)) {
+            Some(Ok(event)) => {
+                let framed = event.framed();
+                let len = framed.len() - 5;
+                if len > self.max_message || u32::try_from(len).is_err() {
+                    Err(Status::out_of_range(format!(
+                        "Error, encoded message length too large: found {len} bytes, the limit is: {} bytes",
+                        self.max_message.min(u32::MAX as usize)
+                    )))
+                } else {
+                    Ok(framed)
+                }
+            }
+            Some(Err(status)) => Err(status),
+            None => Err(Status::ok("")),
+        })
+    }
+
     fn end(&mut self, status: &Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.ended = true;
         let mut trailers = http::HeaderMap::new();
@@ -117,21 +154,31 @@ where
         if this.ended {
             return Poll::Ready(None);
         }
-        match ready!(Pin::new(&mut this.events).poll_next(cx)) {
-            Some(Ok(event)) => {
-                let framed = event.framed();
-                let len = framed.len() - 5;
-                if len > this.max_message {
-                    return this.end(&Status::out_of_range(format!(
-                        "Error, encoded message length too large: found {len} bytes, the limit is: {} bytes",
-                        this.max_message
-                    )));
-                }
-                Poll::Ready(Some(Ok(Frame::data(framed))))
-            }
-            Some(Err(status)) => this.end(&status),
-            None => this.end(&Status::ok("")),
+        if let Some(status) = this.ending.take() {
+            return this.end(&status);
         }
+        let first = match ready!(this.poll_event(cx)) {
+            Ok(frame) => frame,
+            Err(status) => return this.end(&status),
+        };
+        // More ready now (history): one frame, copied together. A live
+        // event leaves the budget spent (`events::subscribe`), so the
+        // next poll is pending and its shared bytes go out as they are.
+        let mut gathered: Option<BytesMut> = None;
+        while gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER {
+            match this.poll_event(cx) {
+                Poll::Ready(Ok(frame)) => gathered
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&frame),
+                Poll::Ready(Err(status)) => {
+                    this.ending = Some(status);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let data = gathered.map_or(first, BytesMut::freeze);
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -174,6 +221,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_live_event_is_its_shared_bytes_and_history_is_gathered() {
+        use futures::StreamExt as _;
+        let (a, b, c) = (stored(1), stored(2), stored(3));
+        // One event, then nothing yet: its frame is the shared bytes.
+        let live = futures::stream::iter([Ok(a.clone())]).chain(futures::stream::pending());
+        let mut body = response(live, None).into_body();
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame.as_ptr(), a.framed().as_ptr(), "copied");
+        // Ready together: one frame, in order.
+        let history = futures::stream::iter([Ok(a.clone()), Ok(b.clone()), Ok(c.clone())]);
+        let mut body = response(history, None).into_body();
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(frame, [a.framed(), b.framed(), c.framed()].concat());
+        let end = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(end["grpc-status"], "0");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
     async fn request_is_one_uncompressed_message() {
         let sent = SubscribeRequest {
             customer_id: Some("c_1".into()),
@@ -197,6 +269,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(gzip.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            gzip.metadata().get("grpc-accept-encoding").unwrap(),
+            "identity"
+        );
         let too_big = request(req(None, frame(&sent)), Some(2)).await.unwrap_err();
         assert_eq!(too_big.code(), tonic::Code::OutOfRange);
         let none = request(req(None, Bytes::new()), None).await.unwrap_err();

@@ -66,7 +66,7 @@ const TEXTS: usize = 6;
 /// allocations and freed oldest first hand every later allocation of the
 /// same size a chunk untouched for 10 000 calls, which made each call's
 /// own short-lived allocations slow (`docs/BENCHMARKS.md`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     seq: u64,
     at: SystemTime,
@@ -131,35 +131,64 @@ impl Inner {
         true
     }
 
-    /// `entry` as a listed call: its texts copied out of the ring.
-    fn expand(&self, entry: &Entry) -> UpstreamCall {
-        let mut at = usize::try_from(entry.start - self.base).unwrap_or(usize::MAX);
-        let mut texts = entry.lens.map(|len| {
-            let len = len as usize;
-            let text: Vec<u8> = self.texts.range(at..at + len).copied().collect();
-            at += len;
-            // Written from `&str`s and cut at their boundaries.
-            String::from_utf8(text).unwrap_or_default()
-        });
-        let mut take = |i: usize| std::mem::take(&mut texts[i]);
-        UpstreamCall {
-            seq: entry.seq,
-            at: entry.at,
-            rpc: entry.rpc,
-            method: take(0),
-            template: entry.template,
-            status: entry.status,
-            error: entry.has_error.then(|| take(1)),
-            latency: entry.latency,
-            attempts: entry.attempts,
-            caller: entry.caller.clone(),
-            request_id: take(2).into(),
-            trace_id: take(3),
-            request_body: take(4),
-            response_body: take(5),
+    /// Appends `entry`'s texts to `out`; false (and nothing appended) if
+    /// they are not in the ring, which would be a bug.
+    fn copy_texts(&self, entry: &Entry, out: &mut Vec<u8>) -> bool {
+        let span = entry
+            .start
+            .checked_sub(self.base)
+            .and_then(|from| usize::try_from(from).ok())
+            .and_then(|from| Some(from..from.checked_add(entry.text_len())?))
+            .filter(|span| span.end <= self.texts.len());
+        let Some(span) = span else {
+            debug_assert!(false, "call {} is not in the ring", entry.seq);
+            return false;
+        };
+        let (front, back) = self.texts.as_slices();
+        let split = front.len();
+        if span.start < split {
+            out.extend_from_slice(&front[span.start..span.end.min(split)]);
         }
+        if span.end > split {
+            out.extend_from_slice(&back[span.start.max(split) - split..span.end - split]);
+        }
+        true
     }
 }
+
+/// `entry` as a listed call, its texts cut from `texts` (what
+/// [`Inner::copy_texts`] copied for it).
+fn expand(entry: Entry, texts: &[u8]) -> UpstreamCall {
+    let mut at = 0;
+    let mut texts = entry.lens.map(|len| {
+        let text = texts.get(at..at + len as usize).unwrap_or_default();
+        at += len as usize;
+        // Written from `&str`s and cut at their boundaries: never lossy.
+        String::from_utf8_lossy(text).into_owned()
+    });
+    let mut take = |i: usize| std::mem::take(&mut texts[i]);
+    UpstreamCall {
+        seq: entry.seq,
+        at: entry.at,
+        rpc: entry.rpc,
+        method: take(0),
+        template: entry.template,
+        status: entry.status,
+        error: entry.has_error.then(|| take(1)),
+        latency: entry.latency,
+        attempts: entry.attempts,
+        caller: entry.caller,
+        request_id: take(2).into(),
+        trace_id: take(3),
+        request_body: take(4),
+        response_body: take(5),
+    }
+}
+
+/// The most text one listing copies (the page ends early, with a cursor,
+/// beyond it): bounds the time the log is locked against recording, and
+/// keeps a page under gRPC's default 4 MiB message limit.
+const PAGE_BYTES: usize = 2 << 20;
 
 /// Grows `deque` to hold `more`, by a quarter at a time rather than by
 /// doubling: a ring's head travels its whole capacity, so every byte of
@@ -168,6 +197,14 @@ fn reserve<T>(deque: &mut VecDeque<T>, more: usize) {
     let free = deque.capacity() - deque.len();
     if free < more {
         deque.reserve_exact(more.max(deque.capacity() / 4).max(64));
+    }
+}
+
+/// Gives back what a burst of large calls grew `deque` to, once it holds
+/// far less: the ring's head would otherwise keep all of it resident.
+fn shrink<T>(deque: &mut VecDeque<T>, floor: usize) {
+    if deque.capacity() > 4 * deque.len() + floor {
+        deque.shrink_to(2 * deque.len());
     }
 }
 
@@ -218,6 +255,8 @@ impl RequestLog {
                 break;
             }
         }
+        shrink(&mut inner.texts, 1 << 20);
+        shrink(&mut inner.entries, 4096);
         let entry = Entry {
             start: inner.base + inner.texts.len() as u64,
             ..entry
@@ -231,30 +270,50 @@ impl RequestLog {
         inner.bytes += size;
     }
 
-    /// Newest first; the cursor of the next page when there is more.
+    /// Newest first; the cursor of the next page when there is more. A
+    /// page ends early once it holds [`PAGE_BYTES`] of text.
     pub fn list(&self, q: &Query) -> (Vec<UpstreamCall>, Option<u64>) {
-        let inner = self.inner.lock();
         let limit = q.limit.clamp(1, 1000);
-        let mut out = Vec::new();
-        for entry in inner.entries.iter().rev() {
-            if q.before.is_some_and(|b| entry.seq >= b) {
-                continue;
+        let mut found = Vec::new();
+        let mut texts = Vec::new();
+        let mut next = None;
+        {
+            let inner = self.inner.lock();
+            for entry in inner.entries.iter().rev() {
+                if q.before.is_some_and(|b| entry.seq >= b) {
+                    continue;
+                }
+                if q.since.is_some_and(|s| entry.at < s) {
+                    break;
+                }
+                let matches = q.rpc.as_deref().is_none_or(|r| r == entry.rpc)
+                    && q.caller.as_deref().is_none_or(|c| c == &*entry.caller)
+                    && q.status_class.is_none_or(|c| entry.status / 100 == c);
+                if !matches {
+                    continue;
+                }
+                let full = texts.len() + entry.text_len() > PAGE_BYTES && !found.is_empty();
+                if found.len() == limit || full {
+                    next = Some(entry.seq + 1);
+                    break;
+                }
+                if inner.copy_texts(entry, &mut texts) {
+                    found.push(entry.clone());
+                }
             }
-            if q.since.is_some_and(|s| entry.at < s) {
-                break;
-            }
-            let matches = q.rpc.as_deref().is_none_or(|r| r == entry.rpc)
-                && q.caller.as_deref().is_none_or(|c| c == &*entry.caller)
-                && q.status_class.is_none_or(|c| entry.status / 100 == c);
-            if !matches {
-                continue;
-            }
-            if out.len() == limit {
-                return (out, Some(entry.seq + 1));
-            }
-            out.push(inner.expand(entry));
         }
-        (out, None)
+        // Cut into strings after the lock is released.
+        let mut at = 0;
+        let calls = found
+            .into_iter()
+            .map(|entry| {
+                let len = entry.text_len();
+                let call = expand(entry, texts.get(at..at + len).unwrap_or_default());
+                at += len;
+                call
+            })
+            .collect();
+        (calls, next)
     }
 
     /// Whether anything is kept (a zero bound turns the log off).
@@ -414,6 +473,44 @@ mod tests {
             small.record(call("a", 200));
         }
         assert_eq!(small.len(), 2);
+    }
+
+    #[test]
+    fn a_page_stops_at_its_byte_budget_and_a_burst_is_given_back() {
+        let log = RequestLog::new(100, 64 << 20);
+        let big = "x".repeat(PAGE_BYTES / 3);
+        for _ in 0..7 {
+            let mut c = call("r", 200);
+            c.response_body = big.clone();
+            log.record(c);
+        }
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let (page, next) = log.list(&Query {
+                limit: 100,
+                before,
+                ..Query::default()
+            });
+            assert!(!page.is_empty() && page.len() <= 3, "{} calls", page.len());
+            assert!(page.iter().all(|c| c.response_body == big));
+            seen.extend(page.iter().map(|c| c.seq));
+            match next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (0..7).rev().collect::<Vec<u64>>());
+        // Small calls push the burst out; the ring shrinks back.
+        for _ in 0..100 {
+            log.record(call("r", 200));
+        }
+        let inner = log.inner.lock();
+        assert!(
+            inner.texts.capacity() <= 4 * inner.texts.len() + (1 << 20),
+            "capacity {}",
+            inner.texts.capacity()
+        );
     }
 
     #[test]
