@@ -394,6 +394,10 @@ fn sandbox_prints_a_first_call_that_works() {
     let first_call = first_call.unwrap();
     let out = run(&first_call);
     let listed = run(&list.unwrap());
+    // A reader that is gone (`| head`, here `| true`) is not an error of `call`.
+    let cut = run(&format!("{first_call} | true"));
+    let cut_err = String::from_utf8_lossy(&cut.stderr);
+    assert!(!cut_err.contains("panicked"), "{cut_err}");
     let missing =
         run(&first_call.replace(imprint_gateway::sandbox::seed::JOHN, "no-such-customer"));
     // A simulated transaction: the sandbox prints its verified webhooks.

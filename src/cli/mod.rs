@@ -236,10 +236,7 @@ fn call(args: CallArgs) -> ExitCode {
     };
     if args.list {
         return match rt.block_on(crate::call::list(&opts)) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
+            Ok(text) => emit(&text),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
@@ -259,10 +256,9 @@ fn call(args: CallArgs) -> ExitCode {
         if crate::call::is_server_streaming(&opts, &method).await? {
             // One JSON object per line, printed as each message arrives.
             crate::call::call_streaming(&opts, &method, &json, |line| {
-                use std::io::Write as _;
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
+                if emit(&format!("{line}\n")) != ExitCode::SUCCESS {
+                    std::process::exit(1);
+                }
             })
             .await
             .map(|()| String::new())
@@ -271,17 +267,29 @@ fn call(args: CallArgs) -> ExitCode {
         }
     });
     match result {
-        Ok(text) => {
-            if !text.is_empty() {
-                println!("{text}");
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(text) if text.is_empty() => ExitCode::SUCCESS,
+        Ok(text) => emit(&format!("{text}\n")),
         Err(e) => {
             eprint!("{}", e.report());
             if matches!(e, crate::call::CallError::Other(_)) {
                 eprintln!();
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `text` to standard output. A reader that has gone (`call … |
+/// head`) ends the output, not in a panic: for a stream, the process ends
+/// there, successfully.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing the answer: {e}");
             ExitCode::FAILURE
         }
     }
