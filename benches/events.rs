@@ -7,6 +7,10 @@
 //!    sender posts events at a steady pace — p99 from the POST to each
 //!    subscriber's receipt, and the gateway's RSS (peak).
 //!
+//! 3. Replay: after ingest, 1 and then 10 subscribers at once read the
+//!    whole log from the oldest event (history catch-up) — events/s, and
+//!    the gateway's CPU per event.
+//!
 //! 0. The floor under both: what one durable commit costs on this disk —
 //!    `fdatasync` of a 1 KiB append, and a one-event redb commit (the same
 //!    `Durability::Immediate` the gateway uses) — p50 and p99.
@@ -186,7 +190,8 @@ fn p(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
-async fn ingest(gw: &Gateway) {
+/// Posts the ingest phase's webhooks; how many were stored.
+async fn ingest(gw: &Gateway) -> usize {
     let client = reqwest::Client::new();
     let sent = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(INGEST_MAX)));
@@ -223,6 +228,69 @@ async fn ingest(gw: &Gateway) {
         p(&l, 0.50),
         p(&l, 0.99),
         l.last().copied().unwrap_or_default()
+    );
+    l.len()
+}
+
+/// History catch-up: `readers` subscribers at once, each from the oldest
+/// event until it has `stored` (what ingest stored); events/s each and in
+/// all, and the gateway's CPU per event delivered.
+async fn replay(gw: &Gateway, stored: usize, readers: usize) {
+    use imprint_gateway::events::pb::StartPosition;
+    let ch = Endpoint::from_shared(format!("http://127.0.0.1:{}", gw.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let cpu_before = cpu_secs(gw.child.id());
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..readers)
+        .map(|_| {
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                let mut grpc = tonic::client::Grpc::new(ch);
+                grpc.ready().await.expect("channel ready");
+                let mut s = grpc
+                    .server_streaming(
+                        tonic::Request::new(SubscribeRequest {
+                            start: StartPosition::Oldest as i32,
+                            ..Default::default()
+                        }),
+                        http::uri::PathAndQuery::from_static(
+                            "/imprint.gateway.v1.EventService/Subscribe",
+                        ),
+                        tonic_prost::ProstCodec::<SubscribeRequest, EventId>::default(),
+                    )
+                    .await
+                    .expect("subscribe")
+                    .into_inner();
+                let mut n = 0;
+                let _ = tokio::time::timeout(PHASE_LIMIT, async {
+                    while n < stored {
+                        match s.message().await {
+                            Ok(Some(_)) => n += 1,
+                            _ => break,
+                        }
+                    }
+                })
+                .await;
+                (n, start.elapsed())
+            })
+        })
+        .collect();
+    let mut got = 0;
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (n, took) = t.await.unwrap();
+        got += n;
+        slowest = slowest.max(took);
+    }
+    let cpu = (cpu_secs(gw.child.id()) - cpu_before) * 1e6 / got.max(1) as f64;
+    println!(
+        "replay from the oldest, {readers} at once: {got} events of {} expected in {slowest:.2?} = {:.0} events/s in all, {:.0}/s each; gateway CPU per event {cpu:.1} µs",
+        stored * readers,
+        got as f64 / slowest.as_secs_f64(),
+        got as f64 / slowest.as_secs_f64() / readers as f64,
     );
 }
 
@@ -452,7 +520,10 @@ fn main() {
     commit_floor();
     rt.block_on(async {
         let gw = spawn_gateway();
-        ingest(&gw).await;
+        let stored = ingest(&gw).await;
+        for readers in [1, 10] {
+            replay(&gw, stored, readers).await;
+        }
         // FANOUT=1000 runs one round only.
         let rounds: Vec<usize> = std::env::var("FANOUT")
             .unwrap_or_else(|_| "1000,10000".into())
