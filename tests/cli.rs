@@ -395,9 +395,20 @@ fn sandbox_prints_a_first_call_that_works() {
     let out = run(&first_call);
     let listed = run(&list.unwrap());
     // A reader that is gone (`| head`, here `| true`) is not an error of `call`.
-    let cut = run(&format!("{first_call} | true"));
+    let cut = Command::new("bash")
+        .args(["-o", "pipefail", "-c"])
+        .arg(format!("{first_call} | true").replace(
+            "cargo run --release --",
+            env!("CARGO_BIN_EXE_imprint-gateway"),
+        ))
+        .output()
+        .unwrap();
     let cut_err = String::from_utf8_lossy(&cut.stderr);
-    assert!(!cut_err.contains("panicked"), "{cut_err}");
+    assert!(
+        cut.status.success() && !cut_err.contains("panicked"),
+        "{:?}: {cut_err}",
+        cut.status
+    );
     let missing =
         run(&first_call.replace(imprint_gateway::sandbox::seed::JOHN, "no-such-customer"));
     // A simulated transaction: the sandbox prints its verified webhooks.

@@ -88,14 +88,16 @@ where
     response
 }
 
-/// What one DATA frame gathers at most when several events are ready at
-/// once (a history page): tonic's own yield threshold.
+/// About how much one body chunk gathers when several events are ready at
+/// once (a history page, a burst committed together): tonic's own yield
+/// threshold. h2 cuts a chunk into frames of at most 16 KiB.
 const GATHER: usize = 32 << 10;
 
 /// A Subscribe response body: each event's shared frame, then the status
 /// (OK when the events end, or the error that ended them) as trailers.
-/// A live event goes out as its shared bytes; events that are ready
-/// together (catching up on history) are gathered into one frame.
+/// An event alone goes out as its shared bytes; events that are ready
+/// together (a history page, or several committed at once) are copied
+/// into one chunk.
 struct EventFrames<S> {
     events: S,
     max_message: usize,
@@ -161,9 +163,9 @@ where
             Ok(frame) => frame,
             Err(status) => return this.end(&status),
         };
-        // More ready now (history): one frame, copied together. A live
-        // event leaves the budget spent (`events::subscribe`), so the
-        // next poll is pending and its shared bytes go out as they are.
+        // More ready now (a history page, a burst of live events): one
+        // chunk, copied together. A live event with nothing newer behind
+        // it finds the feed pending and goes out as its shared bytes.
         let mut gathered: Option<BytesMut> = None;
         while gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER {
             match this.poll_event(cx) {

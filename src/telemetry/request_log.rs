@@ -57,6 +57,23 @@ impl UpstreamCall {
     }
 }
 
+/// The largest body kept; a larger one is kept as a note of its size, so
+/// that any one call fits a `ListUpstreamCalls` page under gRPC's default
+/// 4 MiB message limit.
+pub const MAX_KEPT_BODY: usize = 1 << 20;
+
+/// `body`, or a note of its size when it is over [`MAX_KEPT_BODY`].
+fn kept(body: String) -> String {
+    if body.len() > MAX_KEPT_BODY {
+        format!(
+            "[{} bytes, over the request log's {MAX_KEPT_BODY}: not kept]",
+            body.len()
+        )
+    } else {
+        body
+    }
+}
+
 /// How many texts a call has (see [`UpstreamCall::texts`]).
 const TEXTS: usize = 6;
 
@@ -202,9 +219,10 @@ fn reserve<T>(deque: &mut VecDeque<T>, more: usize) {
 
 /// Gives back what a burst of large calls grew `deque` to, once it holds
 /// far less: the ring's head would otherwise keep all of it resident.
-fn shrink<T>(deque: &mut VecDeque<T>, floor: usize) {
-    if deque.capacity() > 4 * deque.len() + floor {
-        deque.shrink_to(2 * deque.len());
+/// `more` is about to be added.
+fn shrink<T>(deque: &mut VecDeque<T>, floor: usize, more: usize) {
+    if deque.capacity() > 4 * deque.len() + floor + more {
+        deque.shrink_to(2 * deque.len() + more);
     }
 }
 
@@ -226,7 +244,9 @@ impl RequestLog {
 
     /// Stores `call` (its `seq` is assigned here), evicting the oldest
     /// beyond the bounds.
-    pub fn record(&self, call: UpstreamCall) {
+    pub fn record(&self, mut call: UpstreamCall) {
+        call.request_body = kept(std::mem::take(&mut call.request_body));
+        call.response_body = kept(std::mem::take(&mut call.response_body));
         let texts = call.texts();
         let lens = texts.map(|t| u32::try_from(t.len()).unwrap_or(u32::MAX));
         let mut inner = self.inner.lock();
@@ -255,8 +275,8 @@ impl RequestLog {
                 break;
             }
         }
-        shrink(&mut inner.texts, 1 << 20);
-        shrink(&mut inner.entries, 4096);
+        shrink(&mut inner.texts, 1 << 20, entry.text_len());
+        shrink(&mut inner.entries, 4096, 1);
         let entry = Entry {
             start: inner.base + inner.texts.len() as u64,
             ..entry
@@ -501,6 +521,21 @@ mod tests {
             }
         }
         assert_eq!(seen, (0..7).rev().collect::<Vec<u64>>());
+        // A body over MAX_KEPT_BODY is kept as a note of its size.
+        let mut huge = call("r", 200);
+        huge.response_body = "y".repeat(MAX_KEPT_BODY + 1);
+        log.record(huge);
+        let (page, _) = log.list(&Query {
+            limit: 1,
+            ..Query::default()
+        });
+        assert_eq!(
+            page[0].response_body,
+            format!(
+                "[{} bytes, over the request log's {MAX_KEPT_BODY}: not kept]",
+                MAX_KEPT_BODY + 1
+            )
+        );
         // Small calls push the burst out; the ring shrinks back.
         for _ in 0..100 {
             log.record(call("r", 200));
