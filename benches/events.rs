@@ -248,22 +248,11 @@ async fn replay(gw: &Gateway, stored: usize, readers: usize) {
         .map(|_| {
             let ch = ch.clone();
             tokio::spawn(async move {
-                let mut grpc = tonic::client::Grpc::new(ch);
-                grpc.ready().await.expect("channel ready");
-                let mut s = grpc
-                    .server_streaming(
-                        tonic::Request::new(SubscribeRequest {
-                            start: StartPosition::Oldest as i32,
-                            ..Default::default()
-                        }),
-                        http::uri::PathAndQuery::from_static(
-                            "/imprint.gateway.v1.EventService/Subscribe",
-                        ),
-                        tonic_prost::ProstCodec::<SubscribeRequest, EventId>::default(),
-                    )
-                    .await
-                    .expect("subscribe")
-                    .into_inner();
+                let oldest = SubscribeRequest {
+                    start: StartPosition::Oldest as i32,
+                    ..Default::default()
+                };
+                let mut s = subscribe::<EventId>(ch, oldest).await;
                 let mut n = 0;
                 let _ = tokio::time::timeout(PHASE_LIMIT, async {
                     while n < stored {
@@ -360,21 +349,25 @@ impl Received for imprint_gateway::events::pb::Event {
     }
 }
 
+/// `Subscribe` on `ch` as `req` asks, its events decoded as `T`.
+async fn subscribe<T: Received>(ch: Channel, req: SubscribeRequest) -> tonic::Streaming<T> {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.expect("channel ready");
+    grpc.server_streaming(
+        tonic::Request::new(req),
+        http::uri::PathAndQuery::from_static("/imprint.gateway.v1.EventService/Subscribe"),
+        tonic_prost::ProstCodec::<SubscribeRequest, T>::default(),
+    )
+    .await
+    .expect("subscribe")
+    .into_inner()
+}
+
 /// One subscriber: `Subscribe` on `ch`, each event's receipt time with its
 /// id, until `FANOUT_EVENTS` or the phase's time limit; `ready` counted
 /// once the stream is open.
 async fn receive<T: Received>(ch: Channel, ready: &AtomicUsize) -> Vec<(Instant, String)> {
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready().await.expect("channel ready");
-    let mut s = grpc
-        .server_streaming(
-            tonic::Request::new(SubscribeRequest::default()),
-            http::uri::PathAndQuery::from_static("/imprint.gateway.v1.EventService/Subscribe"),
-            tonic_prost::ProstCodec::<SubscribeRequest, T>::default(),
-        )
-        .await
-        .expect("subscribe")
-        .into_inner();
+    let mut s = subscribe::<T>(ch, SubscribeRequest::default()).await;
     ready.fetch_add(1, Ordering::Relaxed);
     let mut mine = Vec::with_capacity(FANOUT_EVENTS);
     // One time limit for the whole stream, not a timer per message (whose

@@ -48,17 +48,11 @@ impl StoredEvent {
 
     /// [`Self::event`] as one gRPC message (`events::codec::frame`), made
     /// on first use and then shared: a thousand subscribers cost one
-    /// encoding and no copy, not a thousand clones and encodings.
+    /// encoding and no buffer each, not a thousand clones and encodings.
     pub fn framed(&self) -> Bytes {
         self.framed
             .get_or_init(|| super::codec::frame(&self.event))
             .clone()
-    }
-
-    /// The protobuf encoding of [`Self::event`]: [`Self::framed`] without
-    /// its 5-byte prefix.
-    pub fn encoded(&self) -> Bytes {
-        self.framed().slice(5..)
     }
 
     /// Milliseconds since the epoch at which the gateway stored it.

@@ -182,7 +182,7 @@ const SUBSCRIBE_PATH: &str = "/imprint.gateway.v1.EventService/Subscribe";
 
 /// EventService as mounted on the gateway's server: Subscribe answered by
 /// [`codec`] (each event encoded and framed once, its bytes shared by every
-/// subscriber: a thousand subscribers cost one encoding and no copy, not a
+/// subscriber: a thousand subscribers cost one encoding and no buffer each, not a
 /// thousand message clones and encodings); every other method is the
 /// generated server's.
 #[derive(Clone)]

@@ -57,22 +57,10 @@ impl UpstreamCall {
     }
 }
 
-/// The largest body kept; a larger one is kept as a note of its size, so
-/// that any one call fits a `ListUpstreamCalls` page under gRPC's default
-/// 4 MiB message limit.
+/// The largest body kept ([`redact`]); a larger one is kept as a note of
+/// its size, so that any one call fits a `ListUpstreamCalls` page under
+/// gRPC's default 4 MiB message limit.
 pub const MAX_KEPT_BODY: usize = 1 << 20;
-
-/// `body`, or a note of its size when it is over [`MAX_KEPT_BODY`].
-fn kept(body: String) -> String {
-    if body.len() > MAX_KEPT_BODY {
-        format!(
-            "[{} bytes, over the request log's {MAX_KEPT_BODY}: not kept]",
-            body.len()
-        )
-    } else {
-        body
-    }
-}
 
 /// How many texts a call has (see [`UpstreamCall::texts`]).
 const TEXTS: usize = 6;
@@ -243,10 +231,8 @@ impl RequestLog {
     }
 
     /// Stores `call` (its `seq` is assigned here), evicting the oldest
-    /// beyond the bounds.
-    pub fn record(&self, mut call: UpstreamCall) {
-        call.request_body = kept(std::mem::take(&mut call.request_body));
-        call.response_body = kept(std::mem::take(&mut call.response_body));
+    /// beyond the bounds. Its bodies are what [`redact`] made of them.
+    pub fn record(&self, call: UpstreamCall) {
         let texts = call.texts();
         let lens = texts.map(|t| u32::try_from(t.len()).unwrap_or(u32::MAX));
         let mut inner = self.inner.lock();
@@ -352,10 +338,20 @@ impl RequestLog {
 
 /// `body` as JSON text with every field named in `fields` or
 /// [`ALWAYS_REDACTED`] replaced, at any depth, and every value in `values`
-/// scrubbed from what remains. A body that is not JSON is not kept.
+/// scrubbed from what remains. A body that is not JSON is not kept, nor one
+/// over [`MAX_KEPT_BODY`] (not parsed either): a note of its size instead.
 pub fn redact(body: &[u8], fields: &[&str], values: &[SecretString]) -> String {
     if body.is_empty() {
         return String::new();
+    }
+    let too_big = || {
+        format!(
+            "[{} bytes, over the request log's {MAX_KEPT_BODY}: not kept]",
+            body.len()
+        )
+    };
+    if body.len() > MAX_KEPT_BODY {
+        return too_big();
     }
     let not_kept = || format!("[{} bytes, not JSON: not kept]", body.len());
     let mut text = match std::str::from_utf8(body) {
@@ -381,6 +377,10 @@ pub fn redact(body: &[u8], fields: &[&str], values: &[SecretString]) -> String {
         if !v.is_empty() {
             text = text.replace(v, REDACTED);
         }
+    }
+    // Redaction can lengthen a body a little.
+    if text.len() > MAX_KEPT_BODY {
+        return too_big();
     }
     text
 }
@@ -523,7 +523,8 @@ mod tests {
         assert_eq!(seen, (0..7).rev().collect::<Vec<u64>>());
         // A body over MAX_KEPT_BODY is kept as a note of its size.
         let mut huge = call("r", 200);
-        huge.response_body = "y".repeat(MAX_KEPT_BODY + 1);
+        let body = format!("{{\"y\":\"{}\"}}", "y".repeat(MAX_KEPT_BODY));
+        huge.response_body = redact(body.as_bytes(), &[], &[]);
         log.record(huge);
         let (page, _) = log.list(&Query {
             limit: 1,
@@ -533,7 +534,7 @@ mod tests {
             page[0].response_body,
             format!(
                 "[{} bytes, over the request log's {MAX_KEPT_BODY}: not kept]",
-                MAX_KEPT_BODY + 1
+                body.len()
             )
         );
         // Small calls push the burst out; the ring shrinks back.
