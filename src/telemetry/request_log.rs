@@ -118,11 +118,16 @@ struct Inner {
     texts: VecDeque<u8>,
     /// The offset of `texts[0]` since the log began.
     base: u64,
-    bytes: usize,
     next_seq: u64,
 }
 
 impl Inner {
+    /// What the kept calls count against `max_bytes`: the sum of their
+    /// [`Entry::size`].
+    fn bytes(&self) -> usize {
+        self.entries.len() * std::mem::size_of::<Entry>() + self.texts.len()
+    }
+
     fn evict_oldest(&mut self) -> bool {
         let Some(old) = self.entries.pop_front() else {
             return false;
@@ -132,7 +137,6 @@ impl Inner {
         // moves its head and copies nothing.
         self.texts.drain(..len);
         self.base += len as u64;
-        self.bytes -= old.size();
         true
     }
 
@@ -256,7 +260,7 @@ impl RequestLog {
             return;
         }
         // Room first, so the new texts go where the oldest were.
-        while inner.entries.len() >= self.max_entries || inner.bytes + size > self.max_bytes {
+        while inner.entries.len() >= self.max_entries || inner.bytes() + size > self.max_bytes {
             if !inner.evict_oldest() {
                 break;
             }
@@ -273,7 +277,6 @@ impl RequestLog {
         }
         reserve(&mut inner.entries, 1);
         inner.entries.push_back(entry);
-        inner.bytes += size;
     }
 
     /// Newest first; the cursor of the next page when there is more. A
@@ -594,7 +597,7 @@ mod tests {
             inner.texts.capacity()
         );
         assert_eq!(
-            inner.bytes,
+            inner.bytes(),
             inner.entries.iter().map(Entry::size).sum::<usize>()
         );
     }
