@@ -1,14 +1,18 @@
 //! Shared by the benches that read `/proc/<pid>/stat`.
 
-/// Clock ticks per second (`getconf CLK_TCK`; 100 when it cannot say).
+/// Clock ticks per second (`getconf CLK_TCK`, asked once; 100 when it
+/// cannot say).
 pub(crate) fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Fields of `/proc/<pid>/status` given in kB (`VmHWM`, `RssAnon`...), in
