@@ -14,6 +14,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod dispatch;
 pub mod errors;
 pub mod events;
 pub mod idempotency;

@@ -17,6 +17,7 @@ use crate::{
     cache::{CacheBus, ResponseCache},
     config::{read_secret_file, Config},
     credentials::{Credential, CredentialStore},
+    dispatch::DispatchLayer,
     events::{CacheInvalidator, Events, NoCache},
     idempotency::{IdempotencyStore, MemoryStore, RedisStore},
     keys::{self, KeyManagement, KeyService, KeySettings, Keys},
@@ -287,6 +288,12 @@ pub async fn start(
         max_decoding: s.max_message_bytes,
         max_encoding: s.max_message_bytes,
     };
+    let events_server = events
+        .service
+        .clone()
+        .server()
+        .max_decoding_message_size(limits.max_decoding)
+        .max_encoding_message_size(limits.max_encoding);
     let router = Server::builder()
         // Dead client connections are found by PING, not by the OS after hours.
         .http2_keepalive_interval(Some(s.http2_keepalive_interval))
@@ -314,6 +321,13 @@ pub async fn start(
             per_second: config.limits.caller_rate_per_sec,
             burst: config.limits.caller_burst,
         }))
+        // Innermost: our own methods reached by one match on the path, not
+        // through the router's extra body wrappers (see dispatch.rs).
+        .layer(DispatchLayer::new(
+            gateway.clone(),
+            limits.grpc(),
+            events_server.clone(),
+        ))
         .add_service(
             crate::admin::Admin::new(cache.clone(), telemetry.clone(), audit.clone()).into_server(),
         )
@@ -333,14 +347,9 @@ pub async fn start(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let router = services::add_services(router, gateway, &limits).add_service(
-        events
-            .service
-            .clone()
-            .server()
-            .max_decoding_message_size(limits.max_decoding)
-            .max_encoding_message_size(limits.max_encoding),
-    );
+    // Registered with the router too: reflection and health list them, and
+    // the router answers them for a server built without DispatchLayer.
+    let router = services::add_services(router, gateway, &limits).add_service(events_server);
 
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared {

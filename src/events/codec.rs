@@ -80,6 +80,9 @@ where
         ending: None,
         ended: false,
     };
+    // Boxed as tonic's body boxes, so that `Body::new` takes it as it is
+    // instead of wrapping it in one more layer that every event goes through.
+    let body = http_body_util::BodyExt::boxed_unsync(body);
     let mut response = http::Response::new(tonic::body::Body::new(body));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -464,10 +464,7 @@ pub fn add_services<L>(
     limits: &MessageLimits,
 ) -> tonic::transport::server::Router<L> {
     use crate::pb::imprint::v2::*;
-    let config = reply::GrpcConfig {
-        max_decoding: limits.max_decoding,
-        max_encoding: limits.max_encoding,
-    };
+    let config = limits.grpc();
     // Every method goes through `reply::unary` (gzip both ways, the size
     // limits); the generated server types only lend their names.
     macro_rules! add {
@@ -497,4 +494,14 @@ pub const SERVICE_NAMES: &[&str] = {
 pub struct MessageLimits {
     pub max_decoding: usize,
     pub max_encoding: usize,
+}
+
+impl MessageLimits {
+    /// What [`reply::unary`] is held to.
+    pub fn grpc(&self) -> reply::GrpcConfig {
+        reply::GrpcConfig {
+            max_decoding: self.max_decoding,
+            max_encoding: self.max_encoding,
+        }
+    }
 }

@@ -414,21 +414,33 @@ fn get_fixture_customer() -> tonic::Request<GetCustomerRequest> {
 }
 
 /// A method no `imprint.v2` service has is UNIMPLEMENTED, and nothing goes
-/// upstream; the real methods beside it are served.
+/// upstream; the real methods beside it are served. So is an unknown method
+/// of EventService (reached ahead of the router) and an unknown service
+/// (left to the router).
 #[tokio::test]
 async fn an_unknown_method_of_a_served_service_is_unimplemented() {
     let up = FakeUpstream::start().await;
     up.on(Method::GET, CUSTOMER_PATH, Reply::ok(customer_json()));
     let gw = TestGateway::start(&up).await;
     let mut grpc = tonic::client::Grpc::new(gw.channel.clone());
-    grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/imprint.v2.CustomerService/NoSuchMethod");
-    let codec = tonic_prost::ProstCodec::<GetCustomerRequest, Customer>::default();
-    let status = grpc
-        .unary(get_fixture_customer(), path, codec)
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    for path in [
+        "/imprint.v2.CustomerService/NoSuchMethod",
+        "/imprint.gateway.v1.EventService/NoSuchMethod",
+        "/imprint.v2.NoSuchService/GetCustomer",
+    ] {
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let codec = tonic_prost::ProstCodec::<GetCustomerRequest, Customer>::default();
+        let status = grpc
+            .unary(get_fixture_customer(), path.clone(), codec)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
     assert!(up.requests().is_empty());
     let customer = CustomerServiceClient::new(gw.channel.clone())
         .get_customer(get_fixture_customer())
