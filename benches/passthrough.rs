@@ -13,6 +13,14 @@
 //!   the same upstream (one worker; skipped with a message when nginx is not
 //!   installed: `benches/passthrough.sh` installs it);
 //! - `minimal_tonic`: a tonic server answering the same customer from memory;
+//! - `minimal_proxy`: the least a gRPC→REST gateway on tonic and hyper does
+//!   per call: the same tonic server, whose handler GETs the customer from
+//!   the static upstream with hyper's pooled HTTP/1.1 client (keep-alive,
+//!   `TCP_NODELAY`, as the gateway's) and decodes the JSON into the proto
+//!   with the gateway's own serde derives. No auth, layers, telemetry or
+//!   request log: the floor under `gateway`, so `gateway ÷ minimal_proxy` is
+//!   what the gateway's own features cost, `minimal_proxy ÷ nginx` what the
+//!   stack costs before any of them;
 //! - `gateway`: `imprint-gateway serve`, pass-through (cache off);
 //! - `gateway_hit`: the same, answered from the response cache;
 //! - `baseline`, `baseline_hit`: the same two for another build of the
@@ -22,7 +30,14 @@
 //! Run: `bash benches/passthrough.sh` (CALLS, CONCURRENCY, SERVER_CPU,
 //! CLIENT_CPUS override the defaults; TARGETS=minimal_tonic,gateway_hit
 //! runs only the named targets; PERF_EVENTS=<perf events> counts them per
-//! call, e.g. `probe_libc:malloc` after `perf probe -x <libc.so.6> malloc`). Results: docs/BENCHMARKS.md. Linux only.
+//! call, e.g. `probe_libc:malloc` after `perf probe -x <libc.so.6> malloc`;
+//! TARGET_WRAPPER=<script> starts every process under test through the
+//! script, e.g. one that `exec`s `valgrind --tool=callgrind "$@"`, for
+//! instructions per call: the totals include start-up, warm-up and the
+//! one-at-a-time calls, so take two runs that differ only in CALLS and
+//! divide the difference by the difference in calls served; raise
+//! MAX_SECS_PER_RUN, and read no times from such a run). Results:
+//! docs/BENCHMARKS.md. Linux only.
 
 #[path = "support/proc_stat.rs"]
 mod proc_stat;
@@ -102,15 +117,23 @@ fn with_children(pid: u32) -> Vec<u32> {
 
 // ---------------------------------------------------------------- servers
 
-struct Minimal(Customer);
+/// `minimal_tonic` (the customer from memory) or `minimal_proxy` (from the
+/// upstream).
+enum Minimal {
+    Memory(Customer),
+    Proxy(MinimalProxy),
+}
 
 #[tonic::async_trait]
 impl CustomerService for Minimal {
     async fn get_customer(
         &self,
-        _: tonic::Request<GetCustomerRequest>,
+        req: tonic::Request<GetCustomerRequest>,
     ) -> Result<tonic::Response<Customer>, tonic::Status> {
-        Ok(tonic::Response::new(self.0.clone()))
+        match self {
+            Self::Memory(customer) => Ok(tonic::Response::new(customer.clone())),
+            Self::Proxy(proxy) => proxy.get_customer(&req.get_ref().customer_id).await,
+        }
     }
 
     async fn search_customers(
@@ -163,14 +186,66 @@ impl CustomerService for Minimal {
     }
 }
 
+/// `minimal_proxy`'s upstream client: hyper's pooled client, as the gateway's.
+struct MinimalProxy {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    base: String,
+}
+
+impl MinimalProxy {
+    fn new(upstream: &str) -> Self {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(64)
+                .build(http);
+        Self {
+            client,
+            base: format!("http://{upstream}"),
+        }
+    }
+
+    async fn get_customer(&self, id: &str) -> Result<tonic::Response<Customer>, tonic::Status> {
+        use http_body_util::BodyExt as _;
+        let uri: http::Uri = format!("{}/v2/customers/{id}", self.base)
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("customer_id"))?;
+        let request = http::Request::get(uri)
+            .header(http::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::new())
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+            .to_bytes();
+        let customer =
+            serde_json::from_slice(&body).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(customer))
+    }
+}
+
 /// The RPCs the harness never calls.
 fn unused() -> tonic::Status {
     tonic::Status::unimplemented("not part of the benchmark")
 }
 
-/// Runs this binary as one of the helper servers, if asked to.
+/// Runs this binary as one of the helper servers, if asked to:
+/// `role@addr`, or `minimal_proxy@addr@upstream`.
 fn serve_role(role: &str) {
-    let (kind, addr) = role.split_once('@').expect("role@addr");
+    let mut parts = role.split('@');
+    let (kind, addr) = (parts.next().unwrap(), parts.next().expect("role@addr"));
+    let upstream = parts.next();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -187,11 +262,17 @@ fn serve_role(role: &str) {
                 );
                 axum::serve(listener, app).await.unwrap()
             }
-            "minimal" => {
-                let customer: Customer = serde_json::from_str(CUSTOMER).unwrap();
+            "minimal" | "minimal_proxy" => {
+                let minimal = if kind == "minimal" {
+                    Minimal::Memory(serde_json::from_str(CUSTOMER).unwrap())
+                } else {
+                    Minimal::Proxy(MinimalProxy::new(
+                        upstream.expect("minimal_proxy@addr@upstream"),
+                    ))
+                };
                 tonic::transport::Server::builder()
                     .tcp_nodelay(true)
-                    .add_service(CustomerServiceServer::new(Minimal(customer)))
+                    .add_service(CustomerServiceServer::new(minimal))
                     .serve_with_incoming(
                         tonic::transport::server::TcpIncoming::from(listener)
                             .with_nodelay(Some(true)),
@@ -226,16 +307,29 @@ impl Drop for Proc {
     }
 }
 
-fn pinned(cpus: &str, program: &Path) -> Command {
+/// `program` on `cpus`. A process under test starts through
+/// `TARGET_WRAPPER` when it is set (say, a script that `exec`s `valgrind
+/// --tool=callgrind "$@"`: instructions per call, which do not drift with
+/// the machine's load as CPU time does).
+fn pinned(cpus: &str, program: &Path, under_test: bool) -> Command {
     let mut c = Command::new("taskset");
-    c.arg("-c").arg(cpus).arg(program);
+    c.arg("-c").arg(cpus);
+    if let Some(wrapper) = std::env::var_os("TARGET_WRAPPER").filter(|_| under_test) {
+        c.arg(wrapper);
+    }
+    c.arg(program);
     c.stdout(Stdio::null());
     c
 }
 
-fn spawn_role(cpus: &str, role: &str, port: u16) -> Proc {
-    let mut c = pinned(cpus, &std::env::current_exe().unwrap());
-    c.env("PASSTHROUGH_ROLE", format!("{role}@127.0.0.1:{port}"));
+fn spawn_role(cpus: &str, role: &str, port: u16, under_test: bool) -> Proc {
+    spawn_process(cpus, &format!("{role}@127.0.0.1:{port}"), under_test)
+}
+
+/// This binary as a helper server (see [`serve_role`]).
+fn spawn_process(cpus: &str, role: &str, under_test: bool) -> Proc {
+    let mut c = pinned(cpus, &std::env::current_exe().unwrap(), under_test);
+    c.env("PASSTHROUGH_ROLE", role);
     Proc(c.spawn().unwrap())
 }
 
@@ -259,7 +353,7 @@ fn spawn_nginx(cpus: &str, dir: &Path, port: u16, upstream: u16) -> Option<Proc>
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
-    let mut c = pinned(cpus, &nginx);
+    let mut c = pinned(cpus, &nginx, true);
     c.arg("-p")
         .arg(dir)
         .arg("-c")
@@ -282,7 +376,7 @@ fn spawn_gateway(binary: &Path, cpus: &str, dir: &Path, upstream: u16, cache: bo
         ),
     )
     .unwrap();
-    let mut c = pinned(cpus, binary);
+    let mut c = pinned(cpus, binary, true);
     c.arg("serve")
         .arg("--config")
         .arg(&config)
@@ -554,7 +648,7 @@ async fn measure(
     }
     let rss_kib = pids.first().map(|p| peak_rss_kib(*p));
     let rss_split = pids.first().map(|p| rss_split_kib(*p));
-    let single = run(&target, &[], (calls / 10).clamp(500, 5_000), 1).await;
+    let single = run(&target, &pids, (calls / 10).clamp(500, 5_000), 1).await;
     eprintln!(
         "  {name}: {} calls, {:.0} calls/s, cpu/call {}",
         load.calls,
@@ -607,7 +701,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let rows = rt.block_on(async {
         let up_port = free_port();
-        let _upstream = spawn_role(&client_cpus, "upstream", up_port);
+        let _upstream = spawn_role(&client_cpus, "upstream", up_port, false);
         let mut rows = Vec::new();
 
         if wanted("direct") {
@@ -631,9 +725,18 @@ fn main() {
 
         if wanted("minimal_tonic") {
             let m_port = free_port();
-            let minimal = spawn_role(&server_cpu, "minimal", m_port);
+            let minimal = spawn_role(&server_cpu, "minimal", m_port, true);
             let t = grpc_target(([127, 0, 0, 1], m_port).into()).await;
             rows.push(measure("minimal_tonic", t, vec![minimal.0.id()], calls, concurrency).await);
+            drop(minimal);
+        }
+
+        if wanted("minimal_proxy") {
+            let m_port = free_port();
+            let role = format!("minimal_proxy@127.0.0.1:{m_port}@127.0.0.1:{up_port}");
+            let minimal = spawn_process(&server_cpu, &role, true);
+            let t = grpc_target(([127, 0, 0, 1], m_port).into()).await;
+            rows.push(measure("minimal_proxy", t, vec![minimal.0.id()], calls, concurrency).await);
             drop(minimal);
         }
 
@@ -674,11 +777,11 @@ fn report(rows: &[Row], calls: usize, concurrency: usize, server_cpu: &str, clie
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!(
-        "| target | CPU/call | calls/s | p50 | p99 | p50, one at a time | peak RSS |\n|---|---|---|---|---|---|---|"
+        "| target | CPU/call | calls/s | p50 | p99 | p50, one at a time | CPU/call, one at a time | peak RSS |\n|---|---|---|---|---|---|---|---|"
     );
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs | {} |",
+            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.0} µs | {} | {} |",
             r.name,
             r.load
                 .cpu_us_per_call
@@ -688,6 +791,10 @@ fn report(rows: &[Row], calls: usize, concurrency: usize, server_cpu: &str, clie
             r.load.p50_us,
             r.load.p99_us,
             r.single.p50_us,
+            r.single
+                .cpu_us_per_call
+                .map(|c| format!("{c:.1} µs"))
+                .unwrap_or_else(|| "-".into()),
             r.rss_kib
                 .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into()),
@@ -709,6 +816,28 @@ fn report(rows: &[Row], calls: usize, concurrency: usize, server_cpu: &str, clie
             g - d,
             n - d,
             (g - d) / (n - d)
+        );
+    }
+    if let (Some(p), Some(n)) = (cpu("minimal_proxy"), cpu("nginx")) {
+        println!(
+            "minimal proxy CPU/call ÷ nginx CPU/call:  {:.2}× (the stack's floor)",
+            p / n
+        );
+    }
+    if let (Some(g), Some(p)) = (cpu("gateway"), cpu("minimal_proxy")) {
+        println!(
+            "gateway CPU/call ÷ minimal proxy:         {:.2}× (the gateway's own features)",
+            g / p
+        );
+    }
+    if let (Some(p), Some(n), Some(d)) =
+        (single("minimal_proxy"), single("nginx"), single("direct"))
+    {
+        println!(
+            "latency added, one at a time: minimal proxy {:.0} µs, nginx {:.0} µs: {:.2}×",
+            p - d,
+            n - d,
+            (p - d) / (n - d)
         );
     }
     if let (Some(h), Some(m)) = (cpu("gateway_hit"), cpu("minimal_tonic")) {
