@@ -386,6 +386,103 @@ async fn receive<T: Received>(ch: Channel, ready: &AtomicUsize) -> Vec<(Instant,
     mine
 }
 
+/// `CLIENT=h2`: the subscribers of one connection as plain HTTP/2 streams
+/// (the `h2` crate tonic's client runs on), all read by one task: each
+/// stream's data as it comes, cut into gRPC messages, each decoded for its
+/// event id. 1 000 tonic streams cost this process a task wake-up, a
+/// `Streaming` and a decoder per delivery; on a 2-core machine that is CPU
+/// the gateway's own deliveries wait for, and in production each subscriber
+/// would be a process of its own elsewhere. Same window sizes as tonic's
+/// client (hyper's: 2 MiB per stream, 5 MiB per connection).
+async fn receive_h2(port: u16, streams: usize, ready: &AtomicUsize) -> Vec<(Instant, String)> {
+    use futures::StreamExt as _;
+    use prost::Message as _;
+
+    type Next = (
+        Option<Result<bytes::Bytes, h2::Error>>,
+        h2::RecvStream,
+        bytes::BytesMut,
+        usize,
+    );
+    async fn next(mut body: h2::RecvStream, buf: bytes::BytesMut, count: usize) -> Next {
+        (body.data().await, body, buf, count)
+    }
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).unwrap();
+    let (mut send, connection) = h2::client::Builder::new()
+        .initial_window_size(2 << 20)
+        .initial_connection_window_size(5 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let uri = format!("http://127.0.0.1:{port}/imprint.gateway.v1.EventService/Subscribe");
+    let mut opened = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        // One handle, made ready before each stream: it waits for a slot
+        // under the server's concurrent-stream limit (a clone would not).
+        send = send.ready().await.expect("stream slot");
+        let request = http::Request::post(uri.as_str())
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut body) = send.send_request(request, false).expect("open a stream");
+        // An empty SubscribeRequest (start now), as one gRPC message.
+        body.send_data(bytes::Bytes::from_static(&[0; 5]), true)
+            .expect("send the request");
+        opened.push(response);
+    }
+    let mut streams_open = futures::stream::FuturesUnordered::new();
+    for response in opened {
+        let response = response.await.expect("Subscribe answered");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        // A refusal comes as trailers only: status in the headers, no events.
+        assert!(
+            response.headers().get("grpc-status").is_none(),
+            "Subscribe refused: {:?}",
+            response.headers()
+        );
+        ready.fetch_add(1, Ordering::Relaxed);
+        streams_open.push(next(response.into_body(), bytes::BytesMut::new(), 0));
+    }
+    let mut got = Vec::with_capacity(streams * FANOUT_EVENTS);
+    let _ = tokio::time::timeout(PHASE_LIMIT, async {
+        while let Some((data, mut body, mut buf, mut count)) = streams_open.next().await {
+            // The receipt time, before anything else.
+            let now = Instant::now();
+            let Some(Ok(data)) = data else { continue };
+            let _ = body.flow_control().release_capacity(data.len());
+            buf.extend_from_slice(&data);
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if buf.len() < 5 + len {
+                    break;
+                }
+                let message = buf.split_to(5 + len);
+                let id = EventId::decode(&message[5..]).expect("an event").event_id;
+                got.push((now, id));
+                count += 1;
+            }
+            if count < FANOUT_EVENTS {
+                streams_open.push(next(body, buf, count));
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// `CLIENT=h2` (see [`receive_h2`]); tonic's client otherwise.
+fn h2_client() -> bool {
+    std::env::var("CLIENT").is_ok_and(|v| v == "h2")
+}
+
 fn decode_full() -> bool {
     std::env::var("DECODE").is_ok_and(|v| v == "full")
 }
@@ -399,9 +496,25 @@ fn streams_per_conn() -> usize {
         .map_or(1000, |n| n.clamp(1, 1000))
 }
 
+/// Each receipt's latency: its time less its event's send time (the event
+/// `<prefix><n>` was sent at `sent_at[n]`).
+fn match_sent(
+    got: Vec<(Instant, String)>,
+    prefix: &str,
+    sent_at: &[Option<Instant>],
+) -> Vec<Duration> {
+    got.into_iter()
+        .filter_map(|(now, id)| {
+            let n: usize = id.strip_prefix(prefix)?.parse().ok()?;
+            Some(now - (*sent_at.get(n)?)?)
+        })
+        .collect()
+}
+
 async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let mut channels: Vec<Channel> = Vec::new();
-    for _ in 0..subscribers.div_ceil(streams_per_conn()) {
+    let connections = subscribers.div_ceil(streams_per_conn());
+    for _ in 0..if h2_client() { 0 } else { connections } {
         channels.push(
             Endpoint::from_shared(format!("http://127.0.0.1:{}", gw.grpc))
                 .unwrap()
@@ -415,7 +528,19 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let ready = Arc::new(AtomicUsize::new(0));
     let setup = Instant::now();
     let mut tasks = Vec::with_capacity(subscribers);
-    for i in 0..subscribers {
+    for c in 0..if h2_client() { connections } else { 0 } {
+        let streams = streams_per_conn().min(subscribers - c * streams_per_conn());
+        let (sent_at, latencies, ready) = (sent_at.clone(), latencies.clone(), ready.clone());
+        let prefix = format!("fan{round}-");
+        let port = gw.grpc;
+        tasks.push(tokio::spawn(async move {
+            let got = receive_h2(port, streams, &ready).await;
+            latencies
+                .lock()
+                .extend(match_sent(got, &prefix, &sent_at.lock().clone()));
+        }));
+    }
+    for i in 0..if h2_client() { 0 } else { subscribers } {
         let ch = channels[i % channels.len()].clone();
         let (sent_at, latencies, ready) = (sent_at.clone(), latencies.clone(), ready.clone());
         let prefix = format!("fan{round}-");
@@ -428,14 +553,7 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
             // Matched to the send times after the phase, not under the lock
             // on the way in.
             let sent_at = sent_at.lock().clone();
-            let mine: Vec<Duration> = mine
-                .into_iter()
-                .filter_map(|(now, id)| {
-                    let n: usize = id.strip_prefix(&prefix)?.parse().ok()?;
-                    Some(now - (*sent_at.get(n)?)?)
-                })
-                .collect();
-            latencies.lock().extend(mine);
+            latencies.lock().extend(match_sent(mine, &prefix, &sent_at));
         }));
     }
     while ready.load(Ordering::Relaxed) < subscribers {
@@ -473,10 +591,10 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
         per_delivery(cpu_before.1, std::process::id()),
     );
     println!(
-        "fan-out to {subscribers} subscribers ({} streams on {} connections, {} decoding, set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
+        "fan-out to {subscribers} subscribers ({} streams on {connections} connections, {} client, {} decoding, set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
         subscribers,
-        channels.len(),
-        if decode_full() { "whole-event" } else { "id-only" },
+        if h2_client() { "plain HTTP/2" } else { "tonic" },
+        if h2_client() { "id-only" } else if decode_full() { "whole-event" } else { "id-only" },
         l.len(),
         subscribers * FANOUT_EVENTS,
         p(&l, 0.50),
