@@ -804,60 +804,67 @@ fn report(rows: &[Row], calls: usize, concurrency: usize, server_cpu: &str, clie
     let cpu = |n: &str| get(n).and_then(|r| r.load.cpu_us_per_call);
     let single = |n: &str| get(n).map(|r| r.single.p50_us);
     println!();
-    if let (Some(g), Some(n)) = (cpu("gateway"), cpu("nginx")) {
-        println!(
-            "gateway CPU/call ÷ nginx CPU/call:        {:.2}× (goal ≤ 1.25×)",
-            g / n
-        );
-    }
-    if let (Some(g), Some(n), Some(d)) = (single("gateway"), single("nginx"), single("direct")) {
-        println!(
-            "latency added, one at a time: gateway {:.0} µs, nginx {:.0} µs: {:.2}× (goal ≤ 1.0×)",
-            g - d,
-            n - d,
-            (g - d) / (n - d)
-        );
-    }
-    if let (Some(p), Some(n)) = (cpu("minimal_proxy"), cpu("nginx")) {
-        println!(
-            "minimal proxy CPU/call ÷ nginx CPU/call:  {:.2}× (the stack's floor)",
-            p / n
-        );
-    }
-    if let (Some(g), Some(p)) = (cpu("gateway"), cpu("minimal_proxy")) {
-        println!(
-            "gateway CPU/call ÷ minimal proxy:         {:.2}× (the gateway's own features)",
-            g / p
-        );
-    }
-    if let (Some(p), Some(n), Some(d)) =
-        (single("minimal_proxy"), single("nginx"), single("direct"))
-    {
-        println!(
-            "latency added, one at a time: minimal proxy {:.0} µs, nginx {:.0} µs: {:.2}×",
-            p - d,
-            n - d,
-            (p - d) / (n - d)
-        );
-    }
-    if let (Some(h), Some(m)) = (cpu("gateway_hit"), cpu("minimal_tonic")) {
-        println!(
-            "cache hit CPU/call ÷ minimal tonic:       {:.2}× (goal ≤ 1.2×)",
-            h / m
-        );
-    }
+    // `a ÷ b` of CPU per call, and of the latency each adds over `direct`
+    // one call at a time, when both were measured.
+    let cpu_ratio = |label: &str, a: &str, b: &str, note: &str| {
+        if let (Some(a), Some(b)) = (cpu(a), cpu(b)) {
+            println!("{label:<42}{:.2}×{note}", a / b);
+        }
+    };
+    let latency_ratio = |a: &str, b: &str, note: &str| {
+        if let (Some(x), Some(y), Some(d)) = (single(a), single(b), single("direct")) {
+            println!(
+                "latency added, one at a time: {a} {:.0} µs, {b} {:.0} µs: {:.2}×{note}",
+                x - d,
+                y - d,
+                (x - d) / (y - d)
+            );
+        }
+    };
+    cpu_ratio(
+        "gateway CPU/call ÷ nginx CPU/call:",
+        "gateway",
+        "nginx",
+        " (goal ≤ 1.25×)",
+    );
+    latency_ratio("gateway", "nginx", " (goal ≤ 1.0×)");
+    cpu_ratio(
+        "minimal proxy CPU/call ÷ nginx CPU/call:",
+        "minimal_proxy",
+        "nginx",
+        " (the stack's floor)",
+    );
+    cpu_ratio(
+        "gateway CPU/call ÷ minimal proxy:",
+        "gateway",
+        "minimal_proxy",
+        " (the gateway's own features)",
+    );
+    latency_ratio("minimal_proxy", "nginx", "");
+    cpu_ratio(
+        "cache hit CPU/call ÷ minimal tonic:",
+        "gateway_hit",
+        "minimal_tonic",
+        " (goal ≤ 1.2×)",
+    );
     if let (Some(h), Some(m)) = (get("gateway_hit"), get("minimal_tonic")) {
         println!(
             "cache hit calls/s ÷ minimal tonic:        {:.2}× (goal ≥ 0.9×)",
             h.load.calls_per_sec / m.load.calls_per_sec
         );
     }
-    if let (Some(g), Some(b)) = (cpu("gateway"), cpu("baseline")) {
-        println!("gateway CPU/call ÷ baseline build:        {:.2}×", g / b);
-    }
-    if let (Some(g), Some(b)) = (cpu("gateway_hit"), cpu("baseline_hit")) {
-        println!("cache hit CPU/call ÷ baseline build:      {:.2}×", g / b);
-    }
+    cpu_ratio(
+        "gateway CPU/call ÷ baseline build:",
+        "gateway",
+        "baseline",
+        "",
+    );
+    cpu_ratio(
+        "cache hit CPU/call ÷ baseline build:",
+        "gateway_hit",
+        "baseline_hit",
+        "",
+    );
     if let Some(r) = get("gateway").and_then(|r| r.rss_kib) {
         println!(
             "gateway peak RSS under load:              {:.1} MiB (goal ≤ 25 MiB)",
