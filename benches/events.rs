@@ -498,63 +498,51 @@ fn streams_per_conn() -> usize {
 
 /// Each receipt's latency: its time less its event's send time (the event
 /// `<prefix><n>` was sent at `sent_at[n]`).
-fn match_sent(
-    got: Vec<(Instant, String)>,
-    prefix: &str,
-    sent_at: &[Option<Instant>],
-) -> Vec<Duration> {
+fn match_sent(got: Vec<(Instant, String)>, prefix: &str, sent_at: &[Instant]) -> Vec<Duration> {
     got.into_iter()
         .filter_map(|(now, id)| {
             let n: usize = id.strip_prefix(prefix)?.parse().ok()?;
-            Some(now - (*sent_at.get(n)?)?)
+            Some(now - *sent_at.get(n)?)
         })
         .collect()
 }
 
 async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
-    let mut channels: Vec<Channel> = Vec::new();
     let connections = subscribers.div_ceil(streams_per_conn());
-    for _ in 0..if h2_client() { 0 } else { connections } {
-        channels.push(
-            Endpoint::from_shared(format!("http://127.0.0.1:{}", gw.grpc))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-    }
-    let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; FANOUT_EVENTS]));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(subscribers * FANOUT_EVENTS)));
     let ready = Arc::new(AtomicUsize::new(0));
     let setup = Instant::now();
+    // Each task hands back its receipts; they are matched to the send
+    // times after the phase, not on the way in.
     let mut tasks = Vec::with_capacity(subscribers);
-    for c in 0..if h2_client() { connections } else { 0 } {
-        let streams = streams_per_conn().min(subscribers - c * streams_per_conn());
-        let (sent_at, latencies, ready) = (sent_at.clone(), latencies.clone(), ready.clone());
-        let prefix = format!("fan{round}-");
-        let port = gw.grpc;
-        tasks.push(tokio::spawn(async move {
-            let got = receive_h2(port, streams, &ready).await;
-            latencies
-                .lock()
-                .extend(match_sent(got, &prefix, &sent_at.lock().clone()));
-        }));
-    }
-    for i in 0..if h2_client() { 0 } else { subscribers } {
-        let ch = channels[i % channels.len()].clone();
-        let (sent_at, latencies, ready) = (sent_at.clone(), latencies.clone(), ready.clone());
-        let prefix = format!("fan{round}-");
-        tasks.push(tokio::spawn(async move {
-            let mine = if decode_full() {
-                receive::<imprint_gateway::events::pb::Event>(ch, &ready).await
-            } else {
-                receive::<EventId>(ch, &ready).await
-            };
-            // Matched to the send times after the phase, not under the lock
-            // on the way in.
-            let sent_at = sent_at.lock().clone();
-            latencies.lock().extend(match_sent(mine, &prefix, &sent_at));
-        }));
+    if h2_client() {
+        for c in 0..connections {
+            let streams = streams_per_conn().min(subscribers - c * streams_per_conn());
+            let (ready, port) = (ready.clone(), gw.grpc);
+            tasks.push(tokio::spawn(async move {
+                receive_h2(port, streams, &ready).await
+            }));
+        }
+    } else {
+        let mut channels: Vec<Channel> = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            channels.push(
+                Endpoint::from_shared(format!("http://127.0.0.1:{}", gw.grpc))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        for i in 0..subscribers {
+            let (ch, ready) = (channels[i % connections].clone(), ready.clone());
+            tasks.push(tokio::spawn(async move {
+                if decode_full() {
+                    receive::<imprint_gateway::events::pb::Event>(ch, &ready).await
+                } else {
+                    receive::<EventId>(ch, &ready).await
+                }
+            }));
+        }
     }
     while ready.load(Ordering::Relaxed) < subscribers {
         assert!(
@@ -569,19 +557,23 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let cpu_before = (cpu_secs(gw.child.id()), cpu_secs(std::process::id()));
     let mut tick = tokio::time::interval(FANOUT_PACE);
     let mut to_2xx = Vec::with_capacity(FANOUT_EVENTS);
+    let mut sent_at = Vec::with_capacity(FANOUT_EVENTS);
     for n in 0..FANOUT_EVENTS {
         tick.tick().await;
         let t0 = Instant::now();
-        sent_at.lock()[n] = Some(t0);
+        sent_at.push(t0);
         assert!(post(&client, gw.http, &format!("fan{round}-{n}")).await);
         to_2xx.push(t0.elapsed());
     }
     to_2xx.sort();
+    let prefix = format!("fan{round}-");
+    let mut l = Vec::with_capacity(subscribers * FANOUT_EVENTS);
     for t in tasks {
-        let _ = t.await;
+        if let Ok(got) = t.await {
+            l.extend(match_sent(got, &prefix, &sent_at));
+        }
     }
     let (rss, peak) = rss_mib(gw.child.id());
-    let mut l = latencies.lock().clone();
     l.sort();
     // CPU time over the posting phase, per delivery (clock-tick resolution).
     let per_delivery =
@@ -594,7 +586,7 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
         "fan-out to {subscribers} subscribers ({} streams on {connections} connections, {} client, {} decoding, set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
         subscribers,
         if h2_client() { "plain HTTP/2" } else { "tonic" },
-        if h2_client() { "id-only" } else if decode_full() { "whole-event" } else { "id-only" },
+        if decode_full() && !h2_client() { "whole-event" } else { "id-only" },
         l.len(),
         subscribers * FANOUT_EVENTS,
         p(&l, 0.50),
