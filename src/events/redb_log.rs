@@ -5,6 +5,12 @@
 //! `Durability::Immediate`: fsync before `commit` returns). Each append's
 //! caller is answered only after that commit, so concurrent webhooks share
 //! one fsync and none is acknowledged before it is on disk.
+//!
+//! An append touches two tables, the events and the dedupe index: the head
+//! cursor is the last event's key (or, once retention has removed every
+//! event, the trimmed-through mark), kept in memory by the writer rather
+//! than written with every commit. A batch of duplicates only is not
+//! committed at all: what it found is already durable.
 
 use std::{path::Path, sync::Arc};
 
@@ -19,7 +25,9 @@ use super::log::{now_ms, Appended, Bounds, EventLog, LogError, NewEvent, Retenti
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const HEAD: &str = "head";
+/// The head cursor, as earlier builds wrote it with every append: read
+/// (no longer written) so that a log they wrote opens at its head.
+const LEGACY_HEAD: &str = "head";
 const TRIMMED: &str = "trimmed_through";
 /// Appends committed together at most (bounds one transaction's size); one
 /// commit is one burst for the subscribers, whose buffer is at least this.
@@ -81,11 +89,13 @@ impl RedbLog {
         txn.open_table(DEDUPE).map_err(err)?;
         txn.open_table(META).map_err(err)?;
         txn.commit().map_err(err)?;
+        let head = read_bounds(&db)?.head;
         let db = Arc::new(db);
         let (ops, rx) = mpsc::channel(MAX_BATCH * 4);
         let (live, _) = broadcast::channel(live_capacity.max(16));
         let writer = Writer {
             db: db.clone(),
+            head,
             publish: Publisher::start(live.clone()),
         };
         let writer = std::thread::Builder::new()
@@ -131,19 +141,9 @@ impl EventLog for RedbLog {
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let r = db.begin_read().map_err(err)?;
-            let m = r.open_table(META).map_err(err)?;
-            let get = |k| -> Result<u64, LogError> {
-                Ok(m.get(k).map_err(err)?.map_or(0, |v| v.value()))
-            };
-            Ok(Bounds {
-                trimmed_through: get(TRIMMED)?,
-                head: get(HEAD)?,
-            })
-        })
-        .await
-        .map_err(err)?
+        tokio::task::spawn_blocking(move || read_bounds(&db))
+            .await
+            .map_err(err)?
     }
 
     async fn trim(&self, retention: Retention) -> Result<u64, LogError> {
@@ -164,10 +164,32 @@ impl EventLog for RedbLog {
     }
 }
 
+/// Where the log stands, from one read transaction: the head is the last
+/// event's cursor, else what retention trimmed through (everything), and
+/// never below a head an older version wrote.
+fn read_bounds(db: &Database) -> Result<Bounds, LogError> {
+    let r = db.begin_read().map_err(err)?;
+    let m = r.open_table(META).map_err(err)?;
+    let get = |k| -> Result<u64, LogError> { Ok(m.get(k).map_err(err)?.map_or(0, |v| v.value())) };
+    let trimmed_through = get(TRIMMED)?;
+    let last = r
+        .open_table(EVENTS)
+        .map_err(err)?
+        .last()
+        .map_err(err)?
+        .map_or(0, |(k, _)| k.value());
+    Ok(Bounds {
+        trimmed_through,
+        head: last.max(trimmed_through).max(get(LEGACY_HEAD)?),
+    })
+}
+
 // === impl Writer ===
 
 struct Writer {
     db: Arc<Database>,
+    /// The newest cursor committed; only this thread appends.
+    head: u64,
     publish: Publisher,
 }
 
@@ -223,7 +245,7 @@ impl Publisher {
 type Waiter = oneshot::Sender<Result<Appended, LogError>>;
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<Op>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(first) = rx.blocking_recv() {
             let mut appends: Vec<(Box<NewEvent>, Waiter)> = Vec::new();
             let mut pending = Some(first);
@@ -244,16 +266,24 @@ impl Writer {
         }
     }
 
-    /// One transaction, one fsync, for every append in `batch`.
-    fn commit(&self, batch: &mut Vec<(Box<NewEvent>, Waiter)>) {
+    /// One transaction, one fsync, for every append in `batch` (none if
+    /// they are all duplicates).
+    fn commit(&mut self, batch: &mut Vec<(Box<NewEvent>, Waiter)>) {
         if batch.is_empty() {
             return;
         }
         let result = self.db.begin_write().map_err(err).and_then(|txn| {
-            write_all(&txn, batch).and_then(|r| txn.commit().map(|()| r).map_err(err))
+            let (results, head) = write_all(&txn, batch, self.head)?;
+            if head == self.head {
+                txn.abort().map_err(err)?;
+            } else {
+                txn.commit().map_err(err)?;
+            }
+            Ok((results, head))
         });
         match result {
-            Ok(results) => {
+            Ok((results, head)) => {
+                self.head = head;
                 let mut stored = Vec::with_capacity(results.len());
                 for ((_, waiter), r) in batch.drain(..).zip(results) {
                     if let Appended::New(ev) = &r {
@@ -313,16 +343,18 @@ impl Writer {
     }
 }
 
+/// Writes `batch` after cursor `head`: what each append did, and the new
+/// head (`head` itself if every one was a duplicate). The events are moved
+/// out of `batch` into the results.
 fn write_all(
     txn: &WriteTransaction,
-    batch: &[(Box<NewEvent>, Waiter)],
-) -> Result<Vec<Appended>, LogError> {
+    batch: &mut [(Box<NewEvent>, Waiter)],
+    mut head: u64,
+) -> Result<(Vec<Appended>, u64), LogError> {
     let mut events = txn.open_table(EVENTS).map_err(err)?;
     let mut dedupe = txn.open_table(DEDUPE).map_err(err)?;
-    let mut meta = txn.open_table(META).map_err(err)?;
-    let mut head = meta.get(HEAD).map_err(err)?.map_or(0, |v| v.value());
     let mut out = Vec::with_capacity(batch.len());
-    for (new, _) in batch {
+    for (new, _) in batch.iter_mut() {
         let id = new.event.event_id.as_str();
         if let Some(existing) = dedupe.get(id).map_err(err)? {
             out.push(Appended::Duplicate(existing.value()));
@@ -333,11 +365,10 @@ fn write_all(
         dedupe.insert(id, head).map_err(err)?;
         out.push(Appended::New(Arc::new(StoredEvent::new(
             head,
-            new.event.clone(),
+            std::mem::take(&mut new.event),
         ))));
     }
-    meta.insert(HEAD, head).map_err(err)?;
-    Ok(out)
+    Ok((out, head))
 }
 
 #[cfg(test)]
@@ -380,6 +411,58 @@ mod tests {
                 .unwrap();
             assert_eq!(e.event.event_id, "late");
         });
+    }
+
+    /// The head is not stored with each append: after retention removed
+    /// every event, and across a reopen, cursors still go on from it, and a
+    /// head an earlier build stored is honoured.
+    #[tokio::test]
+    async fn the_head_survives_trimming_everything_and_a_reopen() {
+        let dir = std::env::temp_dir().join(format!("igw-redb-head-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let everything = Retention {
+            max_age: std::time::Duration::ZERO,
+            max_events: 0,
+        };
+        {
+            let log = RedbLog::open(&dir, 64).unwrap();
+            for id in ["a", "b", "c"] {
+                log.append(new(id)).await.unwrap();
+            }
+            // Duplicates only: answered from the index, nothing committed.
+            assert!(matches!(
+                log.append(new("b")).await.unwrap(),
+                Appended::Duplicate(2)
+            ));
+            assert_eq!(log.trim(everything).await.unwrap(), 3);
+            let b = log.bounds().await.unwrap();
+            assert_eq!((b.trimmed_through, b.head), (3, 3));
+        }
+        {
+            let log = RedbLog::open(&dir, 64).unwrap();
+            assert_eq!(log.bounds().await.unwrap().head, 3);
+            assert!(
+                matches!(log.append(new("d")).await.unwrap(), Appended::New(ref e) if e.cursor == 4)
+            );
+        }
+        // A log whose META holds a head beyond its last event (as written
+        // by an earlier build after a trim of everything).
+        {
+            let db = Database::create(dir.join("events.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(LEGACY_HEAD, 9)
+                .unwrap();
+            txn.open_table(EVENTS).unwrap().remove(4).unwrap();
+            txn.commit().unwrap();
+        }
+        let log = RedbLog::open(&dir, 64).unwrap();
+        assert_eq!(log.bounds().await.unwrap().head, 9);
+        assert!(
+            matches!(log.append(new("e")).await.unwrap(), Appended::New(ref e) if e.cursor == 10)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
