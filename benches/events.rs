@@ -3,9 +3,12 @@
 //!
 //! 1. Ingest: 32 concurrent senders POST signed TRANSACTION webhooks (redb,
 //!    fsync on) — webhooks/s and p99 time to the 2xx.
-//! 2. Fan-out: N concurrent `Subscribe` streams (1 000, then 10 000); one
-//!    sender posts events at a steady pace — p99 from the POST to each
-//!    subscriber's receipt, and the gateway's RSS (peak).
+//! 2. Fan-out: N concurrent `Subscribe` streams (1, then 1 000, then
+//!    10 000); one sender posts events at a steady pace — p99 from the POST
+//!    to each subscriber's receipt, and the gateway's RSS (peak). The round
+//!    of one subscriber is the floor under the others, measured in the same
+//!    run: the webhook's way to a durable commit and one delivery, which on
+//!    a shared VM has a tail of its own (fsync, wake-ups).
 //!
 //! 3. Replay: last, 1 and then 10 subscribers at once (on one HTTP/2
 //!    connection, decoding ids only) read the ingest's events from the
@@ -25,7 +28,9 @@
 //! resolution) is reported: it varies far less with the machine's load.
 //! `STREAMS_PER_CONN` (default and at most 1 000) sets how many subscribers share one
 //! HTTP/2 connection. The subscribers decode only each event's id
-//! (`DECODE=full`: whole events).
+//! (`DECODE=full`: whole events). `EVENTS` (default 100) sets how many
+//! events each round posts: at 100, the p99 of a round is decided by its
+//! two slowest events, so more gives a steadier p99.
 //! `GATEWAY_BIN` runs another build of the gateway (e.g. an older
 //! commit's) under the same client, for a before/after in one run.
 //!
@@ -54,7 +59,6 @@ const SECRET: &str = "whsec_bench";
 const INGEST_SENDERS: usize = 32;
 const INGEST_MAX: usize = 20_000;
 const INGEST_TIME: Duration = Duration::from_secs(10);
-const FANOUT_EVENTS: usize = 100;
 const FANOUT_PACE: Duration = Duration::from_millis(20);
 const PHASE_LIMIT: Duration = Duration::from_secs(60);
 
@@ -364,16 +368,16 @@ async fn subscribe<T: Received>(ch: Channel, req: SubscribeRequest) -> tonic::St
 }
 
 /// One subscriber: `Subscribe` on `ch`, each event's receipt time with its
-/// id, until `FANOUT_EVENTS` or the phase's time limit; `ready` counted
+/// id, until `EVENTS` of them or the phase's time limit; `ready` counted
 /// once the stream is open.
 async fn receive<T: Received>(ch: Channel, ready: &AtomicUsize) -> Vec<(Instant, String)> {
     let mut s = subscribe::<T>(ch, SubscribeRequest::default()).await;
     ready.fetch_add(1, Ordering::Relaxed);
-    let mut mine = Vec::with_capacity(FANOUT_EVENTS);
+    let mut mine = Vec::with_capacity(fanout_events());
     // One time limit for the whole stream, not a timer per message (whose
     // cost would be counted in every receipt after it).
     let _ = tokio::time::timeout(PHASE_LIMIT, async {
-        while mine.len() < FANOUT_EVENTS {
+        while mine.len() < fanout_events() {
             let Ok(Some(e)) = s.message().await else {
                 break;
             };
@@ -451,7 +455,7 @@ async fn receive_h2(port: u16, streams: usize, ready: &AtomicUsize) -> Vec<(Inst
         ready.fetch_add(1, Ordering::Relaxed);
         streams_open.push(next(response.into_body(), bytes::BytesMut::new(), 0));
     }
-    let mut got = Vec::with_capacity(streams * FANOUT_EVENTS);
+    let mut got = Vec::with_capacity(streams * fanout_events());
     let _ = tokio::time::timeout(PHASE_LIMIT, async {
         while let Some((data, mut body, mut buf, mut count)) = streams_open.next().await {
             // The receipt time, before anything else.
@@ -469,13 +473,26 @@ async fn receive_h2(port: u16, streams: usize, ready: &AtomicUsize) -> Vec<(Inst
                 got.push((now, id));
                 count += 1;
             }
-            if count < FANOUT_EVENTS {
+            if count < fanout_events() {
                 streams_open.push(next(body, buf, count));
             }
         }
     })
     .await;
     got
+}
+
+/// Events posted per fan-out round (`EVENTS`, default 100).
+/// Read once: the subscribers' loops ask for every message.
+fn fanout_events() -> usize {
+    static EVENTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *EVENTS.get_or_init(|| {
+        std::env::var("EVENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(100)
+    })
 }
 
 /// `CLIENT=h2` (see [`receive_h2`]); tonic's client otherwise.
@@ -556,9 +573,9 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     let client = reqwest::Client::new();
     let cpu_before = (cpu_secs(gw.child.id()), cpu_secs(std::process::id()));
     let mut tick = tokio::time::interval(FANOUT_PACE);
-    let mut to_2xx = Vec::with_capacity(FANOUT_EVENTS);
-    let mut sent_at = Vec::with_capacity(FANOUT_EVENTS);
-    for n in 0..FANOUT_EVENTS {
+    let mut to_2xx = Vec::with_capacity(fanout_events());
+    let mut sent_at = Vec::with_capacity(fanout_events());
+    for n in 0..fanout_events() {
         tick.tick().await;
         let t0 = Instant::now();
         sent_at.push(t0);
@@ -567,7 +584,7 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
     }
     to_2xx.sort();
     let prefix = format!("fan{round}-");
-    let mut l = Vec::with_capacity(subscribers * FANOUT_EVENTS);
+    let mut l = Vec::with_capacity(subscribers * fanout_events());
     for t in tasks {
         if let Ok(got) = t.await {
             l.extend(match_sent(got, &prefix, &sent_at));
@@ -583,13 +600,14 @@ async fn fanout(gw: &Gateway, subscribers: usize, round: usize) {
         per_delivery(cpu_before.1, std::process::id()),
     );
     println!(
-        "fan-out to {subscribers} subscribers ({} streams on {connections} connections, {} client, {} decoding, set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
+        "fan-out to {subscribers} subscribers ({} streams on {connections} connections, {} client, {} decoding, set up in {setup_time:.2?}): {} deliveries of {} expected; ingest→delivery p50 {:.2?} p90 {:.2?} p99 {:.2?} max {:.2?}; the same posts to 2xx p50 {:.2?} p99 {:.2?}; gateway RSS {rss_idle:.0} MiB subscribed, {rss:.0} MiB after, peak {peak:.0} MiB; CPU per delivery: gateway {gateway_cpu:.1} µs, this client {client_cpu:.1} µs",
         subscribers,
         if h2_client() { "plain HTTP/2" } else { "tonic" },
         if decode_full() && !h2_client() { "whole-event" } else { "id-only" },
         l.len(),
-        subscribers * FANOUT_EVENTS,
+        subscribers * fanout_events(),
         p(&l, 0.50),
+        p(&l, 0.90),
         p(&l, 0.99),
         l.last().copied().unwrap_or_default(),
         p(&to_2xx, 0.50),
@@ -626,7 +644,7 @@ fn main() {
         let stored = ingest(&gw).await;
         // FANOUT=1000 runs one round only.
         let rounds: Vec<usize> = std::env::var("FANOUT")
-            .unwrap_or_else(|_| "1000,10000".into())
+            .unwrap_or_else(|_| "1,1000,10000".into())
             .split(',')
             .filter_map(|n| n.trim().parse().ok())
             .collect();
