@@ -71,7 +71,17 @@ struct Gateway {
 }
 
 impl Drop for Gateway {
+    /// SIGTERM first, so that a gateway under valgrind writes its profile
+    /// as it exits; SIGKILL if it has not exited within 30 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._dir);
