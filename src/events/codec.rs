@@ -99,8 +99,8 @@ const GATHER: usize = 32 << 10;
 /// A Subscribe response body: each event's shared frame, then the status
 /// (OK when the events end, or the error that ended them) as trailers.
 /// An event alone goes out as its shared bytes; events that are ready
-/// together (a history page, or several committed at once) are copied
-/// into one chunk.
+/// together (a history page, or several committed at once; the stream's
+/// `size_hint` says how many) are copied into one chunk.
 struct EventFrames<S> {
     events: S,
     max_message: usize,
@@ -168,9 +168,12 @@ where
         };
         // More ready now (a history page, a burst of live events): one
         // chunk, copied together. A live event with nothing newer behind
-        // it finds the feed pending and goes out as its shared bytes.
+        // it (the stream's size hint) goes out as its shared bytes without
+        // polling the feed again.
         let mut gathered: Option<BytesMut> = None;
-        while gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER {
+        while this.events.size_hint().0 > 0
+            && gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER
+        {
             match this.poll_event(cx) {
                 Poll::Ready(Ok(frame)) => gathered
                     .get_or_insert_with(|| BytesMut::from(&first[..]))

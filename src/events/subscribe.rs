@@ -79,6 +79,24 @@ async fn receive(mut feed: Feed) -> Received {
 /// slot): the connection then writes once for all the frames queued by
 /// then rather than once per frame. The live receiver is unconstrained, so
 /// this stream itself is not held back.
+///
+/// Only a frame that wakes the connection task needs it, and that is the
+/// first one queued after the task last ran; later frames find it already
+/// woken. So a stream spends only if some connection has touched its
+/// socket ([`crate::conn_epoch`]) since a stream on this thread last spent:
+/// about once per write of the connection, not once per event per stream.
+/// Any connection counts, so it errs towards spending.
+fn push_back_the_connection(cx: &mut Context<'_>) {
+    thread_local! {
+        static SPENT_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+    }
+    let now = crate::conn_epoch::now();
+    if SPENT_AT.with(|s| s.replace(now)) != now {
+        spend_budget(cx);
+    }
+}
+
+/// Spends what is left of the polling task's tokio budget.
 fn spend_budget(cx: &mut Context<'_>) {
     // Bounded: under `unconstrained` there is always budget left.
     for _ in 0..128 {
@@ -163,6 +181,10 @@ pub(super) struct Subscription {
     buffer: usize,
     live: Live,
     phase: Phase,
+    /// Events known to be ready behind the last one handed out (the rest of
+    /// a history page, or newer ones on the live feed when it was read):
+    /// the lower bound of [`Stream::size_hint`].
+    ready_behind: usize,
     /// Set when the gateway stops (checked without a lock on every poll).
     stopping: watch::Receiver<bool>,
     /// Wakes the stream when the gateway stops; polled again only when the
@@ -191,6 +213,7 @@ impl Subscription {
             buffer,
             live: Live::new(live),
             phase: Phase::history(),
+            ready_behind: 0,
             stopping,
             // Unconstrained: out of budget, `wait_for` would return Pending
             // without registering, and this waker is not polled again.
@@ -260,6 +283,7 @@ impl Stream for Subscription {
                     full,
                 } => {
                     if let Some(e) = page.next() {
+                        this.ready_behind = page.len();
                         if let Some(e) = this.take(e) {
                             return Poll::Ready(Some(Ok(e)));
                         }
@@ -298,7 +322,10 @@ impl Stream for Subscription {
                         }
                     };
                     let e = match next {
-                        Next::Event(e, newer) if newer <= this.buffer => e,
+                        Next::Event(e, newer) if newer <= this.buffer => {
+                            this.ready_behind = newer;
+                            e
+                        }
                         Next::Event(..) | Next::Lagged if !*caught_up => {
                             // Still coming from history: read the log on
                             // from here rather than the ring.
@@ -330,11 +357,21 @@ impl Stream for Subscription {
                     };
                     *caught_up = true;
                     if let Some(e) = this.take(e) {
-                        spend_budget(cx);
+                        push_back_the_connection(cx);
                         return Poll::Ready(Some(Ok(e)));
                     }
                 }
             }
+        }
+    }
+
+    /// At least the events known to be ready now: a body that gathers
+    /// ready events polls again only when there are some, instead of
+    /// polling the live feed once more per event only to find it pending.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.phase {
+            Phase::Done => (0, Some(0)),
+            _ => (self.ready_behind, None),
         }
     }
 }
