@@ -758,7 +758,8 @@ fn incoming(
 /// copies frames under 1 KiB into its write buffer instead of chaining
 /// each one to be written on its own: a unary answer's headers, message and
 /// trailers then go out in one `write` instead of two `writev`, and the
-/// frames of many event streams queued together go out together.
+/// frames of many event streams queued together go out together. Its reads
+/// and writes are counted in [`crate::conn_epoch`].
 pub struct Unvectored<T>(T);
 
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Unvectored<T> {
@@ -774,6 +775,7 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Unvectored<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        crate::conn_epoch::bump();
         std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
@@ -784,6 +786,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Unvectored<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        crate::conn_epoch::bump();
         std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
     }
 

@@ -306,6 +306,7 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        crate::conn_epoch::bump();
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -316,6 +317,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        crate::conn_epoch::bump();
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
