@@ -10,6 +10,10 @@
 //!    run: the webhook's way to a durable commit and one delivery, which on
 //!    a shared VM has a tail of its own (fsync, wake-ups).
 //!
+//!    Before the rounds, as many webhooks signed with another secret are
+//!    refused at the same pace: the HTTP round trip and the signature check
+//!    without the commit.
+//!
 //! 3. Replay: last, 1 and then 10 subscribers at once (on one HTTP/2
 //!    connection, decoding ids only) read the ingest's events from the
 //!    oldest (history catch-up) — events/s, and the gateway's CPU per event.
@@ -182,13 +186,25 @@ fn body(id: &str) -> String {
 }
 
 async fn post(client: &reqwest::Client, http: u16, id: &str) -> bool {
+    post_signed(client, http, id, SECRET)
+        .await
+        .is_some_and(|s| s.is_success())
+}
+
+/// Posts webhook `id` signed with `secret`; the answer's status.
+async fn post_signed(
+    client: &reqwest::Client,
+    http: u16,
+    id: &str,
+    secret: &str,
+) -> Option<reqwest::StatusCode> {
     let b = body(id);
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
         .to_string();
-    let sig = format!("t={t},s={}", sign(SECRET.as_bytes(), &t, b.as_bytes()));
+    let sig = format!("t={t},s={}", sign(secret.as_bytes(), &t, b.as_bytes()));
     client
         .post(format!("http://127.0.0.1:{http}/webhooks/imprint"))
         .header("content-type", "application/json")
@@ -196,7 +212,31 @@ async fn post(client: &reqwest::Client, http: u16, id: &str) -> bool {
         .body(b)
         .send()
         .await
-        .is_ok_and(|r| r.status().is_success())
+        .ok()
+        .map(|r| r.status())
+}
+
+/// The way to the gateway and back without the commit: webhooks signed
+/// with another secret, at the fan-out rounds' pace, refused (401) after
+/// the signature check — p50 and p99 to the 401.
+async fn refused(gw: &Gateway) {
+    let client = reqwest::Client::new();
+    let mut tick = tokio::time::interval(FANOUT_PACE);
+    let mut l = Vec::with_capacity(fanout_events());
+    for n in 0..fanout_events() {
+        tick.tick().await;
+        let t0 = Instant::now();
+        let status = post_signed(&client, gw.http, &format!("refused-{n}"), "whsec_other").await;
+        l.push(t0.elapsed());
+        assert_eq!(status, Some(reqwest::StatusCode::UNAUTHORIZED));
+    }
+    l.sort();
+    println!(
+        "refused webhooks (another secret; verified, not stored), {} at the fan-out pace: to 401 p50 {:.2?} p99 {:.2?}",
+        l.len(),
+        p(&l, 0.50),
+        p(&l, 0.99)
+    );
 }
 
 fn p(sorted: &[Duration], q: f64) -> Duration {
@@ -663,6 +703,7 @@ fn main() {
     rt.block_on(async {
         let gw = spawn_gateway();
         let stored = ingest(&gw).await;
+        refused(&gw).await;
         // FANOUT=1000 runs one round only.
         let rounds: Vec<usize> = std::env::var("FANOUT")
             .unwrap_or_else(|_| "1,1000,10000".into())
