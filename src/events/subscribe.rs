@@ -90,7 +90,7 @@ fn push_back_the_connection(cx: &mut Context<'_>) {
     thread_local! {
         static SPENT_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
     }
-    let now = crate::conn_epoch::now();
+    let now = crate::conn_epoch::see();
     if SPENT_AT.with(|s| s.replace(now)) != now {
         spend_budget(cx);
     }
