@@ -1,48 +1,80 @@
-//! A count of the gRPC server's connection tasks touching their sockets,
-//! process-wide: bumped when a connection reads or writes (the connection
-//! types of [`crate::server`] and [`crate::tls`]), read by the event
-//! streams (`events::subscribe`) to tell whether a connection task may have
-//! run since a stream on their thread last pushed it back in the run queue.
+//! Whether a gRPC connection's task has touched its socket since one of its
+//! Subscribe streams last looked: set by the connection's I/O type
+//! ([`crate::server::Unvectored`], [`crate::tls::TlsConn`]), taken by the
+//! event streams (`events::subscribe`) to tell whether their frame is the
+//! one that wakes the HTTP/2 connection task, which they then push back in
+//! tokio's run queue.
 //!
-//! A scheduling hint only: nothing depends on it for correctness. The
-//! count moves only once a stream has seen its current value, so a server
-//! with no event streams pays two loads per socket operation, and never
-//! writes the shared line; plain loads and stores, no atomic read-modify-
-//! write: two bumps racing may count as one, and a reader only asks whether
-//! the count changed.
+//! A scheduling hint only: nothing depends on it for correctness. Plain
+//! loads and stores, no atomic read-modify-write: the connection only
+//! writes the flag when a stream has cleared it, so a connection without
+//! event streams pays one load per socket operation.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{
+    atomic::{AtomicBool, Ordering::Relaxed},
+    Arc,
+};
 
-static COUNT: AtomicU64 = AtomicU64::new(0);
-/// The last value a stream saw.
-static SEEN: AtomicU64 = AtomicU64::new(0);
+/// One connection's flag; see the module docs.
+#[derive(Debug)]
+pub struct Activity {
+    touched: AtomicBool,
+}
 
-/// A connection task is touching its socket.
-#[inline]
-pub fn bump() {
-    let now = COUNT.load(Relaxed);
-    if SEEN.load(Relaxed) == now {
-        COUNT.store(now.wrapping_add(1), Relaxed);
+impl Default for Activity {
+    /// Touched: the first stream to look pushes the connection back.
+    fn default() -> Self {
+        Self {
+            touched: AtomicBool::new(true),
+        }
     }
 }
 
-/// The count now, marked as seen (so that the next socket operation moves
-/// it).
-#[inline]
-pub fn see() -> u64 {
-    let now = COUNT.load(Relaxed);
-    if SEEN.load(Relaxed) != now {
-        SEEN.store(now, Relaxed);
+impl Activity {
+    /// The connection task is reading or writing its socket.
+    #[inline]
+    pub fn touch(&self) {
+        if !self.touched.load(Relaxed) {
+            self.touched.store(true, Relaxed);
+        }
     }
-    now
+
+    /// Whether the connection touched its socket since the last `take`.
+    #[inline]
+    pub fn take(&self) -> bool {
+        let touched = self.touched.load(Relaxed);
+        if touched {
+            self.touched.store(false, Relaxed);
+        }
+        touched
+    }
 }
+
+/// The connect info of a plaintext gRPC connection (in every request's
+/// extensions): tonic's, and the connection's activity. TLS connections
+/// carry theirs in [`crate::tls::PeerInfo`].
+#[derive(Debug, Clone)]
+pub struct TcpPeer {
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    pub activity: Arc<Activity>,
+}
+
+/// How a Subscribe stream finds its connection's activity in the request's
+/// extensions (set by the server, which knows the connect info types).
+pub type Finder = fn(&http::Extensions) -> Option<Arc<Activity>>;
 
 #[cfg(test)]
 mod tests {
+    use super::Activity;
+
     #[test]
-    fn a_socket_operation_after_a_look_moves_the_count() {
-        let seen = super::see();
-        super::bump();
-        assert_ne!(super::see(), seen);
+    fn taken_once_per_touch() {
+        let a = Activity::default();
+        assert!(a.take(), "a new connection counts as touched");
+        assert!(!a.take());
+        a.touch();
+        a.touch();
+        assert!(a.take());
+        assert!(!a.take());
     }
 }

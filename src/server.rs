@@ -293,7 +293,8 @@ pub async fn start(
         .clone()
         .server()
         .max_decoding_message_size(limits.max_decoding)
-        .max_encoding_message_size(limits.max_encoding);
+        .max_encoding_message_size(limits.max_encoding)
+        .connection_activity(connection_activity);
     let router = Server::builder()
         // Dead client connections are found by PING, not by the OS after hours.
         .http2_keepalive_interval(Some(s.http2_keepalive_interval))
@@ -751,7 +752,27 @@ fn incoming(
     use futures::StreamExt as _;
     tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .map(|conn| conn.map(Unvectored))
+        .map(|conn| {
+            conn.map(|tcp| Unvectored {
+                io: tcp,
+                activity: Arc::default(),
+            })
+        })
+}
+
+/// The activity of the connection a request came on
+/// ([`crate::conn_epoch`]), from either listener's connect info.
+pub fn connection_activity(
+    extensions: &http::Extensions,
+) -> Option<Arc<crate::conn_epoch::Activity>> {
+    extensions
+        .get::<crate::tls::PeerInfo>()
+        .map(|p| p.activity.clone())
+        .or_else(|| {
+            extensions
+                .get::<crate::conn_epoch::TcpPeer>()
+                .map(|p| p.activity.clone())
+        })
 }
 
 /// A connection that says it has no vectored writes, so that HTTP/2 (h2)
@@ -759,13 +780,22 @@ fn incoming(
 /// each one to be written on its own: a unary answer's headers, message and
 /// trailers then go out in one `write` instead of two `writev`, and the
 /// frames of many event streams queued together go out together. Its reads
-/// and writes are counted in [`crate::conn_epoch`].
-pub struct Unvectored<T>(T);
+/// and writes mark the connection's [`crate::conn_epoch::Activity`].
+pub struct Unvectored<T> {
+    io: T,
+    activity: Arc<crate::conn_epoch::Activity>,
+}
 
-impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Unvectored<T> {
-    type ConnectInfo = T::ConnectInfo;
+impl<T> tonic::transport::server::Connected for Unvectored<T>
+where
+    T: tonic::transport::server::Connected<ConnectInfo = tonic::transport::server::TcpConnectInfo>,
+{
+    type ConnectInfo = crate::conn_epoch::TcpPeer;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        crate::conn_epoch::TcpPeer {
+            tcp: self.io.connect_info(),
+            activity: self.activity.clone(),
+        }
     }
 }
 
@@ -775,8 +805,8 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Unvectored<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        crate::conn_epoch::bump();
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        self.activity.touch();
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -786,22 +816,22 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Unvectored<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        crate::conn_epoch::bump();
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        self.activity.touch();
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -76,6 +76,8 @@ pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     /// Set when the client presented a certificate the client CA verified.
     pub certificate: Option<Arc<CertIdentity>>,
+    /// Marked by the connection's reads and writes ([`crate::conn_epoch`]).
+    pub activity: Arc<crate::conn_epoch::Activity>,
 }
 
 /// The listener's TLS configuration, swappable on reload.
@@ -167,6 +169,7 @@ impl TlsServer {
                             let peer = PeerInfo {
                                 remote_addr: Some(remote),
                                 certificate,
+                                activity: Arc::default(),
                             };
                             let _ = tx.send(Ok(TlsConn { stream, peer })).await;
                         }
@@ -306,7 +309,7 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        crate::conn_epoch::bump();
+        self.peer.activity.touch();
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -317,7 +320,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        crate::conn_epoch::bump();
+        self.peer.activity.touch();
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 

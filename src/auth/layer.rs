@@ -84,15 +84,15 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        // Plaintext connections carry tonic's TCP info; TLS ones ours,
-        // with the verified client certificate's identity.
+        // Plaintext connections carry tonic's TCP info (in `TcpPeer`); TLS
+        // ones ours, with the verified client certificate's identity.
         let tls = req.extensions().get::<PeerInfo>();
         let peer = tls
             .and_then(|t| t.remote_addr)
             .or_else(|| {
                 req.extensions()
-                    .get::<tonic::transport::server::TcpConnectInfo>()
-                    .and_then(|c| c.remote_addr())
+                    .get::<crate::conn_epoch::TcpPeer>()
+                    .and_then(|c| c.tcp.remote_addr())
             })
             .map(|a| a.ip());
         let cert = tls.and_then(|t| t.certificate.as_deref());

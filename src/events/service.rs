@@ -4,6 +4,8 @@ use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
+use crate::conn_epoch::{self, Activity};
+
 use super::{
     codec,
     invalidate::{self, CacheInvalidator},
@@ -53,6 +55,7 @@ impl EventsService {
             generated: pb::event_service_server::EventServiceServer::new(self),
             max_decoding: None,
             max_encoding: None,
+            activity: None,
         }
     }
 
@@ -79,7 +82,11 @@ impl EventsService {
 
     /// Starts a subscription: the returned stream reads the history, then
     /// the live feed, as the client takes it.
-    async fn open(&self, r: SubscribeRequest) -> Result<Subscription, Status> {
+    async fn open(
+        &self,
+        r: SubscribeRequest,
+        activity: Option<Arc<Activity>>,
+    ) -> Result<Subscription, Status> {
         // Live first, then the position: nothing stored in between is missed.
         let live = self.log.live();
         let bounds = self.bounds().await?;
@@ -97,6 +104,7 @@ impl EventsService {
             after,
             self.subscriber_buffer,
             self.stopping.subscribe(),
+            activity,
         ))
     }
 
@@ -121,7 +129,7 @@ impl EventService for EventsService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         use tokio_stream::StreamExt as _;
-        let queue = self.open(request.into_inner()).await?;
+        let queue = self.open(request.into_inner(), None).await?;
         let stream = queue.map(|r| r.map(|e| e.event.clone()));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -191,9 +199,20 @@ pub struct EventsServer {
     generated: pb::event_service_server::EventServiceServer<EventsService>,
     max_decoding: Option<usize>,
     max_encoding: Option<usize>,
+    /// Finds a Subscribe call's connection activity ([`crate::conn_epoch`]);
+    /// without it every stream pushes its connection back after each event.
+    activity: Option<conn_epoch::Finder>,
 }
 
 impl EventsServer {
+    /// How Subscribe streams find their connection's activity in a
+    /// request's extensions (the server knows its connect info types).
+    #[must_use]
+    pub fn connection_activity(mut self, finder: conn_epoch::Finder) -> Self {
+        self.activity = Some(finder);
+        self
+    }
+
     /// Limits the size of a decoded request.
     #[must_use]
     pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
@@ -237,9 +256,10 @@ where
         }
         let (service, max_decoding, max_encoding) =
             (self.subscribe.clone(), self.max_decoding, self.max_encoding);
+        let activity = self.activity.and_then(|find| find(req.extensions()));
         Box::pin(async move {
             let opened = match codec::request(req, max_decoding).await {
-                Ok(r) => service.open(r).await,
+                Ok(r) => service.open(r, activity).await,
                 Err(status) => Err(status),
             };
             Ok(match opened {

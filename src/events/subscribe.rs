@@ -34,6 +34,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tonic::Status;
 
 use super::log::{EventLog, LogError, StoredEvent};
+use crate::conn_epoch::Activity;
 
 /// Events read from the log per step of a catch-up.
 const PAGE: usize = 256;
@@ -82,16 +83,13 @@ async fn receive(mut feed: Feed) -> Received {
 ///
 /// Only a frame that wakes the connection task needs it, and that is the
 /// first one queued after the task last ran; later frames find it already
-/// woken. So a stream spends only if some connection has touched its
-/// socket ([`crate::conn_epoch`]) since a stream on this thread last spent:
-/// about once per write of the connection, not once per event per stream.
-/// Any connection counts, so it errs towards spending.
-fn push_back_the_connection(cx: &mut Context<'_>) {
-    thread_local! {
-        static SPENT_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
-    }
-    let now = crate::conn_epoch::see();
-    if SPENT_AT.with(|s| s.replace(now)) != now {
+/// woken. So a stream spends only if its connection has touched its socket
+/// since one of the connection's streams last looked
+/// ([`crate::conn_epoch`]): about once per write of the connection, not
+/// once per event per stream. Without the connection's activity (a server
+/// that does not track it), every stream spends.
+fn push_back_the_connection(activity: Option<&Activity>, cx: &mut Context<'_>) {
+    if activity.is_none_or(Activity::take) {
         spend_budget(cx);
     }
 }
@@ -191,6 +189,8 @@ pub(super) struct Subscription {
     /// stream is polled by another task than the one it registered.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     stop_waker: Option<Waker>,
+    /// The connection's socket activity, if the server tracks it.
+    activity: Option<Arc<Activity>>,
 }
 
 impl Subscription {
@@ -203,6 +203,7 @@ impl Subscription {
         after: u64,
         buffer: usize,
         stopping: watch::Receiver<bool>,
+        activity: Option<Arc<Activity>>,
     ) -> Self {
         let mut on_stop = stopping.clone();
         Self {
@@ -221,6 +222,7 @@ impl Subscription {
                 let _ = on_stop.wait_for(|s| *s).await;
             })),
             stop_waker: None,
+            activity,
         }
     }
 
@@ -357,7 +359,7 @@ impl Stream for Subscription {
                     };
                     *caught_up = true;
                     if let Some(e) = this.take(e) {
-                        push_back_the_connection(cx);
+                        push_back_the_connection(this.activity.as_deref(), cx);
                         return Poll::Ready(Some(Ok(e)));
                     }
                 }
@@ -412,6 +414,7 @@ mod tests {
             after,
             buffer,
             stopping,
+            None,
         );
         (s, stop)
     }
