@@ -78,11 +78,14 @@ impl Drop for Gateway {
     /// SIGTERM first, so that a gateway under valgrind writes its profile
     /// as it exits; SIGKILL if it has not exited within 30 s.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
+        let asked = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
         let start = Instant::now();
-        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(30)
+        while asked
+            && matches!(self.child.try_wait(), Ok(None))
+            && start.elapsed() < Duration::from_secs(30)
         {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -249,10 +252,13 @@ fn p(sorted: &[Duration], q: f64) -> Duration {
 /// Webhooks the ingest phase posts at most (`INGEST`, default 20 000; 0
 /// skips it, e.g. to count a fan-out's instructions under callgrind alone).
 fn ingest_max() -> usize {
-    std::env::var("INGEST")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(INGEST_MAX)
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("INGEST")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(INGEST_MAX)
+    })
 }
 
 /// Posts the ingest phase's webhooks; how many were stored.

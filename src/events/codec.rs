@@ -69,7 +69,11 @@ where
         .ok_or_else(|| Status::internal("Missing request message."))
 }
 
-/// The answer to a Subscribe call whose events are `events`.
+/// The answer to a Subscribe call whose events are `events`. Events ready
+/// together are gathered into one chunk only as far as `events`'s
+/// `size_hint` lower bound counts them ready right after one is handed out
+/// (as [`super::subscribe`]'s stream does); a stream whose lower bound is 0
+/// sends each event as its own chunk.
 pub fn response<S>(events: S, max_message: Option<usize>) -> http::Response<tonic::body::Body>
 where
     S: Stream<Item = Result<Arc<StoredEvent>, Status>> + Unpin + Send + 'static,

@@ -25,8 +25,11 @@ use super::log::{now_ms, Appended, Bounds, EventLog, LogError, NewEvent, Retenti
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The head cursor, as earlier builds wrote it with every append: read
-/// (no longer written) so that a log they wrote opens at its head.
+/// The head cursor, as earlier builds wrote it with every append and read
+/// it for the next cursor: read so that a log they wrote opens at its head,
+/// and written only by retention and on a clean stop, so that an earlier
+/// build can open a log this one wrote after such a stop (not after a
+/// crash: it would hand out cursors again).
 const LEGACY_HEAD: &str = "head";
 const TRIMMED: &str = "trimmed_through";
 /// Appends committed together at most (bounds one transaction's size); one
@@ -264,6 +267,20 @@ impl Writer {
             }
             self.commit(&mut appends);
         }
+        // A clean stop records the head where earlier builds read it, so
+        // that one of them can open the log after this one.
+        if let Err(e) = self.write_legacy_head() {
+            tracing::warn!(error = %e, "event log: recording the head on stop failed");
+        }
+    }
+
+    fn write_legacy_head(&self) -> Result<(), LogError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(META)
+            .map_err(err)?
+            .insert(LEGACY_HEAD, self.head)
+            .map_err(err)?;
+        txn.commit().map_err(err)
     }
 
     /// One transaction, one fsync, for every append in `batch` (none if
@@ -275,7 +292,8 @@ impl Writer {
         let result = self.db.begin_write().map_err(err).and_then(|txn| {
             let (results, head) = write_all(&txn, batch, self.head)?;
             if head == self.head {
-                txn.abort().map_err(err)?;
+                // Nothing written; the answers stand whatever the abort says.
+                let _ = txn.abort();
             } else {
                 txn.commit().map_err(err)?;
             }
@@ -336,6 +354,8 @@ impl Writer {
             }
             if let Some(c) = last_removed {
                 meta.insert(TRIMMED, c).map_err(err)?;
+                // Where earlier builds read the head (see `write_legacy_head`).
+                meta.insert(LEGACY_HEAD, self.head).map_err(err)?;
             }
         }
         txn.commit().map_err(err)?;
@@ -414,8 +434,9 @@ mod tests {
     }
 
     /// The head is not stored with each append: after retention removed
-    /// every event, and across a reopen, cursors still go on from it, and a
-    /// head an earlier build stored is honoured.
+    /// every event, and across a reopen, cursors still go on from it; a
+    /// clean stop records it for earlier builds, and a head an earlier
+    /// build stored is honoured.
     #[tokio::test]
     async fn the_head_survives_trimming_everything_and_a_reopen() {
         let dir = std::env::temp_dir().join(format!("igw-redb-head-{}", std::process::id()));
@@ -449,6 +470,11 @@ mod tests {
         // by an earlier build after a trim of everything).
         {
             let db = Database::create(dir.join("events.redb")).unwrap();
+            // The clean stop recorded the head where earlier builds read it.
+            let r = db.begin_read().unwrap();
+            let meta = r.open_table(META).unwrap();
+            assert_eq!(meta.get(LEGACY_HEAD).unwrap().unwrap().value(), 4);
+            drop((meta, r));
             let txn = db.begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()

@@ -266,6 +266,8 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // Known again only with the next event handed out.
+        this.ready_behind = 0;
         if matches!(this.phase, Phase::Done) {
             return Poll::Ready(None);
         }
