@@ -52,7 +52,10 @@ impl Activity {
 
 /// The connect info of a plaintext gRPC connection (in every request's
 /// extensions): tonic's, and the connection's activity. TLS connections
-/// carry theirs in [`crate::tls::PeerInfo`].
+/// carry theirs in [`crate::tls::PeerInfo`]. tonic's
+/// `Request::remote_addr()` looks for `TcpConnectInfo` itself and so finds
+/// nothing on these connections: read the peer from `tcp` here (as the
+/// auth layer does).
 #[derive(Debug, Clone)]
 pub struct TcpPeer {
     pub tcp: tonic::transport::server::TcpConnectInfo,

@@ -458,6 +458,10 @@ mod tests {
             assert_eq!(log.trim(everything).await.unwrap(), 3);
             let b = log.bounds().await.unwrap();
             assert_eq!((b.trimmed_through, b.head), (3, 3));
+            // Retention records the head where earlier builds read it.
+            let r = log.db.begin_read().unwrap();
+            let meta = r.open_table(META).unwrap();
+            assert_eq!(meta.get(LEGACY_HEAD).unwrap().unwrap().value(), 3);
         }
         {
             let log = RedbLog::open(&dir, 64).unwrap();
