@@ -843,6 +843,34 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Unvectored<T> {
 mod tests {
     use super::*;
 
+    /// A Subscribe stream finds its connection's activity on either
+    /// listener: the one the connection's I/O marks.
+    #[test]
+    fn the_connection_activity_is_found_from_either_connect_info() {
+        use crate::conn_epoch::{Activity, TcpPeer};
+        let mut plain = http::Extensions::new();
+        let activity = Arc::new(Activity::default());
+        plain.insert(TcpPeer {
+            tcp: tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(([127, 0, 0, 1], 1).into()),
+            },
+            activity: activity.clone(),
+        });
+        let found = connection_activity(&plain).expect("plaintext");
+        assert!(Arc::ptr_eq(&found, &activity));
+        let mut tls = http::Extensions::new();
+        let activity = Arc::new(Activity::default());
+        tls.insert(crate::tls::PeerInfo {
+            remote_addr: None,
+            certificate: None,
+            activity: activity.clone(),
+        });
+        let found = connection_activity(&tls).expect("TLS");
+        assert!(Arc::ptr_eq(&found, &activity));
+        assert!(connection_activity(&http::Extensions::new()).is_none());
+    }
+
     #[test]
     fn sandbox_trusts_loopback_callers_only_on_a_loopback_listener_without_callers() {
         let mut sandbox = Config::default();

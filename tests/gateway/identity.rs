@@ -424,6 +424,47 @@ async fn tls_serves_clients_trusting_its_ca_and_reloads_a_changed_certificate() 
     gw.shutdown().await.unwrap();
 }
 
+/// Subscribe over TLS: several streams on one TLS connection each get every
+/// webhook's event, in order (the TLS connection type marks the activity
+/// those streams read to batch their frames).
+#[tokio::test]
+async fn event_streams_over_tls_get_every_event_in_order() {
+    use imprint_gateway::events::pb::{event_service_client::EventServiceClient, SubscribeRequest};
+    let dir = Dir::new();
+    let ca = Ca::new("events CA");
+    let mut env = tls_env(&dir.0, &ca.server(), None);
+    env.push(("IMPRINT_WEBHOOK_SECRET", crate::events::SECRET.into()));
+    env.push(("GATEWAY_DATA_DIR", dir.0.join("data").display().to_string()));
+    let gw = start("http://127.0.0.1:9", &dir.0, TOKEN_POLICY, &env).await;
+    let ch = tls_channel(gw.grpc_addr(), &ca.pem, None).await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut client = EventServiceClient::new(ch.clone());
+        let stream = client
+            .subscribe(with_token(SubscribeRequest::default(), "caller-token-tls"))
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(stream);
+    }
+    let http = gw.http_addr().to_string();
+    for id in ["evt-tls-1", "evt-tls-2"] {
+        let body = crate::events::transaction(id, "C1");
+        let (status, text) = crate::events::post_signed(&http, crate::events::SECRET, &body).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    for stream in &mut streams {
+        let first = crate::events::next(stream).await;
+        let second = crate::events::next(stream).await;
+        assert_eq!(
+            (first.event_id.as_str(), second.event_id.as_str()),
+            ("evt-tls-1", "evt-tls-2")
+        );
+        assert!(first.cursor.parse::<u64>().unwrap() < second.cursor.parse::<u64>().unwrap());
+    }
+    gw.shutdown().await.unwrap();
+}
+
 /// The gateway binary with TLS: SIGHUP installs a replaced certificate;
 /// no private key material (nor any other secret) shows in its logs.
 #[tokio::test]
