@@ -13,7 +13,7 @@ pub mod cache;
 pub mod call;
 pub mod cli;
 pub mod config;
-pub mod conn_epoch;
+pub mod conn_activity;
 pub mod credentials;
 pub mod dispatch;
 pub mod errors;

@@ -761,16 +761,16 @@ fn incoming(
 }
 
 /// The activity of the connection a request came on
-/// ([`crate::conn_epoch`]), from either listener's connect info.
+/// ([`crate::conn_activity`]), from either listener's connect info.
 pub fn connection_activity(
     extensions: &http::Extensions,
-) -> Option<Arc<crate::conn_epoch::Activity>> {
+) -> Option<Arc<crate::conn_activity::Activity>> {
     extensions
         .get::<crate::tls::PeerInfo>()
         .map(|p| p.activity.clone())
         .or_else(|| {
             extensions
-                .get::<crate::conn_epoch::TcpPeer>()
+                .get::<crate::conn_activity::TcpPeer>()
                 .map(|p| p.activity.clone())
         })
 }
@@ -780,19 +780,19 @@ pub fn connection_activity(
 /// each one to be written on its own: a unary answer's headers, message and
 /// trailers then go out in one `write` instead of two `writev`, and the
 /// frames of many event streams queued together go out together. Its reads
-/// and writes mark the connection's [`crate::conn_epoch::Activity`].
+/// and writes mark the connection's [`crate::conn_activity::Activity`].
 pub struct Unvectored<T> {
     io: T,
-    activity: Arc<crate::conn_epoch::Activity>,
+    activity: Arc<crate::conn_activity::Activity>,
 }
 
 impl<T> tonic::transport::server::Connected for Unvectored<T>
 where
     T: tonic::transport::server::Connected<ConnectInfo = tonic::transport::server::TcpConnectInfo>,
 {
-    type ConnectInfo = crate::conn_epoch::TcpPeer;
+    type ConnectInfo = crate::conn_activity::TcpPeer;
     fn connect_info(&self) -> Self::ConnectInfo {
-        crate::conn_epoch::TcpPeer {
+        crate::conn_activity::TcpPeer {
             tcp: self.io.connect_info(),
             activity: self.activity.clone(),
         }
@@ -847,7 +847,7 @@ mod tests {
     /// listener: the one the connection's I/O marks.
     #[test]
     fn the_connection_activity_is_found_from_either_connect_info() {
-        use crate::conn_epoch::{Activity, TcpPeer};
+        use crate::conn_activity::{Activity, TcpPeer};
         let mut plain = http::Extensions::new();
         let activity = Arc::new(Activity::default());
         plain.insert(TcpPeer {

@@ -76,8 +76,8 @@ pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     /// Set when the client presented a certificate the client CA verified.
     pub certificate: Option<Arc<CertIdentity>>,
-    /// Marked by the connection's reads and writes ([`crate::conn_epoch`]).
-    pub activity: Arc<crate::conn_epoch::Activity>,
+    /// Marked by the connection's reads and writes ([`crate::conn_activity`]).
+    pub activity: Arc<crate::conn_activity::Activity>,
 }
 
 /// The listener's TLS configuration, swappable on reload.

@@ -91,7 +91,7 @@ where
             .and_then(|t| t.remote_addr)
             .or_else(|| {
                 req.extensions()
-                    .get::<crate::conn_epoch::TcpPeer>()
+                    .get::<crate::conn_activity::TcpPeer>()
                     .and_then(|c| c.tcp.remote_addr())
             })
             .map(|a| a.ip());

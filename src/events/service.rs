@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use crate::conn_epoch::{self, Activity};
+use crate::conn_activity::{self, Activity};
 
 use super::{
     codec,
@@ -199,16 +199,16 @@ pub struct EventsServer {
     generated: pb::event_service_server::EventServiceServer<EventsService>,
     max_decoding: Option<usize>,
     max_encoding: Option<usize>,
-    /// Finds a Subscribe call's connection activity ([`crate::conn_epoch`]);
+    /// Finds a Subscribe call's connection activity ([`crate::conn_activity`]);
     /// without it every stream pushes its connection back after each event.
-    activity: Option<conn_epoch::Finder>,
+    activity: Option<conn_activity::Finder>,
 }
 
 impl EventsServer {
     /// How Subscribe streams find their connection's activity in a
     /// request's extensions (the server knows its connect info types).
     #[must_use]
-    pub fn connection_activity(mut self, finder: conn_epoch::Finder) -> Self {
+    pub fn connection_activity(mut self, finder: conn_activity::Finder) -> Self {
         self.activity = Some(finder);
         self
     }

@@ -34,7 +34,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tonic::Status;
 
 use super::log::{EventLog, LogError, StoredEvent};
-use crate::conn_epoch::Activity;
+use crate::conn_activity::Activity;
 
 /// Events read from the log per step of a catch-up.
 const PAGE: usize = 256;
@@ -85,7 +85,7 @@ async fn receive(mut feed: Feed) -> Received {
 /// first one queued after the task last ran; later frames find it already
 /// woken. So a stream spends only if its connection has touched its socket
 /// since one of the connection's streams last looked
-/// ([`crate::conn_epoch`]): about once per write of the connection, not
+/// ([`crate::conn_activity`]): about once per write of the connection, not
 /// once per event per stream. Without the connection's activity (a server
 /// that does not track it), every stream spends.
 fn push_back_the_connection(activity: Option<&Activity>, cx: &mut Context<'_>) {
