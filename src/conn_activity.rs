@@ -1,6 +1,7 @@
 //! Whether a gRPC connection's task has touched its socket since one of its
 //! Subscribe streams last looked: set by the connection's I/O type
-//! ([`crate::server::Unvectored`], [`crate::tls::TlsConn`]), taken by the
+//! ([`crate::server::Unvectored`], [`crate::tls::TlsConn`]), carried in its
+//! connect info ([`crate::tls::PeerInfo`], on either listener), taken by the
 //! event streams (`events::subscribe`) to tell whether their frame is the
 //! one that wakes the HTTP/2 connection task, which they then push back in
 //! tokio's run queue.
@@ -10,10 +11,7 @@
 //! writes the flag when a stream has cleared it, so a connection without
 //! event streams pays one load per socket operation.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering::Relaxed},
-    Arc,
-};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// One connection's flag; see the module docs.
 #[derive(Debug)]
@@ -49,22 +47,6 @@ impl Activity {
         touched
     }
 }
-
-/// The connect info of a plaintext gRPC connection (in every request's
-/// extensions): tonic's, and the connection's activity. TLS connections
-/// carry theirs in [`crate::tls::PeerInfo`]. tonic's
-/// `Request::remote_addr()` looks for `TcpConnectInfo` itself and so finds
-/// nothing on these connections: read the peer from `tcp` here (as the
-/// auth layer does).
-#[derive(Debug, Clone)]
-pub struct TcpPeer {
-    pub tcp: tonic::transport::server::TcpConnectInfo,
-    pub activity: Arc<Activity>,
-}
-
-/// How a Subscribe stream finds its connection's activity in the request's
-/// extensions (set by the server, which knows the connect info types).
-pub type Finder = fn(&http::Extensions) -> Option<Arc<Activity>>;
 
 #[cfg(test)]
 mod tests {

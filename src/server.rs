@@ -293,8 +293,7 @@ pub async fn start(
         .clone()
         .server()
         .max_decoding_message_size(limits.max_decoding)
-        .max_encoding_message_size(limits.max_encoding)
-        .connection_activity(connection_activity);
+        .max_encoding_message_size(limits.max_encoding);
     let router = Server::builder()
         // Dead client connections are found by PING, not by the OS after hours.
         .http2_keepalive_interval(Some(s.http2_keepalive_interval))
@@ -760,27 +759,14 @@ fn incoming(
         })
 }
 
-/// The activity of the connection a request came on
-/// ([`crate::conn_activity`]), from either listener's connect info.
-pub fn connection_activity(
-    extensions: &http::Extensions,
-) -> Option<Arc<crate::conn_activity::Activity>> {
-    extensions
-        .get::<crate::tls::PeerInfo>()
-        .map(|p| p.activity.clone())
-        .or_else(|| {
-            extensions
-                .get::<crate::conn_activity::TcpPeer>()
-                .map(|p| p.activity.clone())
-        })
-}
-
 /// A connection that says it has no vectored writes, so that HTTP/2 (h2)
 /// copies frames under 1 KiB into its write buffer instead of chaining
 /// each one to be written on its own: a unary answer's headers, message and
 /// trailers then go out in one `write` instead of two `writev`, and the
 /// frames of many event streams queued together go out together. Its reads
-/// and writes mark the connection's [`crate::conn_activity::Activity`].
+/// and writes mark the connection's [`crate::conn_activity::Activity`], and
+/// its connect info is the same [`crate::tls::PeerInfo`] as a TLS
+/// connection's, without a certificate.
 pub struct Unvectored<T> {
     io: T,
     activity: Arc<crate::conn_activity::Activity>,
@@ -790,10 +776,11 @@ impl<T> tonic::transport::server::Connected for Unvectored<T>
 where
     T: tonic::transport::server::Connected<ConnectInfo = tonic::transport::server::TcpConnectInfo>,
 {
-    type ConnectInfo = crate::conn_activity::TcpPeer;
+    type ConnectInfo = crate::tls::PeerInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        crate::conn_activity::TcpPeer {
-            tcp: self.io.connect_info(),
+        crate::tls::PeerInfo {
+            remote_addr: self.io.connect_info().remote_addr(),
+            certificate: None,
             activity: self.activity.clone(),
         }
     }
@@ -843,32 +830,23 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Unvectored<T> {
 mod tests {
     use super::*;
 
-    /// A Subscribe stream finds its connection's activity on either
-    /// listener: the one the connection's I/O marks.
-    #[test]
-    fn the_connection_activity_is_found_from_either_connect_info() {
-        use crate::conn_activity::{Activity, TcpPeer};
-        let mut plain = http::Extensions::new();
-        let activity = Arc::new(Activity::default());
-        plain.insert(TcpPeer {
-            tcp: tonic::transport::server::TcpConnectInfo {
-                local_addr: None,
-                remote_addr: Some(([127, 0, 0, 1], 1).into()),
-            },
-            activity: activity.clone(),
-        });
-        let found = connection_activity(&plain).expect("plaintext");
-        assert!(Arc::ptr_eq(&found, &activity));
-        let mut tls = http::Extensions::new();
-        let activity = Arc::new(Activity::default());
-        tls.insert(crate::tls::PeerInfo {
-            remote_addr: None,
-            certificate: None,
-            activity: activity.clone(),
-        });
-        let found = connection_activity(&tls).expect("TLS");
-        assert!(Arc::ptr_eq(&found, &activity));
-        assert!(connection_activity(&http::Extensions::new()).is_none());
+    /// A plaintext connection's connect info is the peer's address and the
+    /// activity its own reads and writes mark, as a TLS connection's is.
+    #[tokio::test]
+    async fn a_plaintext_connection_carries_its_peer_and_activity() {
+        use tonic::transport::server::Connected as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let conn = Unvectored {
+            io: tokio::net::TcpStream::from_std(accepted).unwrap(),
+            activity: Arc::default(),
+        };
+        let info = conn.connect_info();
+        assert_eq!(info.remote_addr, Some(client.local_addr().unwrap()));
+        assert!(info.certificate.is_none());
+        assert!(Arc::ptr_eq(&info.activity, &conn.activity));
     }
 
     #[test]

@@ -69,8 +69,11 @@ pub struct CertIdentity {
     pub dns_names: Vec<String>,
 }
 
-/// What the gateway knows of a TLS connection's peer, in every request's
-/// extensions.
+/// What the gateway knows of a gRPC connection's peer, in every request's
+/// extensions: the connect info of TLS connections and of plaintext ones
+/// ([`crate::server::Unvectored`], which have no certificate). tonic's own
+/// `Request::remote_addr()` looks for its `TcpConnectInfo` and so finds
+/// nothing: read `remote_addr` here.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,

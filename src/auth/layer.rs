@@ -84,18 +84,11 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        // Plaintext connections carry tonic's TCP info (in `TcpPeer`); TLS
-        // ones ours, with the verified client certificate's identity.
-        let tls = req.extensions().get::<PeerInfo>();
-        let peer = tls
-            .and_then(|t| t.remote_addr)
-            .or_else(|| {
-                req.extensions()
-                    .get::<crate::conn_activity::TcpPeer>()
-                    .and_then(|c| c.tcp.remote_addr())
-            })
-            .map(|a| a.ip());
-        let cert = tls.and_then(|t| t.certificate.as_deref());
+        // Both listeners' connections carry ours: the peer's address, and on
+        // TLS the verified client certificate's identity.
+        let connection = req.extensions().get::<PeerInfo>();
+        let peer = connection.and_then(|c| c.remote_addr).map(|a| a.ip());
+        let cert = connection.and_then(|c| c.certificate.as_deref());
         let check = if AUTHENTICATED_SERVICES.iter().any(|p| method.starts_with(p)) {
             self.registry.authenticate(authorization, peer, cert)
         } else {

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use crate::conn_activity::{self, Activity};
+use crate::{conn_activity::Activity, tls::PeerInfo};
 
 use super::{
     codec,
@@ -55,7 +55,6 @@ impl EventsService {
             generated: pb::event_service_server::EventServiceServer::new(self),
             max_decoding: None,
             max_encoding: None,
-            activity: None,
         }
     }
 
@@ -199,20 +198,9 @@ pub struct EventsServer {
     generated: pb::event_service_server::EventServiceServer<EventsService>,
     max_decoding: Option<usize>,
     max_encoding: Option<usize>,
-    /// Finds a Subscribe call's connection activity ([`crate::conn_activity`]);
-    /// without it every stream pushes its connection back after each event.
-    activity: Option<conn_activity::Finder>,
 }
 
 impl EventsServer {
-    /// How Subscribe streams find their connection's activity in a
-    /// request's extensions (the server knows its connect info types).
-    #[must_use]
-    pub fn connection_activity(mut self, finder: conn_activity::Finder) -> Self {
-        self.activity = Some(finder);
-        self
-    }
-
     /// Limits the size of a decoded request.
     #[must_use]
     pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
@@ -256,7 +244,13 @@ where
         }
         let (service, max_decoding, max_encoding) =
             (self.subscribe.clone(), self.max_decoding, self.max_encoding);
-        let activity = self.activity.and_then(|find| find(req.extensions()));
+        // The connection's activity ([`crate::conn_activity`]); without it
+        // (a connection the gateway did not accept) every stream pushes its
+        // connection back after each event.
+        let activity = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.activity.clone());
         Box::pin(async move {
             let opened = match codec::request(req, max_decoding).await {
                 Ok(r) => service.open(r, activity).await,
