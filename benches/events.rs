@@ -253,12 +253,12 @@ fn p(sorted: &[Duration], q: f64) -> Duration {
 /// skips it, e.g. to count a fan-out's instructions under callgrind alone).
 fn ingest_max() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        std::env::var("INGEST")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(INGEST_MAX)
-    })
+    *MAX.get_or_init(|| env_count("INGEST").unwrap_or(INGEST_MAX))
+}
+
+/// A count from the environment variable `name`, if set to one.
+fn env_count(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// Posts the ingest phase's webhooks; how many were stored.
@@ -553,13 +553,7 @@ async fn receive_h2(port: u16, streams: usize, ready: &AtomicUsize) -> Vec<(Inst
 /// Read once: the subscribers' loops ask for every message.
 fn fanout_events() -> usize {
     static EVENTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *EVENTS.get_or_init(|| {
-        std::env::var("EVENTS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(100)
-    })
+    *EVENTS.get_or_init(|| env_count("EVENTS").filter(|n| *n > 0).unwrap_or(100))
 }
 
 /// `CLIENT=h2` (see [`receive_h2`]); tonic's client otherwise.
@@ -574,10 +568,7 @@ fn decode_full() -> bool {
 /// Streams per HTTP/2 connection: `STREAMS_PER_CONN`, default and at most
 /// 1 000 (the gateway allows 1 024 concurrent streams per connection).
 fn streams_per_conn() -> usize {
-    std::env::var("STREAMS_PER_CONN")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(1000, |n| n.clamp(1, 1000))
+    env_count("STREAMS_PER_CONN").map_or(1000, |n| n.clamp(1, 1000))
 }
 
 /// Each receipt's latency: its time less its event's send time (the event
